@@ -1,0 +1,58 @@
+"""`create_app(settings)`: the HTTP API over one `Service`, with its workers in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from anyio import to_thread
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from .. import __version__
+from ..config import Settings
+from ..service import Service
+from .errors import install_error_handlers
+from .routes import health, results, tasks
+from .schemas import CreateBody
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None, *, service: Service | None = None) -> FastAPI:
+    """The ASGI app. Pass a `service` to share one (tests, the CLI); else one is built."""
+    service = service or Service(settings or Settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await to_thread.run_sync(service.start)
+        try:
+            yield
+        finally:
+            await to_thread.run_sync(service.stop)
+
+    app = FastAPI(
+        title="ref2video",
+        version=__version__,
+        summary="Reference-to-video tasks, wire-compatible with DashScope wan2.6-r2v.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    install_error_handlers(app)
+    for module in (tasks, results, health):
+        app.include_router(module.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated document, plus the create body that routes parse themselves."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        body = CreateBody.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(body.pop("$defs", {}))
+        components["CreateBody"] = body
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,1 @@
+"""Route groups: tasks (the protocol), results (signed downloads), health."""

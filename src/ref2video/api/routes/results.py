@@ -1,0 +1,23 @@
+"""Finished videos behind signed, expiring URLs; no key needed, the signature is the key."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from ...errors import AccessDenied
+from ..deps import service_of
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+@router.api_route("/v1/results/{key}", methods=["GET", "HEAD"], tags=["results"],
+                  summary="Download a result (supports Range)")
+async def result(request: Request, key: str, expires: str = "", sig: str = "") -> Response:
+    service = service_of(request)
+    assert service.signer is not None
+    if not service.signer.verify(key, expires, sig):
+        raise AccessDenied("the link is invalid or has expired; query the task for a fresh video_url")
+    return service.storage.response(key, request)

@@ -1,0 +1,172 @@
+"""The task protocol: gateway and native create, query, cancel and list (PROTOCOL.md 1-4)."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse
+
+from ...errors import AccessDenied, InvalidApiKey, InvalidParameter, UnsupportedOperation
+from ...protocol import Status
+from ...service import Service
+from ...spec import parse_spec
+from ...store import tasks as store
+from ...store.keys import authenticate
+from ..deps import base_url_of, bearer_key, in_thread, principal_of, read_json, service_of
+from ..schemas import CancelAnswer, ErrorBody, TaskAnswer, TaskCreated, TaskList
+from ..views import list_item, task_output, unknown_output
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413)
+}
+_CREATE_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateBody"}}},
+    }
+}
+_MAX_TASK_ID = 64
+
+
+def _ok(body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse({"request_id": str(uuid.uuid4()), **body})
+
+
+async def _create(request: Request) -> JSONResponse:
+    service = service_of(request)
+    key = bearer_key(request)
+    body = await read_json(request, service.settings.max_body_bytes)
+    task = await in_thread(_create_blocking, service, key, body)
+    service.wakeup.wake_local()
+    return _ok({"output": {"task_id": task.id, "task_status": task.status.value}})
+
+
+def _create_blocking(service: Service, key: str, body: Any) -> store.TaskRecord:
+    principal = authenticate(service.db, key)
+    if principal is None:
+        raise InvalidApiKey("Invalid API-key provided.")
+    spec = parse_spec(body, service.registry.models)
+    return store.create_task(service.db, spec, principal, on_insert=service.wakeup.notify_in)
+
+
+@router.post(
+    "/task/bailian/ref2video", tags=["gateway"], summary="Create a task (gateway form)",
+    response_model=TaskCreated, responses=_ERRORS, openapi_extra=_CREATE_DOC,
+)
+async def create_gateway(request: Request) -> JSONResponse:
+    return await _create(request)
+
+
+@router.post(
+    "/api/v1/services/aigc/video-generation/video-synthesis", tags=["native"],
+    summary="Create a task (needs X-DashScope-Async: enable)",
+    response_model=TaskCreated, responses=_ERRORS, openapi_extra=_CREATE_DOC,
+)
+async def create_native(request: Request) -> JSONResponse:
+    if request.headers.get("x-dashscope-async", "").strip().lower() != "enable":
+        bearer_key(request)  # a missing key is still the first thing to report
+        raise AccessDenied()
+    return await _create(request)
+
+
+async def _query(request: Request, task_id: str) -> JSONResponse:
+    service = service_of(request)
+    key = bearer_key(request)
+    if len(task_id) > _MAX_TASK_ID:
+        await principal_of(request)
+        return _ok(unknown_output(task_id))
+    principal, task = await in_thread(store.get_task_as, service.db, key, task_id, service.retention_ms)
+    if principal is None:
+        raise InvalidApiKey("Invalid API-key provided.")
+    if task is None:
+        return _ok(unknown_output(task_id))
+    assert service.signer is not None
+    return _ok(task_output(task, tz=service.tz, signer=service.signer, base_url=base_url_of(request)))
+
+
+@router.get("/task/{task_id}", tags=["gateway"], summary="Query a task (gateway form)",
+            response_model=TaskAnswer, responses=_ERRORS)
+async def query_gateway(request: Request, task_id: str) -> JSONResponse:
+    return await _query(request, task_id)
+
+
+@router.get("/api/v1/tasks/{task_id}", tags=["native"], summary="Query a task",
+            response_model=TaskAnswer, responses=_ERRORS)
+async def query_native(request: Request, task_id: str) -> JSONResponse:
+    return await _query(request, task_id)
+
+
+@router.post("/api/v1/tasks/{task_id}/cancel", tags=["native"],
+             summary="Cancel a PENDING task (or ask a RUNNING one to stop)",
+             response_model=CancelAnswer, responses=_ERRORS)
+async def cancel(request: Request, task_id: str) -> JSONResponse:
+    service = service_of(request)
+    principal = await principal_of(request)
+    done = await in_thread(store.cancel_task, service.db, principal.owner, task_id[:_MAX_TASK_ID])
+    if done is None:
+        raise UnsupportedOperation()
+    return _ok({})
+
+
+@router.get("/api/v1/tasks", tags=["native"], summary="List your tasks, newest first",
+            response_model=TaskList, responses=_ERRORS)
+async def list_tasks(request: Request) -> JSONResponse:
+    service = service_of(request)
+    principal = await principal_of(request)
+    q = request.query_params
+    page_no = _int_param(q.get("page_no"), "page_no", 1, 1, 1_000_000)
+    page_size = _int_param(q.get("page_size"), "page_size", 10, 1, 100)
+    filters = dict(
+        page_no=page_no, page_size=page_size, status=_statuses(q.get("status")),
+        start_ms=_time_param(q.get("start_time"), "start_time", service),
+        end_ms=_time_param(q.get("end_time"), "end_time", service),
+        model=q.get("model_name") or None,
+    )
+    page = await in_thread(
+        lambda: store.list_tasks(service.db, principal.owner, retention_ms=service.retention_ms, **filters)
+    )
+    return _ok({
+        "data": [list_item(t) for t in page.items],
+        "total": page.total,
+        "total_page": math.ceil(page.total / page_size),
+        "page_no": page_no,
+        "page_size": page_size,
+    })
+
+
+def _int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:
+    if raw is None or raw == "":
+        return default
+    if not raw.strip().isdigit() or not low <= int(raw) <= high:
+        raise InvalidParameter(f"{name} must be an integer from {low} to {high}, not {raw!r}")
+    return int(raw)
+
+
+def _time_param(raw: str | None, name: str, service: Service) -> int | None:
+    if not raw:
+        return None
+    try:
+        moment = datetime.strptime(raw, "%Y%m%d%H%M%S").replace(tzinfo=service.tz)
+    except ValueError:
+        raise InvalidParameter(f"{name} must be YYYYMMDDhhmmss, not {raw!r}") from None
+    return int(moment.timestamp() * 1000)
+
+
+def _statuses(raw: str | None) -> list[str] | None:
+    if not raw:
+        return None
+    names = [s.strip().upper() for s in raw.split(",") if s.strip()]
+    allowed = {s.value for s in Status} - {Status.UNKNOWN.value}
+    for name in names:
+        if name not in allowed:
+            raise InvalidParameter(f"status must be one of {', '.join(sorted(allowed))}, not {name!r}")
+    return names
+

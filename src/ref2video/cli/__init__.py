@@ -1,0 +1,1 @@
+"""The `ref2video` command."""

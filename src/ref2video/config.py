@@ -1,0 +1,107 @@
+"""Settings, from the environment (`REF2VIDEO_*`) and an optional TOML file.
+
+Precedence, highest first: keyword arguments, environment variables, the TOML file named by
+`REF2VIDEO_CONFIG` (or `ref2video serve --config`), then the defaults below. Every setting is
+documented in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .protocol import DEFAULT_MODELS
+
+__all__ = ["Settings", "BUILTIN_ENGINES"]
+
+# Engine names and the import strings they stand for; `engines` adds to or overrides these.
+BUILTIN_ENGINES: dict[str, str] = {
+    "preview": "ref2video.engines.preview:PreviewEngine",
+}
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. See docs/configuration.md."""
+
+    model_config = SettingsConfigDict(env_prefix="REF2VIDEO_", extra="forbid")
+
+    data_dir: Path = Field(Path("ref2video-data"), description="where the database, results and scratch files live")
+    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite at data_dir/ref2video.db")
+    results_dir: Path | None = Field(None, description="local result storage; default data_dir/results")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = Field("", description="base of video_url links; default: the URL the client used")
+
+    workers: int = Field(1, ge=0, description="tasks run at once by this process; 0 runs the API only")
+    lease_seconds: float = Field(30.0, gt=0, description="a claim lapses if not renewed for this long")
+    max_attempts: int = Field(3, ge=1, description="claims of one task before it fails")
+    reap_interval: float = Field(5.0, gt=0, description="seconds between checks for lapsed leases")
+    poll_interval: float = Field(5.0, gt=0, description="fallback wake-up when no notification can arrive")
+    shutdown_grace: float = Field(10.0, ge=0, description="seconds running tasks get to finish on shutdown")
+
+    retention_hours: float = Field(24.0, gt=0, description="tasks and their files are removed after this")
+    sweep_interval: float = Field(300.0, gt=0, description="seconds between retention sweeps")
+    url_ttl_seconds: int = Field(86400, gt=0, description="lifetime of a signed video_url")
+    signing_secret: str = Field("", description="HMAC secret for video URLs; default: generated once and kept in the database")
+
+    max_body_bytes: int = Field(1 << 20, gt=0, description="largest accepted request body")
+    timezone: str = Field("UTC", description="zone of the times in task answers")
+
+    models: dict[str, str] = Field(
+        default_factory=lambda: dict.fromkeys(DEFAULT_MODELS, "preview"),
+        description="model name -> engine name or 'module:Class' import string",
+    )
+    engines: dict[str, str] = Field(default_factory=dict, description="extra engine names -> import strings")
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'ref2video.db'}"
+        if self.results_dir is None:
+            self.results_dir = self.data_dir / "results"
+        return self
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self.data_dir / "scratch"
+
+    def engine_target(self, model: str) -> str:
+        """The import string of the engine serving `model`."""
+        name = self.models[model]
+        table = {**BUILTIN_ENGINES, **self.engines}
+        return table.get(name, name)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = os.environ.get("REF2VIDEO_CONFIG")
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
+        """Settings from the environment, `config_file` (if given) and `overrides`."""
+        if config_file is not None:
+            path = Path(config_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"config file not found: {path}")
+            os.environ["REF2VIDEO_CONFIG"] = str(path)
+        return cls(**overrides)

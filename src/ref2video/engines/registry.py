@@ -1,0 +1,53 @@
+"""Model name -> engine, from configuration. Engines are imported and loaded on first use,
+so the server starts without the heavy dependencies of engines it is not asked to run."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable
+
+from ..config import Settings
+from .base import Engine
+
+__all__ = ["EngineRegistry", "import_engine"]
+
+
+def import_engine(target: str) -> Engine:
+    """Build an engine from `module:attribute`; a class is called without arguments."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"engine {target!r} is not a 'module:attribute' import string")
+    obj = getattr(importlib.import_module(module_name), attr)
+    engine = obj() if isinstance(obj, type) else obj
+    if not isinstance(engine, Engine):
+        raise TypeError(f"{target} is not an engine (it needs name, load() and generate())")
+    return engine
+
+
+class EngineRegistry:
+    """Maps models to loaded engines; one engine instance per import string."""
+
+    def __init__(self, targets: dict[str, str], factory: Callable[[str], Engine] = import_engine) -> None:
+        self._targets = dict(targets)
+        self._factory = factory
+        self._loaded: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineRegistry:
+        return cls({model: settings.engine_target(model) for model in settings.models})
+
+    @property
+    def models(self) -> list[str]:
+        return list(self._targets)
+
+    def get(self, model: str) -> Engine:
+        target = self._targets[model]
+        with self._lock:
+            engine = self._loaded.get(target)
+            if engine is None:
+                engine = self._factory(target)
+                engine.load()
+                self._loaded[target] = engine
+        return engine

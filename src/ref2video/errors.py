@@ -1,0 +1,137 @@
+"""Every error ref2video raises on purpose, in one tree.
+
+    Ref2VideoError
+    ├── ApiError                 answered to a client in the provider's envelope
+    │   ├── InvalidParameter     400  a field breaks a rule of PROTOCOL.md section 2
+    │   ├── InvalidURL           400  a reference is not http(s):// or a known oss:// key
+    │   ├── RequestTooLarge      413  the body is over the configured limit
+    │   ├── InvalidApiKey        401  missing, unknown or revoked key
+    │   ├── AccessDenied         403  native create without X-DashScope-Async: enable
+    │   ├── ModelNotFound        404  a model this server does not route to an engine
+    │   ├── NotFound             404  no such route or resource
+    │   ├── MethodNotAllowed     405
+    │   ├── UnsupportedOperation 400  cancel of a task that is not PENDING or RUNNING
+    │   └── InternalError        500  never for bad input
+    └── EngineError              raised by an engine; fails the task with its code and message
+        ├── RetryableEngineError the attempt is given back to the queue (attempt + 1)
+        └── TaskCanceled         the engine stopped because a cancel was requested
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Ref2VideoError",
+    "ApiError",
+    "InvalidParameter",
+    "InvalidURL",
+    "RequestTooLarge",
+    "InvalidApiKey",
+    "AccessDenied",
+    "ModelNotFound",
+    "NotFound",
+    "MethodNotAllowed",
+    "UnsupportedOperation",
+    "InternalError",
+    "EngineError",
+    "RetryableEngineError",
+    "TaskCanceled",
+]
+
+
+class Ref2VideoError(Exception):
+    """Base of every error ref2video raises on purpose."""
+
+
+class ApiError(Ref2VideoError):
+    """An error answered to the client as `{"request_id", "code", "message"}`."""
+
+    status_code = 500
+    code = "InternalError"
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or (self.__doc__ or self.code).strip()
+        super().__init__(self.message)
+
+
+class InvalidParameter(ApiError):
+    """The request is invalid."""
+
+    status_code, code = 400, "InvalidParameter"
+
+
+class InvalidURL(ApiError):
+    """A reference URL is invalid."""
+
+    status_code, code = 400, "InvalidURL"
+
+
+class RequestTooLarge(ApiError):
+    """The request body is too large."""
+
+    status_code, code = 413, "RequestTooLarge"
+
+
+class InvalidApiKey(ApiError):
+    """Invalid API-key provided."""
+
+    status_code, code = 401, "InvalidApiKey"
+
+
+class AccessDenied(ApiError):
+    """current user api does not support synchronous calls"""
+
+    status_code, code = 403, "AccessDenied"
+
+
+class ModelNotFound(ApiError):
+    """Model not exist."""
+
+    status_code, code = 404, "ModelNotFound"
+
+
+class NotFound(ApiError):
+    """Not found."""
+
+    status_code, code = 404, "NotFound"
+
+
+class MethodNotAllowed(ApiError):
+    """Method not allowed."""
+
+    status_code, code = 405, "MethodNotAllowed"
+
+
+class UnsupportedOperation(ApiError):
+    """Failed to cancel the task, please confirm if the task exists or its status is PENDING."""
+
+    status_code, code = 400, "UnsupportedOperation"
+
+
+class InternalError(ApiError):
+    """An internal error has occurred, please try again later."""
+
+    status_code, code = 500, "InternalError"
+
+
+class EngineError(Ref2VideoError):
+    """An engine could not make the video; the task fails with `code` and `message`."""
+
+    def __init__(self, message: str, code: str = "InternalError") -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+class RetryableEngineError(EngineError):
+    """A passing failure: the task goes back to the queue for another attempt."""
+
+    def __init__(self, message: str, code: str = "InternalError", delay: float = 0.0) -> None:
+        super().__init__(message, code)
+        self.delay = delay
+
+
+class TaskCanceled(EngineError):
+    """The task was canceled while it ran."""
+
+    def __init__(self, message: str = "the task was canceled") -> None:
+        super().__init__(message, code="Canceled")

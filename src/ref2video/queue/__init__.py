@@ -1,0 +1,1 @@
+"""The queue's moving parts: claiming (manager), waking (wakeup), running (worker)."""

@@ -1,0 +1,185 @@
+"""All of the worker side of the task table, as lifecycle verbs.
+
+Each verb is one statement. Claiming is an atomic UPDATE of the oldest claimable row
+(`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has one writer at a time). Every later write
+is a compare-and-set on the claim's lease token and state, so a worker whose lease lapsed can
+never finish, fail or charge a task that someone else now holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Callable, Collection
+from typing import Any
+
+from sqlalchemy import Engine, and_, case, select, update
+
+from ..protocol import Status
+from ..store.db import is_postgres, now_ms
+from ..store.models import Task
+from ..store.tasks import TaskRecord, RECORD_COLUMNS
+
+__all__ = ["Claim", "LeaseLost", "QueueManager"]
+
+
+class LeaseLost(Exception):
+    """The claim is no longer ours: it lapsed and was reaped, or the task was canceled."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A task held by this worker until `lease_token` stops matching the row."""
+
+    task: TaskRecord
+    lease_token: str
+
+
+class QueueManager:
+    """Claims, renews and finishes tasks. One instance per process; thread-safe."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        lease_seconds: float = 30.0,
+        max_attempts: int = 3,
+        on_requeue: Callable[[], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.lease_ms = int(lease_seconds * 1000)
+        self.max_attempts = max_attempts
+        self._on_requeue = on_requeue or (lambda: None)
+
+    def claim(self, models: Collection[str]) -> Claim | None:
+        """Take the oldest claimable task of one of `models`, or None."""
+        now = now_ms()
+        token = str(uuid.uuid4())
+        oldest = (
+            select(Task.id)
+            .where(Task.status == Status.PENDING.value, Task.run_after <= now, Task.model.in_(list(models)))
+            .order_by(Task.submitted_at, Task.id)
+            .limit(1)
+        )
+        if is_postgres(self.engine):
+            oldest = oldest.with_for_update(skip_locked=True)
+        stmt = (
+            update(Task)
+            .where(Task.id == oldest.scalar_subquery(), Task.status == Status.PENDING.value)
+            .values(
+                status=Status.RUNNING.value,
+                attempt=Task.attempt + 1,
+                lease_token=token,
+                lease_expires_at=now + self.lease_ms,
+                scheduled_at=case((Task.scheduled_at.is_(None), now), else_=Task.scheduled_at),
+                progress=0,
+            )
+            .returning(*RECORD_COLUMNS)
+        )
+        with self.engine.begin() as conn:
+            row = conn.execute(stmt).first()
+        return Claim(TaskRecord.from_row(row), token) if row else None
+
+    def heartbeat(self, claim: Claim, progress: int | None = None) -> bool:
+        """Renew the lease (and record progress); True when a cancel was requested."""
+        values: dict[str, Any] = {"lease_expires_at": now_ms() + self.lease_ms}
+        if progress is not None:
+            values["progress"] = progress
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                update(Task).where(self._held(claim)).values(**values).returning(Task.cancel_requested)
+            ).first()
+        if row is None:
+            raise LeaseLost(claim.task.id)
+        return bool(row.cancel_requested)
+
+    def cancel_requested(self, claim: Claim) -> bool:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(Task.cancel_requested).where(self._held(claim))).first()
+        if row is None:
+            raise LeaseLost(claim.task.id)
+        return bool(row.cancel_requested)
+
+    def succeed(self, claim: Claim, *, result_key: str, usage: dict[str, Any], engine: str) -> bool:
+        return self._finish(
+            claim, Status.SUCCEEDED, progress=100, result_key=result_key, usage=usage, engine=engine
+        )
+
+    def fail(self, claim: Claim, code: str, message: str, *, engine: str | None = None) -> bool:
+        return self._finish(claim, Status.FAILED, error_code=code, error_message=message[:2000], engine=engine)
+
+    def mark_canceled(self, claim: Claim) -> bool:
+        return self._finish(claim, Status.CANCELED)
+
+    def retry(self, claim: Claim, code: str, message: str, delay: float = 0.0) -> Status | None:
+        """Give the task back for another attempt, or fail it when attempts are spent."""
+        if claim.task.attempt >= self.max_attempts:
+            done = self.fail(claim, code, f"{message} (gave up after {claim.task.attempt} attempts)")
+            return Status.FAILED if done else None
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(Task)
+                .where(self._held(claim))
+                .values(**self._requeued(), run_after=now_ms() + int(delay * 1000))
+            ).rowcount
+        self._notify()
+        return Status.PENDING if done else None
+
+    def release(self, claim: Claim) -> bool:
+        """Hand an unfinished task back on shutdown, without spending an attempt."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(Task).where(self._held(claim)).values(**self._requeued(), attempt=Task.attempt - 1)
+            ).rowcount
+        self._notify()
+        return done == 1
+
+    def reap(self) -> tuple[int, int]:
+        """Requeue tasks whose lease lapsed, or fail them when attempts are spent.
+
+        Returns (requeued, failed).
+        """
+        now = now_ms()
+        lapsed = and_(Task.status == Status.RUNNING.value, Task.lease_expires_at < now)
+        with self.engine.begin() as conn:
+            failed = conn.execute(
+                update(Task)
+                .where(lapsed, Task.attempt >= self.max_attempts)
+                .values(
+                    status=Status.FAILED.value, ended_at=now, lease_token=None, lease_expires_at=None,
+                    error_code="InternalError",
+                    error_message=(
+                        f"the worker running this task stopped answering {self.max_attempts} times"
+                    ),
+                )
+            ).rowcount
+            requeued = conn.execute(
+                update(Task).where(lapsed, Task.attempt < self.max_attempts).values(**self._requeued(), run_after=now)
+            ).rowcount
+        if requeued:
+            self._notify()
+        return requeued, failed
+
+    def _finish(self, claim: Claim, status: Status, **values: Any) -> bool:
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(Task)
+                .where(self._held(claim))
+                .values(status=status.value, ended_at=now_ms(), lease_token=None, lease_expires_at=None, **values)
+            ).rowcount
+        return done == 1
+
+    @staticmethod
+    def _held(claim: Claim) -> Any:
+        return and_(
+            Task.id == claim.task.id,
+            Task.status == Status.RUNNING.value,
+            Task.lease_token == claim.lease_token,
+        )
+
+    @staticmethod
+    def _requeued() -> dict[str, Any]:
+        return dict(status=Status.PENDING.value, lease_token=None, lease_expires_at=None, progress=0)
+
+    def _notify(self) -> None:
+        self._on_requeue()

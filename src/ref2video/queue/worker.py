@@ -1,0 +1,238 @@
+"""Workers: threads that claim tasks, run engines, store results and record the outcome.
+
+One `WorkerPool` per process runs `size` worker threads, a lease keeper that renews the
+leases of running tasks (and carries progress and cancel requests between them and the
+table), and a maintenance thread that reaps lapsed leases and sweeps expired tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from ..engines.base import GenerationRequest
+from ..engines.registry import EngineRegistry
+from ..errors import EngineError, RetryableEngineError, TaskCanceled
+from ..spec import TaskSpec
+from ..storage.base import Storage
+from ..store import tasks as task_store
+from ..usage import make_usage
+from .context import TaskContext
+from .manager import Claim, LeaseLost, QueueManager
+from .wakeup import Wakeup
+
+__all__ = ["WorkerPool"]
+
+log = logging.getLogger(__name__)
+
+
+class WorkerPool:
+    """Runs tasks from the queue until `stop()`.
+
+    pool = WorkerPool(manager, registry, storage, wakeup, scratch_dir=Path("scratch"), size=2)
+    pool.start(); ...; pool.stop(grace=10)
+    """
+
+    def __init__(
+        self,
+        manager: QueueManager,
+        registry: EngineRegistry,
+        storage: Storage,
+        wakeup: Wakeup,
+        *,
+        scratch_dir: Path,
+        size: int = 1,
+        poll_interval: float = 5.0,
+        reap_interval: float = 5.0,
+        retention_ms: int = 24 * 3600 * 1000,
+        sweep_interval: float = 300.0,
+    ) -> None:
+        self.manager = manager
+        self.registry = registry
+        self.storage = storage
+        self.wakeup = wakeup
+        self.scratch_dir = Path(scratch_dir)
+        self.size = size
+        self.poll_interval = poll_interval
+        self.reap_interval = reap_interval
+        self.retention_ms = retention_ms
+        self.sweep_interval = sweep_interval
+        self._stopping = threading.Event()
+        self._running: dict[str, TaskContext] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        # Renew well inside the lease, and look for cancel requests at least twice a second.
+        self._tick = min(0.5, manager.lease_ms / 1000 / 4)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        self.wakeup.start_listening()
+        targets = [(self._work, f"ref2video-worker-{i}") for i in range(self.size)]
+        if self.size:
+            targets.append((self._keep_leases, "ref2video-leases"))
+        targets.append((self._maintain, "ref2video-maintenance"))
+        for target, name in targets:
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Let running tasks finish for `grace` seconds, then hand them back to the queue."""
+        self._stopping.set()
+        self.wakeup.stop()
+        deadline = time.monotonic() + grace
+        workers = [t for t in self._threads if t.name.startswith("ref2video-worker")]
+        for thread in workers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            for context in self._running.values():
+                context.shutting_down = True
+        for thread in self._threads:
+            thread.join(5.0)
+
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    # -- the worker loop -----------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            self.wakeup.clear()
+            try:
+                claim = self.manager.claim(self.registry.models)
+            except Exception:
+                log.exception("claiming a task failed; retrying")
+                self._stopping.wait(1.0)
+                continue
+            if claim is None:
+                self.wakeup.wait(self.poll_interval)
+                continue
+            self._process(claim)
+
+    def _process(self, claim: Claim) -> None:
+        """Run one claimed task; exactly one outcome is written, in `finally`."""
+        task = claim.task
+        context = TaskContext(claim)
+        scratch = self.scratch_dir / f"{task.id}-{claim.lease_token[:8]}"
+        scratch.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._running[task.id] = context
+        outcome = ("fail", "InternalError", "the task stopped unexpectedly")
+        engine_name: str | None = None
+        try:
+            spec = TaskSpec.from_json(task.spec)
+            engine = self.registry.get(task.model)
+            engine_name = engine.name
+            request = GenerationRequest(task.id, spec, scratch, attempt=task.attempt)
+            result = engine.generate(request, context)
+            context.raise_if_canceled()
+            key = f"{task.id}-{claim.lease_token[:8]}.mp4"  # one file per attempt
+            self.storage.put(key, result.video_path)
+            outcome = ("succeed", key, make_usage(spec, result))
+        except TaskCanceled:
+            outcome = ("canceled",)
+        except RetryableEngineError as exc:
+            outcome = ("retry", exc.code, exc.message, exc.delay)
+        except EngineError as exc:
+            outcome = ("fail", exc.code, exc.message)
+        except Exception as exc:
+            log.exception("engine failed on task %s", task.id)
+            outcome = ("fail", "InternalError", f"the engine failed: {type(exc).__name__}")
+        finally:
+            with self._lock:
+                self._running.pop(task.id, None)
+            self._record(claim, context, outcome, engine_name)
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _record(self, claim: Claim, context: TaskContext, outcome: tuple, engine_name: str | None) -> None:
+        kind = outcome[0]
+        try:
+            if context.lease_lost:
+                done = False
+            elif kind == "canceled" and context.shutting_down and not context.cancel_requested:
+                done = self.manager.release(claim)
+            elif kind == "canceled":
+                done = self.manager.mark_canceled(claim)
+            elif kind == "retry":
+                done = self.manager.retry(claim, outcome[1], outcome[2], outcome[3]) is not None
+            elif kind == "succeed":
+                done = self.manager.succeed(claim, result_key=outcome[1], usage=outcome[2], engine=engine_name or "")
+            else:
+                done = self.manager.fail(claim, outcome[1], outcome[2], engine=engine_name)
+        except Exception:
+            log.exception("recording the outcome of task %s failed; its lease will lapse", claim.task.id)
+            done = False
+        if kind == "succeed" and not done:
+            # The claim was lost (reaped, or canceled as it finished): the file is nobody's.
+            self.storage.delete(outcome[1])
+        log.info("task %s: %s%s", claim.task.id, kind, "" if done else " (not recorded: claim lost)")
+
+    # -- the lease keeper ----------------------------------------------------------------
+
+    def _keep_leases(self) -> None:
+        renew_every = self.manager.lease_ms / 1000 / 3
+        while not self._stopping.wait(self._tick):
+            with self._lock:
+                contexts = list(self._running.values())
+            for context in contexts:
+                self._keep(context, renew_every)
+        # After stop(): keep renewing while tasks hand themselves back.
+        while self.running:
+            time.sleep(self._tick)
+            with self._lock:
+                contexts = list(self._running.values())
+            for context in contexts:
+                self._keep(context, renew_every)
+
+    def _keep(self, context: TaskContext, renew_every: float) -> None:
+        try:
+            due = time.monotonic() - context.last_renewed >= renew_every
+            if due or context.progress != context.reported:
+                progress = context.progress
+                context.cancel_requested = self.manager.heartbeat(context.claim, progress)
+                context.reported = progress
+                context.last_renewed = time.monotonic()
+            else:
+                context.cancel_requested = self.manager.cancel_requested(context.claim)
+        except LeaseLost:
+            context.lease_lost = True
+        except Exception:
+            log.warning("renewing the lease of task %s failed", context.claim.task.id, exc_info=True)
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def _maintain(self) -> None:
+        last_sweep = 0.0
+        while not self._stopping.wait(self.reap_interval):
+            try:
+                requeued, failed = self.manager.reap()
+                if requeued or failed:
+                    log.warning("reaped lapsed leases: %d requeued, %d failed", requeued, failed)
+                if time.monotonic() - last_sweep >= self.sweep_interval:
+                    last_sweep = time.monotonic()
+                    self.sweep()
+            except Exception:
+                log.exception("queue maintenance failed; will try again")
+
+    def sweep(self) -> int:
+        """Remove tasks past retention and their files; returns how many tasks went."""
+        engine = self.manager.engine
+        removed = 0
+        while expired := task_store.expired_tasks(engine, self.retention_ms):
+            for _task_id, key in expired:
+                if key:
+                    self.storage.delete(key)
+            task_store.delete_tasks(engine, [task_id for task_id, _ in expired])
+            removed += len(expired)
+        cutoff = time.time() - self.retention_ms / 1000
+        for leftover in self.scratch_dir.glob("*"):
+            if leftover.stat().st_mtime < cutoff:
+                shutil.rmtree(leftover, ignore_errors=True)
+        return removed

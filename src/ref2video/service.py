@@ -1,0 +1,97 @@
+"""One ref2video process's parts, wired together from `Settings`.
+
+Both the HTTP app and the command line build a `Service`; tests build their own with
+their own settings, so nothing here is a module-level global.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from .config import Settings
+from .engines.registry import EngineRegistry
+from .queue.manager import QueueManager
+from .queue.wakeup import Wakeup
+from .queue.worker import WorkerPool
+from .storage.base import Storage
+from .storage.local import LocalStorage
+from .storage.signing import UrlSigner
+from .store import keys
+from .store.db import make_engine, migrate
+
+__all__ = ["Service"]
+
+log = logging.getLogger("ref2video")
+
+
+class Service:
+    """Database, storage, queue and workers of one process.
+
+    service = Service(Settings())
+    service.start()          # migrate, make the first key if there is none, start workers
+    ...
+    service.stop()
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        storage: Storage | None = None,
+        registry: EngineRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = make_engine(settings.database_url)
+        assert settings.results_dir is not None
+        self.storage: Storage = storage or LocalStorage(settings.results_dir)
+        self.registry = registry or EngineRegistry.from_settings(settings)
+        self.tz = ZoneInfo(settings.timezone)
+        self.retention_ms = int(settings.retention_hours * 3600 * 1000)
+        self.wakeup = Wakeup(self.db)
+        self.manager = QueueManager(
+            self.db,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+            on_requeue=self.wakeup.notify,
+        )
+        self.pool = WorkerPool(
+            self.manager, self.registry, self.storage, self.wakeup,
+            scratch_dir=settings.scratch_dir, size=settings.workers,
+            poll_interval=settings.poll_interval, reap_interval=settings.reap_interval,
+            retention_ms=self.retention_ms, sweep_interval=settings.sweep_interval,
+        )
+        self.signer: UrlSigner | None = None
+
+    def prepare(self) -> None:
+        """Migrate the database and load the URL signing secret."""
+        migrate(self.db)
+        secret = self.settings.signing_secret or keys.server_secret(self.db, "url_signing")
+        self.signer = UrlSigner(secret, self.settings.url_ttl_seconds)
+
+    def start(self) -> None:
+        self.prepare()
+        self.ensure_first_key()
+        self.pool.start()
+
+    def stop(self) -> None:
+        self.pool.stop(self.settings.shutdown_grace)
+        self.db.dispose()
+
+    def ensure_first_key(self) -> Path | None:
+        """On an empty key table, make one key and write it to a file only the user can read."""
+        if keys.count_keys(self.db):
+            return None
+        key, info = keys.create_key(self.db, owner="default", name="first key")
+        path = self.settings.data_dir / "first-api-key.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        log.warning(
+            "created the first API key (id %s); it is in %s. Use it as 'Authorization: Bearer <key>', "
+            "and manage keys with 'ref2video keys'.", info.id, path.resolve(),
+        )
+        return path

@@ -1,0 +1,67 @@
+"""The tables. Times are epoch milliseconds (UTC) in BIGINT columns, the same on every database."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Base", "Task", "ApiKey", "ServerSecret"]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Task(Base):
+    """One task: the system of record and the queue entry at once (ARCHITECTURE.md, decision 1)."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    spec: Mapped[dict] = mapped_column(JSON)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # claims so far
+    lease_token: Mapped[str | None] = mapped_column(String(36))
+    lease_expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    run_after: Mapped[int] = mapped_column(BigInteger)  # not claimable before (retry backoff)
+    submitted_at: Mapped[int] = mapped_column(BigInteger)
+    scheduled_at: Mapped[int | None] = mapped_column(BigInteger)
+    ended_at: Mapped[int | None] = mapped_column(BigInteger)
+    engine: Mapped[str | None] = mapped_column(String(64))
+    result_key: Mapped[str | None] = mapped_column(String(255))
+    usage: Mapped[dict | None] = mapped_column(JSON)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_tasks_claim", "status", "run_after", "submitted_at"),
+        Index("ix_tasks_owner_submitted", "owner", "submitted_at"),
+        Index("ix_tasks_submitted", "submitted_at"),
+    )
+
+
+class ApiKey(Base):
+    """An API key: `r2v-<id>-<secret>`, of which only the secret's SHA-256 is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128), default="")
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ServerSecret(Base):
+    """Secrets the server makes once and every process shares (the URL signing key)."""
+
+    __tablename__ = "server_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
