@@ -14,7 +14,9 @@
     │   └── InternalError        500  never for bad input
     └── EngineError              raised by an engine; fails the task with its code and message
         ├── RetryableEngineError the attempt is given back to the queue (attempt + 1)
-        └── TaskCanceled         the engine stopped because a cancel was requested
+        ├── TaskCanceled         the engine stopped because a cancel was requested
+        └── MediaError           a reference could not be fetched or breaks a rule
+                                 (code InvalidURL or InvalidParameter; see ref2video.media)
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "EngineError",
     "RetryableEngineError",
     "TaskCanceled",
+    "MediaError",
 ]
 
 
@@ -135,3 +138,15 @@ class TaskCanceled(EngineError):
 
     def __init__(self, message: str = "the task was canceled") -> None:
         super().__init__(message, code="Canceled")
+
+
+class MediaError(EngineError):
+    """A reference could not be fetched, or its bytes break a rule of PROTOCOL.md section 2.
+
+    `code` is `InvalidURL` when the address cannot be used (scheme, forbidden address, DNS,
+    HTTP status, redirects) and `InvalidParameter` when the content is wrong (size, format,
+    pixels, seconds, a broken file).
+    """
+
+    def __init__(self, message: str, code: str = "InvalidParameter") -> None:
+        super().__init__(message, code)

@@ -13,8 +13,8 @@ __all__ = ["router"]
 router = APIRouter()
 
 
-@router.api_route("/v1/results/{key}", methods=["GET", "HEAD"], tags=["results"],
-                  summary="Download a result (supports Range)")
+@router.head("/v1/results/{key}", include_in_schema=False)
+@router.get("/v1/results/{key}", tags=["results"], summary="Download a result (supports Range)")
 async def result(request: Request, key: str, expires: str = "", sig: str = "") -> Response:
     service = service_of(request)
     assert service.signer is not None

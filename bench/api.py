@@ -1,0 +1,565 @@
+"""Throughput and latency of the task API's create and query, against the framework's ceiling.
+
+Usage:
+
+    python bench/api.py [--duration S] [--concurrency 1,8,32,64] [--database-url URL] [--json out.json]
+
+Method
+------
+Two servers run side by side, each in its own process, on loopback ports:
+
+* **ours**: the real service, ``python -m ref2video serve --port P`` (the same command as
+  ``ref2video serve``) with ``REF2VIDEO_WORKERS=0``, so no engine runs and every task stays
+  PENDING, and ``REF2VIDEO_DATA_DIR`` in a fresh temp dir (SQLite there by default, or a fresh
+  PostgreSQL database made on ``--database-url`` and dropped afterwards). Its first start writes
+  the API key the benchmark uses to ``<data_dir>/first-api-key.txt``.
+* **ceiling**: a bare FastAPI app with the same routes (``POST /task/bailian/ref2video`` that
+  reads a JSON body, ``GET /api/v1/tasks/{task_id}``), ``async def`` handlers that return a
+  canned JSON answer of about the same size as ours, served by ``uvicorn.run`` with the settings
+  ``ref2video serve`` uses (single process, default loop and HTTP implementation, no access
+  log). It is what the framework can do when the route does nothing.
+
+The load generator runs in this process (never in a server's): a small HTTP/1.1 keep-alive client
+on ``asyncio.open_connection``, one connection per concurrent worker, each worker sending its
+next request as soon as the previous answer is read in full (closed loop). Both targets get
+byte-identical requests (same headers, same key, same body, same task ids). For every point,
+the connections are opened, warmed up for ``--warmup`` seconds, then measured for
+``--duration`` seconds; each request's latency is taken with ``time.perf_counter`` from just
+before the write to just after the last body byte. Throughput is completed requests divided by
+the time from the start of the measurement to the last answer. p50/p99 are nearest-rank
+percentiles. The CPU time of the client and of the server process (all threads, from
+``/proc/PID/stat``) during the measurement is reported too: a client near 100% means the ceiling
+figure is a floor (the ratios are then flattering), a server near 100% means it is CPU-bound.
+
+Points run in this order: query for every concurrency (on a few hundred seeded tasks, so the
+queue is short), then create for every concurrency; within a point the ceiling runs first, then
+ours. After the creates, one more query point at the highest concurrency reads the newest tasks,
+which by then sit behind every task created before them in the PENDING queue.
+
+Everything is bounded: fixed-duration points, a hard timeout per point and per server start,
+loopback only; the servers are stopped and the temp dir (and PostgreSQL database) removed on the
+way out, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import http.client
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.responses import JSONResponse
+
+HOST = "127.0.0.1"
+CREATE_PATH = "/task/bailian/ref2video"
+QUERY_PATH = "/api/v1/tasks/{task_id}"
+TARGETS = {"create": 0.6, "query": 0.8}  # ours / ceiling, from the issue
+SEED_TASKS = 200
+START_TIMEOUT = 60.0
+POINT_SLACK = 30.0  # a point taking this much longer than planned is a hung server
+
+CREATE_BODY: dict[str, Any] = {
+    "model": "wan2.6-r2v-flash",
+    "input": {
+        "prompt": "character1 walks along the beach at sunset while character2 follows, waves in the background",
+        "negative_prompt": "blurry, low quality",
+        "reference_urls": ["https://example.com/refs/role1.mp4", "https://example.com/refs/object.png"],
+    },
+    "parameters": {"size": "1280*720", "duration": 5, "audio": True, "shot_type": "multi",
+                   "watermark": False},
+}
+
+# What the ceiling answers: the shapes (and about the sizes) of ours for a PENDING task.
+CEILING_CREATED: dict[str, Any] = {
+    "request_id": "183e6860-270f-47e8-a203-1a3524f0580d",
+    "output": {"task_id": "aa62a600-3d6f-4890-ab3e-513631737e03", "task_status": "PENDING"},
+}
+CEILING_TASK_OUTPUT: dict[str, Any] = {
+    "task_status": "PENDING", "submit_time": "2026-11-24 03:30:25.305", "progress": 0,
+    "seed": 1380728274, "queue_position": 0,
+}
+
+
+# -- the ceiling server ----------------------------------------------------------------------
+
+
+def ceiling_app() -> FastAPI:
+    """A bare FastAPI app with the two routes, doing nothing but JSON in and out."""
+    app = FastAPI()
+
+    @app.post(CREATE_PATH)
+    async def create(request: Request) -> JSONResponse:
+        await request.json()
+        return JSONResponse(CEILING_CREATED)
+
+    @app.get(QUERY_PATH)
+    async def query(task_id: str) -> JSONResponse:
+        return JSONResponse({"request_id": CEILING_CREATED["request_id"],
+                             "output": {"task_id": task_id, **CEILING_TASK_OUTPUT}})
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def serve_ceiling(port: int) -> None:
+    """Serve the ceiling app as `ref2video serve` serves its own (see cli/main.py)."""
+    import uvicorn
+
+    uvicorn.run(ceiling_app(), host=HOST, port=port, log_level="warning", access_log=False)
+
+
+# -- server processes ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Server:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def start_process(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Server:
+    port = free_port()
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [*argv, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    server = Server(name, port, process, log_path)
+    wait_ready(server)
+    return server
+
+
+def wait_ready(server: Server, timeout: float = START_TIMEOUT) -> None:
+    """Poll GET /health until it answers 200, or fail with the server's log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            break
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            conn = http.client.HTTPConnection(HOST, server.port, timeout=2)
+            try:
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    return
+            finally:
+                conn.close()
+        time.sleep(0.1)
+    tail = server.log_path.read_text(errors="replace")[-3000:]
+    raise RuntimeError(f"{server.name} did not become ready on port {server.port}:\n{tail}")
+
+
+def stop_process(server: Server) -> None:
+    """SIGTERM (a graceful uvicorn shutdown), then SIGKILL after 15 s."""
+    if server.process.poll() is not None:
+        return
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(5)
+
+
+def start_ours(data_dir: Path, database_url: str | None, log_dir: Path) -> Server:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REF2VIDEO_")}
+    env.update(REF2VIDEO_DATA_DIR=str(data_dir), REF2VIDEO_WORKERS="0", REF2VIDEO_LOG_LEVEL="warning")
+    if database_url:
+        env["REF2VIDEO_DATABASE_URL"] = database_url
+    return start_process("ours", [sys.executable, "-m", "ref2video", "serve"], env, log_dir)
+
+
+def start_ceiling(log_dir: Path) -> Server:
+    argv = [sys.executable, os.path.abspath(__file__), "--serve-ceiling"]
+    return start_process("ceiling", argv, dict(os.environ), log_dir)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- a fresh PostgreSQL database -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def fresh_postgres(url: str) -> Iterator[str]:
+    """Create a uniquely named database on the server of `url`; yield its URL; drop it."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(url).set(drivername="postgresql")
+    name = f"ref2video_bench_{uuid.uuid4().hex[:12]}"
+    admin_dsn = admin.render_as_string(hide_password=False)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- the load generator ----------------------------------------------------------------------
+
+
+class Connection:
+    """One HTTP/1.1 keep-alive connection; answers must carry Content-Length (uvicorn's do)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(reader, writer)
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        """Send one prepared request; return (status, body)."""
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = _content_length(head)
+        body = await self.reader.readexactly(length) if length else b""
+        return status, body
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+def _content_length(head: bytes) -> int:
+    start = head.lower().find(b"\r\ncontent-length:")
+    if start < 0:
+        raise RuntimeError(f"an answer without Content-Length: {head[:200]!r}")
+    end = head.find(b"\r\n", start + 2)
+    return int(head[start + 17:end])
+
+
+def http_request(method: str, path: str, key: str, body: bytes = b"") -> bytes:
+    """The exact bytes of one request; identical for both targets."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}", f"Authorization: Bearer {key}",
+             "Accept: */*", "User-Agent: ref2video-bench"]
+    if body:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+@dataclasses.dataclass
+class Tally:
+    """What the workers of one phase record."""
+
+    latencies: list[float] = dataclasses.field(default_factory=list)
+    errors: int = 0
+    last_error: str = ""
+
+
+async def worker(conn: Connection, requests: Sequence[bytes], offset: int, deadline: float,
+                 tally: Tally | None) -> None:
+    """Send requests back to back until `deadline`; record latencies into `tally` if given."""
+    clock = time.perf_counter
+    i = offset
+    while clock() < deadline:
+        raw = requests[i % len(requests)]
+        i += 1
+        started = clock()
+        status, body = await conn.request(raw)
+        if tally is None:
+            continue
+        tally.latencies.append(clock() - started)
+        if status != 200:
+            tally.errors += 1
+            tally.last_error = f"HTTP {status}: {body[:200]!r}"
+
+
+@dataclasses.dataclass
+class Point:
+    target: str
+    op: str
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    client_cpu: float  # fraction of one core
+    server_cpu: float
+    last_error: str = ""
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending sequence."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+async def run_point(server: Server, op: str, requests: Sequence[bytes], concurrency: int,
+                    warmup: float, duration: float) -> Point:
+    """Warm up, then measure `concurrency` closed-loop workers for `duration` seconds."""
+    conns = [await Connection.open(server.port) for _ in range(concurrency)]
+    offsets = [i * len(requests) // concurrency for i in range(concurrency)]
+    try:
+        await _phase(conns, requests, offsets, warmup, None)
+        tally = Tally()
+        cpu0, client0, t0 = cpu_seconds(server.process.pid), time.process_time(), time.perf_counter()
+        await _phase(conns, requests, offsets, duration, tally)
+        elapsed = time.perf_counter() - t0
+        client_cpu = (time.process_time() - client0) / elapsed
+        server_cpu = (cpu_seconds(server.process.pid) - cpu0) / elapsed
+    finally:
+        for conn in conns:
+            await conn.close()
+    lat = sorted(tally.latencies)
+    return Point(
+        target=server.name, op=op, concurrency=concurrency, requests=len(lat), errors=tally.errors,
+        seconds=round(elapsed, 3), rps=len(lat) / elapsed, p50_ms=percentile(lat, 50) * 1000,
+        p99_ms=percentile(lat, 99) * 1000, client_cpu=client_cpu, server_cpu=server_cpu,
+        last_error=tally.last_error,
+    )
+
+
+async def _phase(conns: Sequence[Connection], requests: Sequence[bytes], offsets: Sequence[int],
+                 seconds: float, tally: Tally | None) -> None:
+    deadline = time.perf_counter() + seconds
+    jobs = [worker(c, requests, o, deadline, tally) for c, o in zip(conns, offsets)]
+    await asyncio.wait_for(asyncio.gather(*jobs), seconds + POINT_SLACK)
+
+
+async def seed_tasks(server: Server, key: str, count: int) -> list[str]:
+    """Create `count` tasks on ours, one after another; return their ids."""
+    conn = await Connection.open(server.port)
+    raw = http_request("POST", CREATE_PATH, key, json.dumps(CREATE_BODY).encode())
+    ids = []
+    try:
+        for _ in range(count):
+            status, body = await conn.request(raw)
+            if status != 200:
+                raise RuntimeError(f"seeding a task failed: HTTP {status}: {body[:300]!r}")
+            ids.append(json.loads(body)["output"]["task_id"])
+    finally:
+        await conn.close()
+    return ids
+
+
+async def newest_tasks(server: Server, key: str) -> tuple[list[str], int]:
+    """Ids of the 100 newest tasks, and how many tasks there are."""
+    conn = await Connection.open(server.port)
+    try:
+        status, body = await conn.request(http_request("GET", "/api/v1/tasks?page_size=100", key))
+    finally:
+        await conn.close()
+    if status != 200:
+        raise RuntimeError(f"listing tasks failed: HTTP {status}: {body[:300]!r}")
+    page = json.loads(body)
+    return [t["task_id"] for t in page["data"]], page["total"]
+
+
+def query_requests(key: str, task_ids: Sequence[str]) -> list[bytes]:
+    ids = list(task_ids)
+    random.Random(0).shuffle(ids)
+    return [http_request("GET", QUERY_PATH.format(task_id=t), key) for t in ids]
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Options:
+    duration: float
+    warmup: float
+    concurrency: list[int]
+    database_url: str | None
+    json_path: Path | None
+
+
+async def measure(ours: Server, ceiling: Server, key: str, opts: Options) -> tuple[list[Point], int]:
+    """Every point, ceiling then ours; returns the points and the final number of tasks."""
+    points: list[Point] = []
+
+    async def pair(op: str, requests: Sequence[bytes], c: int, targets: Sequence[Server]) -> None:
+        for server in targets:
+            point = await run_point(server, op, requests, c, opts.warmup, opts.duration)
+            points.append(point)
+            print(_progress_line(point), file=sys.stderr, flush=True)
+
+    queries = query_requests(key, await seed_tasks(ours, key, SEED_TASKS))
+    for c in opts.concurrency:
+        await pair("query", queries, c, (ceiling, ours))
+    creates = [http_request("POST", CREATE_PATH, key, json.dumps(CREATE_BODY).encode())]
+    for c in opts.concurrency:
+        await pair("create", creates, c, (ceiling, ours))
+    newest, total = await newest_tasks(ours, key)
+    await pair(f"query@{total}", query_requests(key, newest), max(opts.concurrency), (ours,))
+    return points, total
+
+
+def _progress_line(p: Point) -> str:
+    error = f"\n    last error: {p.last_error}" if p.errors else ""
+    return (f"  {p.op:>12} c={p.concurrency:<3} {p.target:<7} {p.rps:8.0f} req/s  "
+            f"p50 {p.p50_ms:7.2f} ms  p99 {p.p99_ms:7.2f} ms  errors {p.errors}  "
+            f"client cpu {p.client_cpu:4.0%}  server cpu {p.server_cpu:4.0%}{error}")
+
+
+def run(opts: Options) -> dict[str, Any]:
+    """Start both servers, measure, stop them, clean up; return the report."""
+    workdir = Path(tempfile.mkdtemp(prefix="ref2video-bench-"))
+    servers: list[Server] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            db_url = stack.enter_context(fresh_postgres(opts.database_url)) if opts.database_url else None
+            try:
+                servers.append(start_ceiling(workdir))
+                servers.append(start_ours(workdir / "data", db_url, workdir))
+                key = (workdir / "data" / "first-api-key.txt").read_text().strip()
+                points, total = _run_loop(servers[1], servers[0], key, opts)
+            finally:
+                for server in servers:
+                    stop_process(server)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"machine": machine(), "settings": _settings(opts), "tasks_at_end": total,
+            "points": [dataclasses.asdict(p) for p in points]}
+
+
+def _run_loop(ours: Server, ceiling: Server, key: str, opts: Options) -> tuple[list[Point], int]:
+    loop_name = "asyncio"
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+        loop_name = "uvloop"
+    except ImportError:
+        runner = asyncio.Runner()
+    print(f"client loop: {loop_name}; ours on :{ours.port}, ceiling on :{ceiling.port}", file=sys.stderr)
+    with runner:
+        return runner.run(measure(ours, ceiling, key, opts))
+
+
+def _settings(opts: Options) -> dict[str, Any]:
+    return {"duration_s": opts.duration, "warmup_s": opts.warmup, "concurrency": opts.concurrency,
+            "database": "postgresql" if opts.database_url else "sqlite", "seeded_tasks": SEED_TASKS}
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for dist in ("fastapi", "starlette", "uvicorn", "uvloop", "httptools", "sqlalchemy", "psycopg"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[dist] = metadata.version(dist)
+    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "platform": platform.platform(), "date": datetime.date.today().isoformat(), **versions}
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def table(points: Sequence[Point]) -> str:
+    """A Markdown table: one row per (op, concurrency), ours against the ceiling."""
+    ceilings = {(p.op, p.concurrency): p for p in points if p.target == "ceiling"}
+    rows = ["| op | conc | ceiling req/s | ours req/s | ratio | target | ceiling p50 / p99 ms "
+            "| ours p50 / p99 ms | errors (ceil / ours) | client CPU (ceil / ours) | server CPU (ceil / ours) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in points:
+        if p.target != "ours":
+            continue
+        base_op = p.op.split("@")[0]
+        ceil = ceilings.get((p.op, p.concurrency)) or ceilings.get((base_op, p.concurrency))
+        assert ceil is not None
+        ratio = p.rps / ceil.rps if ceil.rps else float("nan")
+        rows.append(
+            f"| {p.op} | {p.concurrency} | {ceil.rps:,.0f} | {p.rps:,.0f} | {ratio:.2f} "
+            f"| {TARGETS[base_op]:.1f} | {ceil.p50_ms:.2f} / {ceil.p99_ms:.2f} "
+            f"| {p.p50_ms:.2f} / {p.p99_ms:.2f} | {ceil.errors} / {p.errors} "
+            f"| {ceil.client_cpu:.0%} / {p.client_cpu:.0%} | {ceil.server_cpu:.0%} / {p.server_cpu:.0%} |"
+        )
+    return "\n".join(rows)
+
+
+def points_of(report: dict[str, Any]) -> list[Point]:
+    return [Point(**p) for p in report["points"]]
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, int | None]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per point (4)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per point (1)")
+    parser.add_argument("--concurrency", default="1,8,32,64",
+                        help="comma-separated connection counts (1,8,32,64)")
+    parser.add_argument("--database-url", default=None,
+                        help="a PostgreSQL server URL; a fresh database is made on it and dropped")
+    parser.add_argument("--json", type=Path, default=None, dest="json_path", help="also write the report here")
+    parser.add_argument("--serve-ceiling", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    if not concurrency or min(concurrency) < 1 or max(concurrency) > 512:
+        parser.error("--concurrency takes numbers from 1 to 512")
+    if not 0.1 <= args.duration <= 120 or not 0 <= args.warmup <= 60:
+        parser.error("--duration must be 0.1-120 s and --warmup 0-60 s")
+    opts = Options(args.duration, args.warmup, concurrency, args.database_url, args.json_path)
+    return opts, (args.port if args.serve_ceiling else None)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    opts, ceiling_port = parse_args(argv)
+    if ceiling_port is not None:
+        serve_ceiling(ceiling_port)
+        return
+    report = run(opts)
+    m = report["machine"]
+    print(f"\n{m['cores']} cores, {m['cpu']}, Python {m['python']}, {m['date']}; "
+          f"database {report['settings']['database']}; {opts.duration:g} s per point after "
+          f"{opts.warmup:g} s warm-up; {report['tasks_at_end']} tasks in the table at the end\n")
+    print(table(points_of(report)))
+    if opts.json_path:
+        opts.json_path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Creating tasks over real HTTP: both routes, every kind of bad input, and keys."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.live import LiveServer, make_body
+from tests.test_spec import SEED_BODY
+
+NATIVE = "/api/v1/services/aigc/video-generation/video-synthesis"
+ASYNC = {"X-DashScope-Async": "enable"}
+
+
+def assert_error(r: httpx.Response, status: int, code: str, words: str = "") -> None:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"request_id", "code", "message"}, body
+    assert body["code"] == code and words in body["message"], body
+    assert len(body["request_id"]) == 36
+
+
+@pytest.fixture
+def idle(make_server) -> LiveServer:  # type: ignore[no-untyped-def]
+    """A server with no workers: created tasks stay PENDING."""
+    return make_server(workers=0)
+
+
+def test_gateway_create_answers_pending_at_once(idle: LiveServer) -> None:
+    r = idle.client().post("/task/bailian/ref2video", json=SEED_BODY)
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == {"request_id", "output"}
+    assert body["output"]["task_status"] == "PENDING"
+    assert len(body["output"]["task_id"]) == 36
+    seen = idle.get(body["output"]["task_id"])["output"]
+    assert seen["task_status"] == "PENDING" and seen["queue_position"] == 0
+
+
+def test_native_create_needs_the_async_header(idle: LiveServer) -> None:
+    client = idle.client()
+    assert_error(client.post(NATIVE, json=SEED_BODY), 403, "AccessDenied", "synchronous")
+    r = client.post(NATIVE, json=SEED_BODY, headers=ASYNC)
+    assert r.status_code == 200 and r.json()["output"]["task_status"] == "PENDING"
+
+
+def test_keys_are_checked_first(idle: LiveServer) -> None:
+    bare = httpx.Client(base_url=idle.url)
+    assert_error(bare.post("/task/bailian/ref2video", json=SEED_BODY), 401, "InvalidApiKey", "No API-key provided.")
+    assert_error(bare.post(NATIVE, json={}, headers=ASYNC), 401, "InvalidApiKey", "No API-key")
+    assert_error(bare.get("/api/v1/tasks/x"), 401, "InvalidApiKey")
+    for wrong in ("r2v-nope-nope", "sk-123", "Bearer", idle.key[:-1] + ("A" if idle.key[-1] != "A" else "B")):
+        r = bare.post("/task/bailian/ref2video", json=SEED_BODY, headers={"Authorization": f"Bearer {wrong}"})
+        assert_error(r, 401, "InvalidApiKey", "Invalid API-key provided.")
+    bare.close()
+
+
+def test_a_revoked_key_stops_working_on_the_next_request(idle: LiveServer) -> None:
+    from ref2video.store.keys import parse_key, revoke_key
+
+    key = idle.new_key()
+    client = idle.client(key)
+    assert client.post("/task/bailian/ref2video", json=SEED_BODY).status_code == 200
+    assert revoke_key(idle.service.db, parse_key(key)[0])  # type: ignore[index]
+    assert_error(client.post("/task/bailian/ref2video", json=SEED_BODY), 401, "InvalidApiKey")
+    assert_error(client.get("/api/v1/tasks"), 401, "InvalidApiKey")
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "code", "words"),
+    [
+        (b"{not json", 400, "InvalidParameter", "not valid JSON"),
+        (b"", 400, "InvalidParameter", "empty"),
+        (b"[1, 2]", 400, "InvalidParameter", "JSON object"),
+        (b"\xff\xfe\x00", 400, "InvalidParameter", "not valid JSON"),
+        (b'{"model": "wan2.6-r2v-flash", "input": {"prompt": 7}}', 400, "InvalidParameter", "input.prompt"),
+        (b'{"model": "no-such-model", "input": {}}', 404, "ModelNotFound", "no-such-model"),
+        (b'{"model": "wan2.6-r2v", "input": {"prompt": "x", "reference_urls": ["gopher://a/b"]}}', 400, "InvalidURL",
+         "reference 1"),
+    ],
+)
+def test_bad_bodies_get_their_own_clear_4xx(idle: LiveServer, content: bytes, status: int, code: str, words: str) -> None:
+    r = idle.client().post("/task/bailian/ref2video", content=content, headers={"Content-Type": "application/json"})
+    assert_error(r, status, code, words)
+
+
+def test_huge_bodies_are_refused_before_they_are_read(idle: LiveServer) -> None:
+    huge = b'{"model": "' + b"x" * (2 << 20) + b'"}'
+    r = idle.client().post("/task/bailian/ref2video", content=huge)
+    assert_error(r, 413, "RequestTooLarge", "limit")
+
+    def chunks():  # no Content-Length: counted as it streams
+        for _ in range(40):
+            yield b" " * 65536
+
+    r = idle.client().post("/task/bailian/ref2video", content=chunks())
+    assert_error(r, 413, "RequestTooLarge", "limit")
+
+
+def test_unknown_routes_and_methods_answer_in_the_envelope(idle: LiveServer) -> None:
+    client = idle.client()
+    assert_error(client.get("/api/v1/nothing"), 404, "NotFound")
+    assert_error(client.put("/task/bailian/ref2video", json={}), 405, "MethodNotAllowed")
+
+
+def test_the_seed_is_reported_and_a_given_one_kept(idle: LiveServer) -> None:
+    task_id = idle.create(seed=1234)
+    assert idle.get(task_id)["output"]["seed"] == 1234
+    other = idle.get(idle.create())["output"]["seed"]
+    assert isinstance(other, int) and 0 <= other <= 2147483647
+
+
+def test_queue_positions_count_older_pending_tasks(idle: LiveServer) -> None:
+    ids = [idle.create() for _ in range(3)]
+    assert [idle.get(i)["output"]["queue_position"] for i in ids] == [0, 1, 2]
+
+
+def test_openapi_document_and_docs_are_served(idle: LiveServer) -> None:
+    client = idle.client()
+    spec = client.get("/openapi.json").json()
+    for path in ("/task/bailian/ref2video", "/task/{task_id}", NATIVE, "/api/v1/tasks/{task_id}",
+                 "/api/v1/tasks/{task_id}/cancel", "/api/v1/tasks"):
+        assert path in spec["paths"], path
+    body_schema = spec["components"]["schemas"]["CreateBody"]
+    assert {"model", "input"} <= set(body_schema["required"])
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()

@@ -1,0 +1,117 @@
+"""A real ref2video app on loopback, and helpers to drive it over HTTP."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from ref2video.api.app import create_app
+from ref2video.config import Settings
+from ref2video.service import Service
+from ref2video.store import keys
+
+SCRIPTED = "tests.fixtures.engines:ScriptedEngine"
+TEST_MODELS = {"wan2.6-r2v": SCRIPTED, "wan2.6-r2v-flash": SCRIPTED}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def settings_for(data_dir: Path, database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        data_dir=data_dir, database_url=database_url, models=dict(TEST_MODELS),
+        lease_seconds=2.0, reap_interval=0.2, poll_interval=30.0, shutdown_grace=2.0,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class LiveServer:
+    """A real ref2video app served by uvicorn on loopback, in this process."""
+
+    url: str
+    key: str
+    service: Service
+    _server: uvicorn.Server
+    _thread: threading.Thread
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key or self.key}"}
+        client = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        self.clients.append(client)
+        return client
+
+    def new_key(self, owner: str = "default") -> str:
+        key, _ = keys.create_key(self.service.db, owner=owner)
+        return key
+
+    def create(self, body: dict[str, Any] | None = None, key: str | None = None, **parameters: Any) -> str:
+        """Create a task through the gateway route; its id."""
+        body = body or make_body(**parameters)
+        r = self.client(key).post("/task/bailian/ref2video", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()["output"]["task_id"]
+
+    def get(self, task_id: str, key: str | None = None) -> dict[str, Any]:
+        r = self.client(key).get(f"/api/v1/tasks/{task_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait(self, task_id: str, states: tuple[str, ...] = ("SUCCEEDED", "FAILED", "CANCELED"),
+             timeout: float = 30.0, key: str | None = None) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.get(task_id, key)
+            if body["output"]["task_status"] in states:
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task {task_id} still {body['output']} after {timeout}s")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.close()
+        self._server.should_exit = True
+        self._thread.join(20)
+
+
+def make_body(prompt: str = "character1 waves", urls: list[str] | None = None, model: str = "wan2.6-r2v-flash",
+              **parameters: Any) -> dict[str, Any]:
+    return {
+        "model": model,
+        "input": {"prompt": prompt, "reference_urls": urls or ["https://example.com/a.png"]},
+        "parameters": {"size": "1280*720", "duration": 5, **parameters},
+    }
+
+
+def start_server(settings: Settings) -> LiveServer:
+    service = Service(settings)
+    app = create_app(service=service)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    first = settings.data_dir / "first-api-key.txt"
+    key = first.read_text().strip() if first.exists() else keys.create_key(service.db)[0]
+    return LiveServer(f"http://127.0.0.1:{port}", key, service, server, thread)
+
+
