@@ -1,0 +1,153 @@
+"""The queue's statements on real SQLite and PostgreSQL: claim, lease, reap, compare-and-set."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, select, update
+
+from ref2video.protocol import Status
+from ref2video.queue.manager import LeaseLost, QueueManager
+from ref2video.spec import TaskSpec
+from ref2video.store import tasks as store
+from ref2video.store.db import make_engine, migrate
+from ref2video.store.keys import Principal
+from ref2video.store.models import Task
+
+MODELS = ["m"]
+OWNER = Principal(key_id="k", owner="o")
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def add(db: Engine, n: int = 1) -> list[str]:
+    spec = TaskSpec(model="m", prompt="p", reference_urls=("https://x.test/a.png",))
+    return [store.create_task(db, spec, OWNER).id for _ in range(n)]
+
+
+def status(db: Engine, task_id: str) -> tuple:
+    with db.connect() as conn:
+        return tuple(conn.execute(select(Task.status, Task.attempt, Task.error_code).where(Task.id == task_id)).one())
+
+
+def test_claims_take_the_oldest_first_and_only_served_models(db: Engine) -> None:
+    first, second = add(db, 2)
+    manager = QueueManager(db)
+    assert manager.claim(["other"]) is None
+    claim = manager.claim(MODELS)
+    assert claim is not None and claim.task.id == first and claim.task.attempt == 1
+    assert claim.task.status is Status.RUNNING and claim.task.scheduled_at is not None
+    assert manager.claim(MODELS).task.id == second  # type: ignore[union-attr]
+    assert manager.claim(MODELS) is None
+
+
+def test_concurrent_claimers_never_share_a_task(db: Engine) -> None:
+    ids = set(add(db, 40))
+    manager = QueueManager(db)
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def claimer() -> None:
+        while (claim := manager.claim(MODELS)) is not None:
+            with lock:
+                got.append(claim.task.id)
+
+    threads = [threading.Thread(target=claimer) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == sorted(ids)
+
+
+def test_finishing_is_a_compare_and_set_on_the_lease(db: Engine) -> None:
+    (task_id,) = add(db)
+    manager = QueueManager(db)
+    claim = manager.claim(MODELS)
+    assert claim is not None
+    assert manager.succeed(claim, result_key="k.mp4", usage={"duration": 5}, engine="e")
+    assert not manager.succeed(claim, result_key="k.mp4", usage={}, engine="e")  # never twice
+    assert not manager.fail(claim, "X", "late")
+    assert status(db, task_id) == ("SUCCEEDED", 1, None)
+
+
+def test_a_lapsed_lease_is_requeued_with_attempt_plus_one_and_the_old_claim_is_dead(db: Engine) -> None:
+    (task_id,) = add(db)
+    manager = QueueManager(db, lease_seconds=0.05, max_attempts=3)
+    stale = manager.claim(MODELS)
+    assert stale is not None
+    time.sleep(0.1)
+    assert manager.reap() == (1, 0)
+    assert status(db, task_id) == ("PENDING", 1, None)
+    fresh = manager.claim(MODELS)
+    assert fresh is not None and fresh.task.attempt == 2
+    with pytest.raises(LeaseLost):
+        manager.heartbeat(stale)
+    assert not manager.succeed(stale, result_key="x", usage={}, engine="e")
+    assert manager.heartbeat(fresh, progress=50) is False
+
+
+def test_past_the_attempt_limit_the_reaper_fails_the_task(db: Engine) -> None:
+    (task_id,) = add(db)
+    manager = QueueManager(db, lease_seconds=0.02, max_attempts=2)
+    for _ in range(2):
+        assert manager.claim(MODELS) is not None
+        time.sleep(0.05)
+        manager.reap()
+    code = status(db, task_id)
+    assert code == ("FAILED", 2, "InternalError")
+
+
+def test_heartbeats_renew_the_lease(db: Engine) -> None:
+    (task_id,) = add(db)
+    manager = QueueManager(db, lease_seconds=0.3)
+    claim = manager.claim(MODELS)
+    assert claim is not None
+    for _ in range(4):
+        time.sleep(0.1)
+        manager.heartbeat(claim, progress=10)
+        assert manager.reap() == (0, 0)
+    assert status(db, task_id)[0] == "RUNNING"
+
+
+def test_retry_respects_its_delay(db: Engine) -> None:
+    (task_id,) = add(db)
+    manager = QueueManager(db)
+    claim = manager.claim(MODELS)
+    assert claim is not None
+    assert manager.retry(claim, "Throttling", "busy", delay=0.3) is Status.PENDING
+    assert manager.claim(MODELS) is None  # not before run_after
+    time.sleep(0.35)
+    again = manager.claim(MODELS)
+    assert again is not None and again.task.id == task_id and again.task.attempt == 2
+
+
+def test_release_hands_back_without_spending_an_attempt(db: Engine) -> None:
+    (task_id,) = add(db)
+    manager = QueueManager(db)
+    claim = manager.claim(MODELS)
+    assert claim is not None and manager.release(claim)
+    assert status(db, task_id) == ("PENDING", 0, None)
+
+
+def test_cancel_requests_reach_the_heartbeat(db: Engine) -> None:
+    (task_id,) = add(db)
+    manager = QueueManager(db)
+    claim = manager.claim(MODELS)
+    assert claim is not None
+    assert store.cancel_task(db, "o", task_id) is Status.RUNNING
+    assert manager.heartbeat(claim) is True and manager.cancel_requested(claim) is True
+    assert manager.mark_canceled(claim)
+    assert status(db, task_id)[0] == "CANCELED"
+    with db.begin() as conn:  # nothing changes a terminal row
+        conn.execute(update(Task).where(Task.id == task_id, Task.status == "PENDING").values(status="RUNNING"))
+    assert store.cancel_task(db, "o", task_id) is None

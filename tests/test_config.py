@@ -1,0 +1,41 @@
+"""Settings from defaults, a TOML file and the environment, in that order of strength."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ref2video.config import Settings
+
+
+def test_defaults_are_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REF2VIDEO_CONFIG", raising=False)
+    s = Settings()
+    assert s.database_url == "sqlite:///ref2video-data/ref2video.db"
+    assert s.results_dir == Path("ref2video-data/results")
+    assert s.models == {"wan2.6-r2v": "preview", "wan2.6-r2v-flash": "preview"}
+    assert s.engine_target("wan2.6-r2v") == "ref2video.engines.preview:PreviewEngine"
+    assert s.retention_hours == 24 and s.url_ttl_seconds == 86400
+
+
+def test_toml_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = tmp_path / "ref2video.toml"
+    toml.write_text(
+        'data_dir = "/srv/r2v"\nworkers = 4\nport = 9000\n'
+        '[models]\n"my-model" = "mine"\n[engines]\nmine = "pkg.mod:Engine"\n'
+    )
+    monkeypatch.setenv("REF2VIDEO_PORT", "9100")
+    s = Settings.load(toml)
+    assert s.workers == 4 and s.port == 9100  # the environment wins over the file
+    assert s.database_url == "sqlite:////srv/r2v/ref2video.db"
+    assert s.engine_target("my-model") == "pkg.mod:Engine"
+
+
+def test_unknown_settings_are_refused(tmp_path: Path) -> None:
+    toml = tmp_path / "bad.toml"
+    toml.write_text("wokers = 2\n")
+    with pytest.raises(ValueError, match="wokers"):
+        Settings.load(toml)
+    with pytest.raises(FileNotFoundError):
+        Settings.load(tmp_path / "missing.toml")
