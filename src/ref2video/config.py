@@ -8,6 +8,7 @@ documented in docs/configuration.md.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from pydantic_settings import (
 from .protocol import DEFAULT_MODELS
 
 __all__ = ["Settings", "BUILTIN_ENGINES"]
+
+_config_file: ContextVar[str | None] = ContextVar("ref2video_config_file", default=None)
 
 # Engine names and the import strings they stand for; `engines` adds to or overrides these.
 BUILTIN_ENGINES: dict[str, str] = {
@@ -91,7 +94,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml_file = os.environ.get("REF2VIDEO_CONFIG")
+        toml_file = _config_file.get() or os.environ.get("REF2VIDEO_CONFIG")
         if toml_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
@@ -99,9 +102,13 @@ class Settings(BaseSettings):
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
         """Settings from the environment, `config_file` (if given) and `overrides`."""
-        if config_file is not None:
-            path = Path(config_file)
-            if not path.is_file():
-                raise FileNotFoundError(f"config file not found: {path}")
-            os.environ["REF2VIDEO_CONFIG"] = str(path)
-        return cls(**overrides)
+        if config_file is None:
+            return cls(**overrides)
+        path = Path(config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        token = _config_file.set(str(path))
+        try:
+            return cls(**overrides)
+        finally:
+            _config_file.reset(token)

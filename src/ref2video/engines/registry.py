@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 
 from ..config import Settings
+from ..errors import EngineError
 from .base import Engine
 
 __all__ = ["EngineRegistry", "import_engine"]
@@ -47,7 +48,11 @@ class EngineRegistry:
         with self._lock:
             engine = self._loaded.get(target)
             if engine is None:
-                engine = self._factory(target)
-                engine.load()
+                try:
+                    engine = self._factory(target)
+                    engine.load()
+                except (ImportError, AttributeError, TypeError, ValueError) as exc:
+                    # A configuration problem, not the request's: say so plainly.
+                    raise EngineError(f"the engine for {model!r} is not available: {exc}") from exc
                 self._loaded[target] = engine
         return engine

@@ -1,0 +1,161 @@
+"""Turn a request's reference URLs into checked, probed `Reference`s, all or nothing.
+
+All references download at once. Each is fetched (or taken from the cache), sniffed, checked
+against PROTOCOL.md section 2 and probed; the first failure cancels the rest and fails the
+whole set with a MediaError whose message names the reference and the rule:
+
+    InvalidURL        bad scheme, forbidden address, DNS failure, connection failure,
+                      HTTP error status, too many redirects, download deadline
+    InvalidParameter  too big, empty, unsupported or wrong format, pixels or seconds out of
+                      bounds, a broken file, more than 5 images or 3 videos
+
+    refs = fetch_references_sync(urls, work_dir=scratch / "refs", policy=FetchPolicy())
+    input_video_seconds(refs)   # the caller caps what it bills at 5
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from ..errors import MediaError
+from .cache import CacheEntry, MediaCache
+from .fetch import FetchPolicy, Fetched, NotModified, fetch, fetch_if_modified
+from .probe import Limits, probe
+from .reference import Reference
+from .sniff import Format, Kind
+
+__all__ = ["MAX_REFERENCES", "MAX_IMAGES", "MAX_VIDEOS", "fetch_references", "fetch_references_sync", "input_video_seconds"]
+
+MAX_REFERENCES, MAX_IMAGES, MAX_VIDEOS = 5, 5, 3
+T = TypeVar("T")
+
+
+async def fetch_references(
+    urls: Sequence[str],
+    *,
+    work_dir: Path,
+    policy: FetchPolicy = FetchPolicy(),
+    cache: MediaCache | None = None,
+    limits: Limits = Limits(),
+    kind_hint: Kind | None = None,
+) -> list[Reference]:
+    """Fetch, check and probe every URL into `work_dir`, as `reference{N}.{ext}`.
+
+    `kind_hint="video"` requires every reference to be a video (the deprecated
+    `reference_video_urls`). Files already written stay in `work_dir` when the set fails;
+    the caller owns that directory.
+    """
+    if not 1 <= len(urls) <= MAX_REFERENCES:
+        raise MediaError(f"{len(urls)} references given; 1 to {MAX_REFERENCES} are allowed")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ingest = _Ingest(work_dir, policy, cache, limits, kind_hint)
+    references = await _all_or_nothing([ingest.one(index, url) for index, url in enumerate(urls, 1)])
+    _check_counts(references)
+    return references
+
+
+def fetch_references_sync(urls: Sequence[str], **options: object) -> list[Reference]:
+    """`fetch_references` for a worker thread (one without a running event loop)."""
+    return asyncio.run(fetch_references(urls, **options))  # type: ignore[arg-type]
+
+
+def input_video_seconds(references: Sequence[Reference]) -> float:
+    """Seconds of reference video, uncapped (billing caps it at 5)."""
+    return sum(ref.duration or 0.0 for ref in references if ref.kind == "video")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Obtained:
+    """A reference's file in the work dir, and the download to cache once it passes."""
+
+    path: Path
+    size: int
+    sha256: str
+    format: Format
+    fetched: Fetched | None  # None when it came from the cache
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ingest:
+    work_dir: Path
+    policy: FetchPolicy
+    cache: MediaCache | None
+    limits: Limits
+    kind_hint: Kind | None
+
+    async def one(self, index: int, url: str) -> Reference:
+        try:
+            obtained = await self._obtain(index, url)
+            info = await asyncio.to_thread(probe, obtained.path, obtained.format, self.limits)
+            if self.cache and obtained.fetched:  # cached only once it has passed every check
+                await asyncio.to_thread(self.cache.store, url, obtained.fetched)
+        except MediaError as exc:
+            raise MediaError(f"reference {index}: {exc.message}", exc.code) from exc
+        return Reference.from_info(index, url, obtained.path, info, size=obtained.size, sha256=obtained.sha256)
+
+    async def _obtain(self, index: int, url: str) -> _Obtained:
+        name = f"reference{index}"
+        entry = await asyncio.to_thread(self.cache.lookup, url) if self.cache else None
+        if entry and entry.is_fresh():
+            if reused := await self._reuse(entry, name):
+                return reused
+        elif entry and entry.validators:
+            result = await fetch_if_modified(url, self.work_dir, entry.validators, kind_hint=self.kind_hint,
+                                             policy=self.policy, name=name)  # fmt: skip
+            if isinstance(result, Fetched):
+                return _from_download(result)
+            assert self.cache is not None
+            refreshed = await asyncio.to_thread(self.cache.refresh, url, result.headers)
+            if refreshed and (reused := await self._reuse(refreshed, name)):
+                return reused
+        fetched = await fetch(url, self.work_dir, kind_hint=self.kind_hint, policy=self.policy, name=name)
+        return _from_download(fetched)
+
+    async def _reuse(self, entry: CacheEntry, name: str) -> _Obtained | None:
+        """The cached copy in the work dir, held to today's rules; None if it was evicted."""
+        assert self.cache is not None
+        if self.kind_hint and entry.format.kind != self.kind_hint:
+            raise MediaError(f"expected a {self.kind_hint}, got a {entry.format.name.upper()} {entry.format.kind}")
+        cap = self.policy.cap(entry.format.kind)
+        if entry.size > cap:
+            raise MediaError(f"the file is larger than {cap / (1024 * 1024):g} MB (the limit for {entry.format.kind}s)")
+        dest = self.work_dir / f"{name}.{entry.format.extension}"
+        path = await asyncio.to_thread(self.cache.materialize, entry, dest)
+        return _Obtained(path, entry.size, entry.sha256, entry.format, None) if path else None
+
+
+def _from_download(fetched: Fetched) -> _Obtained:
+    return _Obtained(fetched.path, fetched.size, fetched.sha256, fetched.format, fetched)
+
+
+async def _all_or_nothing(jobs: Sequence[Awaitable[T]]) -> list[T]:
+    """Run `jobs` at once; on the first failure cancel the others and raise it.
+
+    Unlike asyncio.gather, the others do not keep downloading after the set has failed. When
+    several have failed by then, the lowest-numbered one is reported, so messages are stable.
+    """
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # let them remove partial files
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    return [task.result() for task in tasks]
+
+
+def _check_counts(references: Sequence[Reference]) -> None:
+    """At most 5 images and 3 videos, known only now that the bytes were sniffed."""
+    seen = {"image": 0, "video": 0}
+    limits = {"image": MAX_IMAGES, "video": MAX_VIDEOS}
+    for ref in references:
+        seen[ref.kind] += 1
+        if seen[ref.kind] > limits[ref.kind]:
+            raise MediaError(f"reference {ref.index}: more than {limits[ref.kind]} {ref.kind} references (at most {MAX_IMAGES} images and {MAX_VIDEOS} videos)")
