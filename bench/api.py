@@ -3,6 +3,7 @@
 Usage:
 
     python bench/api.py [--duration S] [--concurrency 1,8,32,64] [--database-url URL] [--json out.json]
+                        [--warmup S] [--rounds N]
 
 Method
 ------
@@ -15,7 +16,8 @@ Two servers run side by side, each in its own process, on loopback ports:
   the API key the benchmark uses to ``<data_dir>/first-api-key.txt``.
 * **ceiling**: a bare FastAPI app with the same routes (``POST /task/bailian/ref2video`` that
   reads a JSON body, ``GET /api/v1/tasks/{task_id}``), ``async def`` handlers that return a
-  canned JSON answer of about the same size as ours, served by ``uvicorn.run`` with the settings
+  canned ``JSONResponse`` of about the same size as ours (ours builds ``JSONResponse`` too, so
+  neither pays for response-model serialisation), served by ``uvicorn.run`` with the settings
   ``ref2video serve`` uses (single process, default loop and HTTP implementation, no access
   log). It is what the framework can do when the route does nothing.
 
@@ -28,12 +30,14 @@ the connections are opened, warmed up for ``--warmup`` seconds, then measured fo
 before the write to just after the last body byte. Throughput is completed requests divided by
 the time from the start of the measurement to the last answer. p50/p99 are nearest-rank
 percentiles. The CPU time of the client and of the server process (all threads, from
-``/proc/PID/stat``) during the measurement is reported too: a client near 100% means the ceiling
-figure is a floor (the ratios are then flattering), a server near 100% means it is CPU-bound.
+``/proc/PID/stat``) during the measurement is reported too: a client near 100% of a core would
+mean the ceiling figure is a floor (the ratios then flatter ours). The server's CPU time per
+request is the figure least disturbed by other load on the machine; the load average before and
+after the run is recorded for the same reason.
 
 Points run in this order: query for every concurrency (on a few hundred seeded tasks, so the
 queue is short), then create for every concurrency; within a point the ceiling runs first, then
-ours. After the creates, one more query point at the highest concurrency reads the newest tasks,
+ours, ``--rounds`` times in turn, and the table shows the round with the median throughput. After the creates, one more query point at the highest concurrency reads the newest tasks,
 which by then sit behind every task created before them in the PENDING queue.
 
 Everything is bounded: fixed-duration points, a hard timeout per point and per server start,
@@ -319,8 +323,10 @@ class Point:
     p50_ms: float
     p99_ms: float
     client_cpu: float  # fraction of one core
-    server_cpu: float
+    server_cpu: float  # fraction of one core, all the server's threads
+    server_cpu_us: float  # server CPU time per request, microseconds
     last_error: str = ""
+    round: int = 0
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -343,7 +349,7 @@ async def run_point(server: Server, op: str, requests: Sequence[bytes], concurre
         await _phase(conns, requests, offsets, duration, tally)
         elapsed = time.perf_counter() - t0
         client_cpu = (time.process_time() - client0) / elapsed
-        server_cpu = (cpu_seconds(server.process.pid) - cpu0) / elapsed
+        server_seconds = cpu_seconds(server.process.pid) - cpu0
     finally:
         for conn in conns:
             await conn.close()
@@ -351,8 +357,8 @@ async def run_point(server: Server, op: str, requests: Sequence[bytes], concurre
     return Point(
         target=server.name, op=op, concurrency=concurrency, requests=len(lat), errors=tally.errors,
         seconds=round(elapsed, 3), rps=len(lat) / elapsed, p50_ms=percentile(lat, 50) * 1000,
-        p99_ms=percentile(lat, 99) * 1000, client_cpu=client_cpu, server_cpu=server_cpu,
-        last_error=tally.last_error,
+        p99_ms=percentile(lat, 99) * 1000, client_cpu=client_cpu, server_cpu=server_seconds / elapsed,
+        server_cpu_us=server_seconds / max(1, len(lat)) * 1e6, last_error=tally.last_error,
     )
 
 
@@ -405,6 +411,7 @@ def query_requests(key: str, task_ids: Sequence[str]) -> list[bytes]:
 class Options:
     duration: float
     warmup: float
+    rounds: int
     concurrency: list[int]
     database_url: str | None
     json_path: Path | None
@@ -415,10 +422,12 @@ async def measure(ours: Server, ceiling: Server, key: str, opts: Options) -> tup
     points: list[Point] = []
 
     async def pair(op: str, requests: Sequence[bytes], c: int, targets: Sequence[Server]) -> None:
-        for server in targets:
-            point = await run_point(server, op, requests, c, opts.warmup, opts.duration)
-            points.append(point)
-            print(_progress_line(point), file=sys.stderr, flush=True)
+        for round_no in range(opts.rounds):
+            for server in targets:
+                point = await run_point(server, op, requests, c, opts.warmup, opts.duration)
+                point.round = round_no
+                points.append(point)
+                print(_progress_line(point), file=sys.stderr, flush=True)
 
     queries = query_requests(key, await seed_tasks(ours, key, SEED_TASKS))
     for c in opts.concurrency:
@@ -435,11 +444,13 @@ def _progress_line(p: Point) -> str:
     error = f"\n    last error: {p.last_error}" if p.errors else ""
     return (f"  {p.op:>12} c={p.concurrency:<3} {p.target:<7} {p.rps:8.0f} req/s  "
             f"p50 {p.p50_ms:7.2f} ms  p99 {p.p99_ms:7.2f} ms  errors {p.errors}  "
-            f"client cpu {p.client_cpu:4.0%}  server cpu {p.server_cpu:4.0%}{error}")
+            f"client cpu {p.client_cpu:4.0%}  server cpu {p.server_cpu:4.0%} "
+            f"({p.server_cpu_us:.0f} us/req){error}")
 
 
 def run(opts: Options) -> dict[str, Any]:
     """Start both servers, measure, stop them, clean up; return the report."""
+    load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="ref2video-bench-"))
     servers: list[Server] = []
     try:
@@ -455,7 +466,8 @@ def run(opts: Options) -> dict[str, Any]:
                     stop_process(server)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return {"machine": machine(), "settings": _settings(opts), "tasks_at_end": total,
+    return {"machine": {**machine(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+            "settings": _settings(opts), "tasks_at_end": total,
             "points": [dataclasses.asdict(p) for p in points]}
 
 
@@ -474,7 +486,8 @@ def _run_loop(ours: Server, ceiling: Server, key: str, opts: Options) -> tuple[l
 
 
 def _settings(opts: Options) -> dict[str, Any]:
-    return {"duration_s": opts.duration, "warmup_s": opts.warmup, "concurrency": opts.concurrency,
+    return {"duration_s": opts.duration, "warmup_s": opts.warmup, "rounds": opts.rounds,
+            "concurrency": opts.concurrency,
             "database": "postgresql" if opts.database_url else "sqlite", "seeded_tasks": SEED_TASKS}
 
 
@@ -496,11 +509,21 @@ def machine() -> dict[str, Any]:
 # -- the report ------------------------------------------------------------------------------
 
 
+def medians(points: Sequence[Point]) -> list[Point]:
+    """Of the rounds of each (target, op, concurrency), the one with the median throughput."""
+    groups: dict[tuple[str, str, int], list[Point]] = {}
+    for p in points:
+        groups.setdefault((p.target, p.op, p.concurrency), []).append(p)
+    return [sorted(g, key=lambda p: p.rps)[(len(g) - 1) // 2] for g in groups.values()]
+
+
 def table(points: Sequence[Point]) -> str:
     """A Markdown table: one row per (op, concurrency), ours against the ceiling."""
+    points = medians(points)
     ceilings = {(p.op, p.concurrency): p for p in points if p.target == "ceiling"}
     rows = ["| op | conc | ceiling req/s | ours req/s | ratio | target | ceiling p50 / p99 ms "
-            "| ours p50 / p99 ms | errors (ceil / ours) | client CPU (ceil / ours) | server CPU (ceil / ours) |",
+            "| ours p50 / p99 ms | server CPU µs/req (ceil / ours) | client CPU (ceil / ours) "
+            "| errors (ceil / ours) |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in points:
         if p.target != "ours":
@@ -512,8 +535,8 @@ def table(points: Sequence[Point]) -> str:
         rows.append(
             f"| {p.op} | {p.concurrency} | {ceil.rps:,.0f} | {p.rps:,.0f} | {ratio:.2f} "
             f"| {TARGETS[base_op]:.1f} | {ceil.p50_ms:.2f} / {ceil.p99_ms:.2f} "
-            f"| {p.p50_ms:.2f} / {p.p99_ms:.2f} | {ceil.errors} / {p.errors} "
-            f"| {ceil.client_cpu:.0%} / {p.client_cpu:.0%} | {ceil.server_cpu:.0%} / {p.server_cpu:.0%} |"
+            f"| {p.p50_ms:.2f} / {p.p99_ms:.2f} | {ceil.server_cpu_us:.0f} / {p.server_cpu_us:.0f} "
+            f"| {ceil.client_cpu:.0%} / {p.client_cpu:.0%} | {ceil.errors} / {p.errors} |"
         )
     return "\n".join(rows)
 
@@ -529,6 +552,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, int | None]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per point (4)")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per point (1)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every point this many times, ceiling and ours in turn; "
+                             "the table shows the median round (1)")
     parser.add_argument("--concurrency", default="1,8,32,64",
                         help="comma-separated connection counts (1,8,32,64)")
     parser.add_argument("--database-url", default=None,
@@ -540,9 +566,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, int | None]:
     concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     if not concurrency or min(concurrency) < 1 or max(concurrency) > 512:
         parser.error("--concurrency takes numbers from 1 to 512")
-    if not 0.1 <= args.duration <= 120 or not 0 <= args.warmup <= 60:
-        parser.error("--duration must be 0.1-120 s and --warmup 0-60 s")
-    opts = Options(args.duration, args.warmup, concurrency, args.database_url, args.json_path)
+    if not 0.1 <= args.duration <= 120 or not 0 <= args.warmup <= 60 or not 1 <= args.rounds <= 9:
+        parser.error("--duration must be 0.1-120 s, --warmup 0-60 s and --rounds 1-9")
+    opts = Options(args.duration, args.warmup, args.rounds, concurrency, args.database_url, args.json_path)
     return opts, (args.port if args.serve_ceiling else None)
 
 
@@ -555,7 +581,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     m = report["machine"]
     print(f"\n{m['cores']} cores, {m['cpu']}, Python {m['python']}, {m['date']}; "
           f"database {report['settings']['database']}; {opts.duration:g} s per point after "
-          f"{opts.warmup:g} s warm-up; {report['tasks_at_end']} tasks in the table at the end\n")
+          f"{opts.warmup:g} s warm-up, median of {opts.rounds} round(s); {report['tasks_at_end']} tasks in the table at the end; "
+          f"load average {m['loadavg_before'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after\n")
     print(table(points_of(report)))
     if opts.json_path:
         opts.json_path.write_text(json.dumps(report, indent=2) + "\n")

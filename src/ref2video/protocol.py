@@ -20,6 +20,9 @@ __all__ = [
     "MIN_DURATION",
     "MAX_DURATION",
     "MAX_BILLED_INPUT_SECONDS",
+    "MAX_IMAGE_BYTES",
+    "MAX_VIDEO_BYTES",
+    "MAX_UPLOAD_BYTES",
     "tier_of",
     "format_time",
 ]
@@ -53,6 +56,9 @@ MAX_VIDEOS = 3
 MAX_SEED = 2_147_483_647
 MIN_DURATION, MAX_DURATION = 2, 10
 MAX_BILLED_INPUT_SECONDS = 5
+MAX_IMAGE_BYTES = 20 << 20
+MAX_VIDEO_BYTES = 100 << 20
+MAX_UPLOAD_BYTES = MAX_VIDEO_BYTES  # the kind is known only once the bytes are sniffed
 
 
 def tier_of(size: str) -> int:

@@ -18,6 +18,8 @@ from .queue.wakeup import Wakeup
 from .queue.worker import WorkerPool
 from .storage.base import Storage
 from .storage.local import LocalStorage
+from .retention import Sweeper
+from .storage.policy import PolicySigner
 from .storage.signing import UrlSigner
 from .store import keys
 from .store.db import make_engine, migrate
@@ -41,6 +43,7 @@ class Service:
         settings: Settings,
         *,
         storage: Storage | None = None,
+        uploads: Storage | None = None,
         registry: EngineRegistry | None = None,
     ) -> None:
         self.settings = settings
@@ -57,19 +60,23 @@ class Service:
             max_attempts=settings.max_attempts,
             on_requeue=self.wakeup.notify,
         )
+        self.uploads: Storage = uploads or LocalStorage(settings.data_dir / "uploads")
+        self.sweeper = Sweeper(self.db, self.storage, self.uploads, settings.scratch_dir, self.retention_ms)
         self.pool = WorkerPool(
             self.manager, self.registry, self.storage, self.wakeup,
             scratch_dir=settings.scratch_dir, size=settings.workers,
             poll_interval=settings.poll_interval, reap_interval=settings.reap_interval,
-            retention_ms=self.retention_ms, sweep_interval=settings.sweep_interval,
+            sweep=self.sweeper.sweep, sweep_interval=settings.sweep_interval,
         )
         self.signer: UrlSigner | None = None
+        self.policy: PolicySigner | None = None
 
     def prepare(self) -> None:
         """Migrate the database and load the URL signing secret."""
         migrate(self.db)
         secret = self.settings.signing_secret or keys.server_secret(self.db, "url_signing")
         self.signer = UrlSigner(secret, self.settings.url_ttl_seconds)
+        self.policy = PolicySigner(keys.server_secret(self.db, "upload_policy"))
 
     def start(self) -> None:
         self.prepare()

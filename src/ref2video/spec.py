@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from . import protocol as p
 from .errors import InvalidParameter, InvalidURL, ModelNotFound
 
-__all__ = ["TaskSpec", "parse_spec", "reference_kind"]
+__all__ = ["TaskSpec", "parse_spec", "reference_kind", "oss_key"]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _VIDEO_SUFFIXES = (".mp4", ".mov")
@@ -56,6 +56,11 @@ class TaskSpec:
         values = {k: v for k, v in data.items() if k in fields}
         values["reference_urls"] = tuple(values["reference_urls"])
         return cls(**values)
+
+
+def oss_key(url: str) -> str:
+    """The key of an `oss://<key>` reference ('' for anything else)."""
+    return url[len("oss://"):].strip("/") if url.startswith("oss://") else ""
 
 
 def reference_kind(url: str) -> str | None:
@@ -145,8 +150,9 @@ def _check_url(url: str, index: int) -> None:
             raise InvalidURL(f"reference {index}: the URL has no host: {url[:200]!r}")
         return
     if parts.scheme == "oss":
-        # Uploads arrive with the references issue; until then no oss:// key is known.
-        raise InvalidURL(f"reference {index}: unknown oss:// key {url[:200]!r}")
+        if not oss_key(url):
+            raise InvalidURL(f"reference {index}: an oss:// URL needs a key after the scheme")
+        return  # whether the key is the caller's is checked against the uploads table
     raise InvalidURL(f"reference {index}: only http://, https:// and oss:// URLs are accepted")
 
 

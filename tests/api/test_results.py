@@ -78,7 +78,7 @@ def test_the_sweeper_removes_tasks_and_files_past_retention(server: LiveServer) 
         conn.execute(update(Task).where(Task.id == task_id).values(submitted_at=day_ago))
     # Past retention it answers UNKNOWN at once, even before the sweep.
     assert server.get(task_id)["output"]["task_status"] == "UNKNOWN"
-    assert server.service.pool.sweep() == 1
+    assert server.service.sweeper.sweep() == 1
     assert httpx.get(url).status_code == 404
     assert server.get(task_id)["output"]["task_status"] == "UNKNOWN"
     assert server.get(kept_id)["output"]["task_status"] == "SUCCEEDED"

@@ -28,7 +28,14 @@ from .probe import Limits, probe
 from .reference import Reference
 from .sniff import Format, Kind
 
-__all__ = ["MAX_REFERENCES", "MAX_IMAGES", "MAX_VIDEOS", "fetch_references", "fetch_references_sync", "input_video_seconds"]
+__all__ = [
+    "MAX_REFERENCES",
+    "MAX_IMAGES",
+    "MAX_VIDEOS",
+    "fetch_references",
+    "fetch_references_sync",
+    "input_video_seconds",
+]
 
 MAX_REFERENCES, MAX_IMAGES, MAX_VIDEOS = 5, 5, 3
 T = TypeVar("T")
@@ -158,4 +165,7 @@ def _check_counts(references: Sequence[Reference]) -> None:
     for ref in references:
         seen[ref.kind] += 1
         if seen[ref.kind] > limits[ref.kind]:
-            raise MediaError(f"reference {ref.index}: more than {limits[ref.kind]} {ref.kind} references (at most {MAX_IMAGES} images and {MAX_VIDEOS} videos)")
+            raise MediaError(
+                f"reference {ref.index}: more than {limits[ref.kind]} {ref.kind} references"
+                f" (at most {MAX_IMAGES} images and {MAX_VIDEOS} videos)"
+            )

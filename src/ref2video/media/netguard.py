@@ -18,9 +18,13 @@ through `getaddrinfo` also normalises odd spellings (`2130706433`, `0177.0.0.1`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import ipaddress
 import socket
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from ..errors import MediaError
 
@@ -36,6 +40,7 @@ __all__ = [
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+T = TypeVar("T")
 
 # Named here because `ipaddress` does not flag them, or flags them differently across versions.
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598)
@@ -66,11 +71,12 @@ def check_address(address: IPAddress, allow: Sequence[IPNetwork] = ()) -> None:
 async def resolve(host: str, port: int, *, timeout: float) -> list[IPAddress]:
     """All addresses `host` resolves to, in resolver order, without duplicates.
 
-    `getaddrinfo` blocks, so it runs in a thread; the timeout bounds the wait (the thread
-    itself ends when the resolver gives up).
+    `getaddrinfo` blocks, so it runs in a thread of its own; the timeout bounds the wait.
+    Not the loop's default executor: `asyncio.run()` waits for those threads on exit, so a
+    hanging resolver would hold the caller long after the timeout.
     """
     try:
-        infos = await asyncio.wait_for(asyncio.to_thread(_getaddrinfo, host, port), timeout)
+        infos = await asyncio.wait_for(_in_daemon_thread(_getaddrinfo, host, port), timeout)
     except TimeoutError:
         raise MediaError(f"resolving {host!r} took longer than {timeout:g} s", code="InvalidURL") from None
     except (OSError, UnicodeError) as exc:
@@ -96,6 +102,27 @@ async def resolve_allowed(
             what = f"address {address}" if _is_literal(host, address) else f"host {host!r} resolves to {address}, which"
             raise MediaError(f"{what} is {reason}; fetching from it is forbidden", code="InvalidURL")
     return addresses
+
+
+def _in_daemon_thread(function: Callable[..., T], *args: object) -> asyncio.Future[T]:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():  # it may have been cancelled by the timeout
+            outcome()
+
+    def run() -> None:
+        outcome: Callable[[], None]
+        try:
+            outcome = functools.partial(future.set_result, function(*args))
+        except BaseException as exc:  # handed to the awaiting task, which decides
+            outcome = functools.partial(future.set_exception, exc)
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name="ref2video-resolve", daemon=True).start()
+    return future
 
 
 def _getaddrinfo(host: str, port: int) -> list[tuple]:  # type: ignore[type-arg]

@@ -2,7 +2,7 @@
 
 One `WorkerPool` per process runs `size` worker threads, a lease keeper that renews the
 leases of running tasks (and carries progress and cancel requests between them and the
-table), and a maintenance thread that reaps lapsed leases and sweeps expired tasks.
+table), and a maintenance thread that reaps lapsed leases and runs the retention sweep.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..engines.base import GenerationRequest
@@ -18,7 +19,6 @@ from ..engines.registry import EngineRegistry
 from ..errors import EngineError, RetryableEngineError, TaskCanceled
 from ..spec import TaskSpec
 from ..storage.base import Storage
-from ..store import tasks as task_store
 from ..usage import make_usage
 from .context import TaskContext
 from .manager import Claim, LeaseLost, QueueManager
@@ -47,7 +47,7 @@ class WorkerPool:
         size: int = 1,
         poll_interval: float = 5.0,
         reap_interval: float = 5.0,
-        retention_ms: int = 24 * 3600 * 1000,
+        sweep: Callable[[], int] | None = None,
         sweep_interval: float = 300.0,
     ) -> None:
         self.manager = manager
@@ -58,7 +58,7 @@ class WorkerPool:
         self.size = size
         self.poll_interval = poll_interval
         self.reap_interval = reap_interval
-        self.retention_ms = retention_ms
+        self.sweep = sweep or (lambda: 0)
         self.sweep_interval = sweep_interval
         self._stopping = threading.Event()
         self._running: dict[str, TaskContext] = {}
@@ -217,22 +217,7 @@ class WorkerPool:
                     log.warning("reaped lapsed leases: %d requeued, %d failed", requeued, failed)
                 if time.monotonic() - last_sweep >= self.sweep_interval:
                     last_sweep = time.monotonic()
-                    self.sweep()
+                    if removed := self.sweep():
+                        log.info("swept %d expired tasks and uploads", removed)
             except Exception:
                 log.exception("queue maintenance failed; will try again")
-
-    def sweep(self) -> int:
-        """Remove tasks past retention and their files; returns how many tasks went."""
-        engine = self.manager.engine
-        removed = 0
-        while expired := task_store.expired_tasks(engine, self.retention_ms):
-            for _task_id, key in expired:
-                if key:
-                    self.storage.delete(key)
-            task_store.delete_tasks(engine, [task_id for task_id, _ in expired])
-            removed += len(expired)
-        cutoff = time.time() - self.retention_ms / 1000
-        for leftover in self.scratch_dir.glob("*"):
-            if leftover.stat().st_mtime < cutoff:
-                shutil.rmtree(leftover, ignore_errors=True)
-        return removed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 from urllib.parse import urlencode
 
@@ -19,7 +20,7 @@ class UrlSigner:
         return hmac.new(self._secret, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
     def sign(self, base_url: str, key: str, now: float | None = None) -> str:
-        expires = int((now or time.time()) + self.ttl_seconds)
+        expires = math.ceil((now or time.time()) + self.ttl_seconds)  # valid at least ttl
         query = urlencode({"expires": expires, "sig": self._sig(key, expires)})
         return f"{base_url.rstrip('/')}/v1/results/{key}?{query}"
 

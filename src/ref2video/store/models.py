@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Task", "ApiKey", "ServerSecret"]
+__all__ = ["Base", "Task", "ApiKey", "ServerSecret", "Upload"]
 
 
 class Base(DeclarativeBase):
@@ -65,3 +65,19 @@ class ServerSecret(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(255))
+
+
+class Upload(Base):
+    """A file a key's owner uploaded (the SDK's `file://` flow); referenced as `oss://<key>`."""
+
+    __tablename__ = "uploads"
+
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(32))
+    blob: Mapped[str] = mapped_column(String(128))  # the file's name in upload storage
+    size: Mapped[int] = mapped_column(BigInteger)
+    content_type: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_uploads_created", "created_at"),)

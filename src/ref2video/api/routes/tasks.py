@@ -10,11 +10,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
-from ...errors import AccessDenied, InvalidApiKey, InvalidParameter, UnsupportedOperation
+from ...errors import AccessDenied, InvalidApiKey, InvalidParameter, InvalidURL, UnsupportedOperation
 from ...protocol import Status
 from ...service import Service
-from ...spec import parse_spec
+from ...spec import oss_key, parse_spec
 from ...store import tasks as store
+from ...store import uploads
 from ...store.keys import authenticate
 from ..deps import base_url_of, bearer_key, in_thread, principal_of, read_json, service_of
 from ..schemas import CancelAnswer, ErrorBody, TaskAnswer, TaskCreated, TaskList
@@ -54,6 +55,9 @@ def _create_blocking(service: Service, key: str, body: Any) -> store.TaskRecord:
     if principal is None:
         raise InvalidApiKey("Invalid API-key provided.")
     spec = parse_spec(body, service.registry.models)
+    keys = {oss_key(url): i for i, url in enumerate(spec.reference_urls, start=1) if oss_key(url)}
+    for key in uploads.unknown_keys(service.db, principal.owner, keys, service.retention_ms):
+        raise InvalidURL(f"reference {keys[key]}: unknown oss:// key {key[:200]!r}; upload the file first")
     return store.create_task(service.db, spec, principal, on_insert=service.wakeup.notify_in)
 
 

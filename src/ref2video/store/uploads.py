@@ -1,0 +1,75 @@
+"""Uploaded files: who owns which `oss://` key, and where its bytes are kept."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from .db import now_ms
+from .keys import Principal
+from .models import Upload
+
+__all__ = ["UploadRecord", "record_upload", "find_upload", "unknown_keys", "expired_uploads", "delete_uploads"]
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadRecord:
+    key: str
+    owner: str
+    blob: str
+    size: int
+    content_type: str
+    created_at: int
+
+
+def record_upload(engine: Engine, principal: Principal, *, key: str, blob: str, size: int, content_type: str) -> bool:
+    """Record a new upload; False when the key is taken (uploads never overwrite)."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(Upload).values(
+                key=key, owner=principal.owner, key_id=principal.key_id, blob=blob, size=size,
+                content_type=content_type, created_at=now_ms(),
+            ))
+    except IntegrityError:
+        return False
+    return True
+
+
+def find_upload(engine: Engine, owner: str, key: str, retention_ms: int) -> UploadRecord | None:
+    """The owner's live upload under `key`; nobody else's."""
+    with engine.connect() as conn:
+        row = conn.execute(select(Upload).where(
+            Upload.key == key, Upload.owner == owner, Upload.created_at > now_ms() - retention_ms
+        )).first()
+    if row is None:
+        return None
+    return UploadRecord(row.key, row.owner, row.blob, row.size, row.content_type, row.created_at)
+
+
+def unknown_keys(engine: Engine, owner: str, keys: Iterable[str], retention_ms: int) -> list[str]:
+    """Those of `keys` that are not the owner's live uploads."""
+    wanted = list(dict.fromkeys(keys))
+    if not wanted:
+        return []
+    with engine.connect() as conn:
+        found = set(conn.execute(select(Upload.key).where(
+            Upload.key.in_(wanted), Upload.owner == owner, Upload.created_at > now_ms() - retention_ms
+        )).scalars())
+    return [k for k in wanted if k not in found]
+
+
+def expired_uploads(engine: Engine, retention_ms: int, limit: int = 500) -> list[tuple[str, str]]:
+    """(key, blob) of up to `limit` uploads older than the retention window."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Upload.key, Upload.blob).where(Upload.created_at <= now_ms() - retention_ms).limit(limit)
+        ).all()
+    return [(r.key, r.blob) for r in rows]
+
+
+def delete_uploads(engine: Engine, keys: list[str]) -> None:
+    with engine.begin() as conn:
+        conn.execute(delete(Upload).where(Upload.key.in_(keys)))

@@ -1,0 +1,206 @@
+"""Fixtures for the media tests: sample files, and real HTTP(S) servers on loopback."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ref2video.media.fetch import FetchPolicy
+
+from .media_files import make_image, make_video, png_header_only
+
+LOOPBACK = ("127.0.0.0/8",)
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every sample file, by name."""
+    root = tmp_path_factory.mktemp("media")
+    files = {
+        "jpeg": make_image(root / "a.jpg", "JPEG"),
+        "png": make_image(root / "a.png", "PNG"),
+        "rgba.png": make_image(root / "rgba.png", "PNG", mode="RGBA"),
+        "bmp": make_image(root / "a.bmp", "BMP"),
+        "webp": make_image(root / "a.webp", "WEBP"),
+        "small.png": make_image(root / "small.png", "PNG", size=(120, 90)),
+        "mp4": make_video(root / "a.mp4", 2),
+        "mp4+aac": make_video(root / "aac.mp4", 2, audio=True),
+        "mov": make_video(root / "a.mov", 2, container="mov"),
+        "mov+aac": make_video(root / "aac.mov", 2, container="mov", audio=True),
+        "long.mp4": make_video(root / "long.mp4", 31, fps=1, size=(64, 48)),
+        "short.mp4": make_video(root / "short.mp4", 0.5),
+    }
+    whole = files["mp4+aac"].read_bytes()
+    files["truncated.mp4"] = root / "truncated.mp4"
+    files["truncated.mp4"].write_bytes(whole[: len(whole) * 2 // 3])
+    files["bomb.png"] = root / "bomb.png"
+    files["bomb.png"].write_bytes(png_header_only(100_000, 100_000))
+    files["text"] = root / "a.txt"
+    files["text"].write_bytes(b"<html><body>not an image, whatever the header says</body></html>\n" * 4)
+    files["empty"] = root / "empty"
+    files["empty"].write_bytes(b"")
+    return files
+
+
+@dataclasses.dataclass
+class Route:
+    """What the test server answers on one path."""
+
+    body: bytes = b""
+    status: int = 200
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    # One of: None (send `body`), "drip" (one byte every 0.2 s), "endless" (bytes forever).
+    behaviour: str | None = None
+    # Called with the request headers; may return a replacement Route (e.g. a 304).
+    respond: Callable[[dict[str, str]], Route | None] | None = None
+
+
+class Server:
+    """A threaded HTTP server on 127.0.0.1 whose routes the tests set, and which records hits."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.routes: dict[str, Route] = {}
+        self.hits: list[tuple[str, dict[str, str]]] = []
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd.daemon_threads = True
+        if tls:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
+        self.port = self._httpd.server_address[1]
+        self.scheme = "https" if tls else "http"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+    def serve(self, path: str, body: bytes = b"", **options: Any) -> str:
+        self.routes[path] = Route(body, **options)
+        return self.url(path)
+
+    def serve_file(self, path: str, file: Path, content_type: str = "application/octet-stream", **options: Any) -> str:
+        headers = {"Content-Type": content_type, **options.pop("headers", {})}
+        return self.serve(path, file.read_bytes(), headers=headers, **options)
+
+    def hits_for(self, path: str) -> list[dict[str, str]]:
+        return [headers for hit_path, headers in self.hits if hit_path == path]
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            server.hits.append((self.path, headers))
+            route = server.routes.get(self.path, Route(b"not found", status=404))
+            route = (route.respond(headers) if route.respond else None) or route
+            try:
+                self._answer(route)
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
+                pass  # the client gave up, as the tests intend
+
+        def _answer(self, route: Route) -> None:
+            self.send_response(route.status)
+            for name, value in route.headers.items():
+                self.send_header(name, value)
+            if route.behaviour is None and "Content-Length" not in route.headers:
+                self.send_header("Content-Length", str(len(route.body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if route.behaviour == "drip":
+                for _ in range(150):  # at most 30 s, far beyond any test's deadline
+                    self.wfile.write(route.body[:1] or b"\0")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            elif route.behaviour == "endless":
+                chunk = route.body or b"\0" * 65536
+                for _ in range(100_000):
+                    self.wfile.write(chunk)
+            else:
+                self.wfile.write(route.body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    srv = Server()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def policy() -> FetchPolicy:
+    """Loopback opened on purpose, and short limits so failing tests fail fast."""
+    return FetchPolicy(allow=LOOPBACK, connect_timeout=2, read_timeout=2, total_timeout=10, dns_timeout=2)
+
+
+@pytest.fixture
+def no_connections(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Fail the test if anything tries to send a request or open a socket; returns the log."""
+    attempts: list[str] = []
+
+    async def refuse_request(self: object, request: httpx.Request) -> httpx.Response:
+        attempts.append(f"request {request.url}")
+        raise AssertionError(f"a request was sent to {request.url}")
+
+    def refuse_connect(self: socket.socket, address: object) -> None:
+        attempts.append(f"connect {address}")
+        raise AssertionError(f"a connection was opened to {address}")
+
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", refuse_request)
+    monkeypatch.setattr(socket.socket, "connect", refuse_connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse_connect)
+    return attempts
+
+
+class FakeDNS:
+    """Answers for the names a test sets; every other name goes to the real resolver (which
+    the tests only give numbers and `localhost`, so nothing leaves the machine)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, list[str] | Callable[[], list[str]]] = {}
+        self.calls: list[str] = []
+
+    def answer(self, host: str, port: Any) -> list[tuple[Any, ...]]:
+        self.calls.append(host)
+        entry = self.names[host]
+        addresses = entry() if callable(entry) else entry
+        if not addresses:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [_addrinfo(address, port) for address in addresses]
+
+
+@pytest.fixture
+def fake_dns(monkeypatch: pytest.MonkeyPatch) -> FakeDNS:
+    dns = FakeDNS()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: str, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        if host in dns.names:
+            return dns.answer(host, port)
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return dns
+
+
+def _addrinfo(address: str, port: Any) -> tuple[Any, ...]:
+    if ":" in address:
+        return (socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, int(port or 0), 0, 0))
+    return (socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, int(port or 0)))
