@@ -39,10 +39,14 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "mov+aac": make_video(root / "aac.mov", 2, container="mov", audio=True),
         "long.mp4": make_video(root / "long.mp4", 31, fps=1, size=(64, 48)),
         "short.mp4": make_video(root / "short.mp4", 0.5),
+        "faststart.mp4": make_video(root / "faststart.mp4", 2, audio=True, faststart=True),
     }
     whole = files["mp4+aac"].read_bytes()
     files["truncated.mp4"] = root / "truncated.mp4"
     files["truncated.mp4"].write_bytes(whole[: len(whole) * 2 // 3])
+    whole = files["faststart.mp4"].read_bytes()
+    files["cut.mp4"] = root / "cut.mp4"  # index intact, data cut off
+    files["cut.mp4"].write_bytes(whole[: len(whole) - 2000])
     files["bomb.png"] = root / "bomb.png"
     files["bomb.png"].write_bytes(png_header_only(100_000, 100_000))
     files["text"] = root / "a.txt"

@@ -31,10 +31,12 @@ def make_video(
     size: tuple[int, int] = (320, 240),
     audio: bool = False,
     container: str = "mp4",
+    faststart: bool = False,
 ) -> Path:
     """An H.264 clip, red for the first half of its frames and blue after; with `audio`, a
     440 Hz stereo AAC tone of the same length."""
-    with av.open(str(path), "w", format=container) as out:
+    options = {"movflags": "faststart"} if faststart else {}  # the index before the data
+    with av.open(str(path), "w", format=container, options=options) as out:
         video = out.add_stream("libx264", rate=fps)
         video.width, video.height = size
         video.pix_fmt = "yuv420p"
@@ -64,6 +66,15 @@ def _write_tone(out: av.container.OutputContainer, sound: av.audio.stream.AudioS
         frame.pts = start
         out.mux(sound.encode(frame))
     out.mux(sound.encode())
+
+
+def make_exif_jpeg(path: Path, size: tuple[int, int], orientation: int) -> Path:
+    """A JPEG stored `size` wide and high whose EXIF says to show it turned."""
+    image = Image.new("RGB", size, RED)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(path, format="JPEG", exif=exif)
+    return path
 
 
 def png_header_only(width: int, height: int) -> bytes:

@@ -80,9 +80,9 @@ def probe_image(path: Path, fmt: Format, limits: Limits = Limits()) -> ImageInfo
     with decoding_errors("image"):
         with Image.open(path, formats=[fmt.decoder]) as image:
             width, height = image.size
+            _check_image_sides(width, height, limits)  # symmetric, so before turning
             if _orientation(image) in _QUARTER_TURNS:
                 width, height = height, width
-            _check_image_sides(width, height, limits)
             info = ImageInfo(fmt, width, height, image.mode, _has_alpha(image))
         with Image.open(path, formats=[fmt.decoder]) as image:
             image.verify()  # chunk checksums (PNG) without inflating pixels
@@ -138,8 +138,14 @@ def _sniff_file(path: Path) -> Format:
 
 
 def _orientation(image: Image.Image) -> int:
-    # getexif() reads the metadata block only; no pixels are decoded.
-    return int(image.getexif().get(0x0112, 1) or 1)
+    # Only EXIF the header already held: PNG's getexif() would decode the image to look
+    # for an eXIf chunk after the pixels.
+    raw = image.info.get("exif")
+    if not raw:
+        return 1
+    exif = Image.Exif()
+    exif.load(raw)
+    return int(exif.get(0x0112, 1) or 1)
 
 
 def _has_alpha(image: Image.Image) -> bool:
