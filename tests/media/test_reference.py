@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
 from ref2video.errors import MediaError
 from ref2video.media.probe import probe
 from ref2video.media.reference import Reference
-from ref2video.media.sniff import MP4
+from ref2video.media.sniff import MP4, PNG
 
 from .media_files import BLUE, RED, make_exif_jpeg
 
@@ -21,6 +22,10 @@ def reference(path: Path, index: int = 1) -> Reference:
 
 def close_to(pixel: np.ndarray | tuple[int, ...], colour: tuple[int, ...]) -> bool:
     return bool(np.all(np.abs(np.asarray(pixel, int)[: len(colour)] - colour) <= 12))
+
+
+def _colour(pixel: np.ndarray) -> str:
+    return "red" if close_to(pixel, RED) else "blue" if close_to(pixel, BLUE) else "other"
 
 
 @pytest.mark.parametrize("name", ["jpeg", "png", "bmp", "webp"])
@@ -58,7 +63,7 @@ def test_frames_are_resampled_to_the_rate_asked(media: dict[str, Path], fps: int
     assert len(frames) == count
     assert all(frame.shape == (240, 320, 3) and frame.dtype == np.uint8 for frame in frames)
     # The source is red for its first second and blue after: time is kept, not frame numbers.
-    colours = ["red" if close_to(frame[120, 160], RED) else "blue" if close_to(frame[120, 160], BLUE) else "?" for frame in frames]
+    colours = [_colour(frame[120, 160]) for frame in frames]
     assert colours == ["red"] * (count // 2) + ["blue"] * (count // 2)
 
 
@@ -85,7 +90,7 @@ def test_audio_is_pcm_at_the_rate_asked(media: dict[str, Path], name: str) -> No
     assert pcm.shape == (2, 96000)
     # The tone is 440 Hz at amplitude 0.5; AAC keeps both.
     spectrum = np.abs(np.fft.rfft(pcm[0, 24000:72000]))
-    assert np.argmax(spectrum) * 48000 / 48000 == pytest.approx(440, abs=2)
+    assert np.argmax(spectrum) * 48000 / 48000 == pytest.approx(440, abs=2)  # bin width 1 Hz
     assert 0.4 < np.abs(pcm[0, 24000:72000]).max() < 0.6
     low = ref.audio(sample_rate=16000)
     assert low is not None and low.shape == (2, 32000)
@@ -96,10 +101,18 @@ def test_no_audio_is_none(media: dict[str, Path]) -> None:
     assert reference(media["png"]).audio() is None
 
 
-def test_a_file_broken_after_the_probe_fails_with_a_media_error(media: dict[str, Path]) -> None:
-    # A reference built by hand around a file whose data is cut off: decoding must say so
-    # with the reference's number, not crash.
-    ref = Reference(2, "http://example.test/cut.mp4", "video", MP4, media["cut.mp4"], 320, 240, duration=2.0, fps=10.0, has_audio=True)
+def test_a_file_broken_after_the_probe_fails_with_a_media_error(media: dict[str, Path], tmp_path: Path) -> None:
+    # References built by hand around files that changed since the probe: decoding must say
+    # so, with the reference's number, and not crash.
+    video = Reference(2, "http://example.test/a.mp4", "video", MP4, media["text"], 320, 240, duration=2.0, fps=10.0)
     with pytest.raises(MediaError, match=r"^reference 2: the video is broken or truncated") as info:
-        list(ref.frames(10))
+        list(video.frames(10))
     assert info.value.code == "InvalidParameter"
+    assert str(media["text"].parent) not in info.value.message  # no server paths for clients
+    assert isinstance(info.value.__cause__, av.error.FFmpegError)
+
+    whole = media["png"].read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])
+    image = Reference(3, "http://example.test/cut.png", "image", PNG, tmp_path / "cut.png", 320, 240)
+    with pytest.raises(MediaError, match=r"^reference 3: the image is broken or truncated"):
+        image.image()

@@ -101,7 +101,7 @@ class _Ingest:
             if self.cache and obtained.fetched:  # cached only once it has passed every check
                 await asyncio.to_thread(self.cache.store, url, obtained.fetched)
         except MediaError as exc:
-            raise MediaError(f"reference {index}: {exc.message}", exc.code) from exc
+            raise MediaError(f"reference {index}: {exc.message}", exc.code) from exc.__cause__ or exc
         return Reference.from_info(index, url, obtained.path, info, size=obtained.size, sha256=obtained.sha256)
 
     async def _obtain(self, index: int, url: str) -> _Obtained:

@@ -77,7 +77,7 @@ def probe(path: Path, fmt: Format | None = None, limits: Limits = Limits()) -> I
 
 
 def probe_image(path: Path, fmt: Format, limits: Limits = Limits()) -> ImageInfo:
-    with decoding_errors("image"):
+    with decoding_errors("image", path):
         with Image.open(path, formats=[fmt.decoder]) as image:
             width, height = image.size
             _check_image_sides(width, height, limits)  # symmetric, so before turning
@@ -90,7 +90,7 @@ def probe_image(path: Path, fmt: Format, limits: Limits = Limits()) -> ImageInfo
 
 
 def probe_video(path: Path, fmt: Format, limits: Limits = Limits()) -> VideoInfo:
-    with decoding_errors("video"), open_video(path, fmt) as container:
+    with decoding_errors("video", path), open_video(path, fmt) as container:
         if not container.streams.video:
             raise MediaError("the file has no video stream")
         stream = container.streams.video[0]
@@ -117,16 +117,29 @@ def open_video(path: Path, fmt: Format) -> Iterator[av.container.InputContainer]
 
 
 @contextlib.contextmanager
-def decoding_errors(what: str) -> Iterator[None]:
-    """Turn whatever Pillow or PyAV raise on bad bytes into MediaError (InvalidParameter)."""
+def decoding_errors(what: str, path: Path | None = None) -> Iterator[None]:
+    """Turn whatever Pillow or PyAV raise on bad bytes into MediaError (InvalidParameter).
+
+    The message reaches the client, so the file's place on this server is left out of it.
+    """
     try:
         yield
     except MediaError:
         raise
     except Image.DecompressionBombError as exc:
-        raise MediaError(f"the image declares too many pixels ({exc})") from exc
+        raise MediaError(f"the image declares too many pixels ({_describe(exc, path)})") from exc
     except Exception as exc:  # both libraries raise many types on hostile input
-        raise MediaError(f"the {what} is broken or truncated ({type(exc).__name__}: {exc})") from exc
+        raise MediaError(f"the {what} is broken or truncated ({_describe(exc, path)})") from exc
+
+
+def _describe(exc: Exception, path: Path | None) -> str:
+    if isinstance(exc, av.error.FFmpegError):
+        detail = exc.strerror or ""  # str() would name the file
+    else:
+        detail = str(exc)
+        if path is not None:
+            detail = detail.replace(str(path), path.name)
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
 def _sniff_file(path: Path) -> Format:

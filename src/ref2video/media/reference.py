@@ -126,10 +126,10 @@ class Reference:
     def _decoding(self, what: str) -> Iterator[None]:
         """decoding_errors(), with this reference's number in front of the message."""
         try:
-            with decoding_errors(what):
+            with decoding_errors(what, self.path):
                 yield
         except MediaError as exc:
-            raise MediaError(f"reference {self.index}: {exc.message}", exc.code) from exc
+            raise MediaError(f"reference {self.index}: {exc.message}", exc.code) from exc.__cause__ or exc
 
 
 def _resample(decoded: Iterator[tuple[float, av.VideoFrame]], fps: float, total: int) -> Iterator[np.ndarray]:
