@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import http.server
@@ -106,15 +107,13 @@ class Server:
 
 def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_GET(self) -> None:
             headers = {name.lower(): value for name, value in self.headers.items()}
             server.hits.append((self.path, headers))
             route = server.routes.get(self.path, Route(b"not found", status=404))
             route = (route.respond(headers) if route.respond else None) or route
-            try:
+            with contextlib.suppress(OSError):  # the client gave up, as the tests intend
                 self._answer(route)
-            except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
-                pass  # the client gave up, as the tests intend
 
         def _answer(self, route: Route) -> None:
             self.send_response(route.status)
@@ -172,6 +171,32 @@ def no_connections(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(socket.socket, "connect", refuse_connect)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse_connect)
     return attempts
+
+
+@pytest.fixture
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Let requests and sockets reach loopback only, so a failing test cannot send traffic
+    elsewhere; returns the host:port of every request that reached the transport."""
+    sent: list[str] = []
+    real_request = httpx.AsyncHTTPTransport.handle_async_request
+    real_connect = socket.socket.connect
+
+    async def request(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> httpx.Response:
+        sent.append(f"{request.url.host}:{request.url.port}")
+        assert _is_loopback(request.url.host), f"a request was sent to {request.url}"
+        return await real_request(self, request)
+
+    def connect(self: socket.socket, address: Any) -> None:
+        assert _is_loopback(address[0]), f"a connection was opened to {address}"
+        return real_connect(self, address)
+
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", request)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return sent
+
+
+def _is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("::1", "localhost")
 
 
 class FakeDNS:
@@ -238,7 +263,7 @@ def _self_signed(name: str, directory: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)

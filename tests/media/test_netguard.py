@@ -89,7 +89,9 @@ def test_a_bad_allow_list_entry_is_a_configuration_error() -> None:
         parse_allow_list(["not-a-cidr"])
 
 
-@pytest.mark.parametrize("host", ["2130706433", "0177.0.0.1", "0x7f.1", "0x7f000001", "127.1", "localhost", "017700000001"])
+@pytest.mark.parametrize(
+    "host", ["2130706433", "0177.0.0.1", "0x7f.1", "0x7f000001", "127.1", "localhost", "017700000001"]
+)
 def test_odd_spellings_of_loopback_are_resolved_then_refused(host: str) -> None:
     # The system resolver turns every spelling into 127.0.0.1; nothing leaves the machine.
     with pytest.raises(MediaError) as info:

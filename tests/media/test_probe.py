@@ -78,7 +78,13 @@ def test_an_image_is_opened_only_by_its_sniffed_decoder(media: dict[str, Path]) 
 
 @pytest.mark.parametrize(
     ("name", "fmt", "audio"),
-    [("mp4", MP4, False), ("mp4+aac", MP4, True), ("mov", MOV, False), ("mov+aac", MOV, True), ("faststart.mp4", MP4, True)],
+    [
+        ("mp4", MP4, False),
+        ("mp4+aac", MP4, True),
+        ("mov", MOV, False),
+        ("mov+aac", MOV, True),
+        ("faststart.mp4", MP4, True),
+    ],
 )
 def test_videos_are_measured(media: dict[str, Path], name: str, fmt: object, audio: bool) -> None:
     info = probe(media[name])

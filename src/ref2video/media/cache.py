@@ -59,7 +59,9 @@ CREATE TABLE IF NOT EXISTS urls (
 );
 CREATE INDEX IF NOT EXISTS urls_sha256 ON urls (sha256);
 """
-_ENTRY_COLUMNS = "u.url, u.sha256, b.size, b.format, u.final_url, u.etag, u.last_modified, u.content_type, u.fresh_until"
+_ENTRY_COLUMNS = (
+    "u.url, u.sha256, b.size, b.format, u.final_url, u.etag, u.last_modified, u.content_type, u.fresh_until"
+)
 _STALE_TEMP_SECONDS = 3600.0  # a temp file this old was left by a crashed writer
 
 
@@ -129,6 +131,7 @@ class MediaCache:
 
     def materialize(self, entry: CacheEntry, dest: Path) -> Path | None:
         """Link (or copy) the entry's blob to `dest`; None if it was evicted meanwhile."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
         dest.unlink(missing_ok=True)
         try:
             _link_or_copy(entry.path, dest)
@@ -225,7 +228,9 @@ class MediaCache:
         staged.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         return staged
 
-    def _place_blob(self, db: sqlite3.Connection, blob: Path, staged: Path | None, fetched: Fetched, now: float) -> None:
+    def _place_blob(
+        self, db: sqlite3.Connection, blob: Path, staged: Path | None, fetched: Fetched, now: float
+    ) -> None:
         if not blob.exists():  # evicted since we looked, or never there
             staged = staged or self._stage(fetched.path)
             blob.parent.mkdir(exist_ok=True)

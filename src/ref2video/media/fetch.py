@@ -164,7 +164,7 @@ async def _fetch(
                 )
                 response = await _send(client, target, addresses, validators)
                 try:
-                    if response.is_redirect:
+                    if response.has_redirect_location:
                         url = urljoin(url, response.headers["location"])
                         continue
                     if response.status_code == 304 and validators:
@@ -176,9 +176,7 @@ async def _fetch(
                 finally:
                     await response.aclose()
     except TimeoutError:
-        raise MediaError(
-            f"the download did not finish within {policy.total_timeout:g} s", code="InvalidURL"
-        ) from None
+        raise MediaError(f"the download did not finish within {policy.total_timeout:g} s", code="InvalidURL") from None
     raise MediaError(f"more than {policy.max_redirects} redirects", code="InvalidURL")
 
 
@@ -253,7 +251,7 @@ async def _send(
         **(validators.headers() if validators else {}),
     }
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-    failure: Exception | None = None
+    failure: BaseException | None = None
     for address in addresses:
         request = client.build_request("GET", target.pinned_url(address), headers=headers, extensions=extensions)
         try:

@@ -16,14 +16,15 @@ whole set with a MediaError whose message names the reference and the rule:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from ..errors import MediaError
+from ..errors import MediaError, TaskCanceled
 from .cache import CacheEntry, MediaCache
-from .fetch import FetchPolicy, Fetched, NotModified, fetch, fetch_if_modified
+from .fetch import Fetched, FetchPolicy, fetch, fetch_if_modified
 from .probe import Limits, probe
 from .reference import Reference
 from .sniff import Format, Kind
@@ -65,9 +66,23 @@ async def fetch_references(
     return references
 
 
-def fetch_references_sync(urls: Sequence[str], **options: object) -> list[Reference]:
-    """`fetch_references` for a worker thread (one without a running event loop)."""
-    return asyncio.run(fetch_references(urls, **options))  # type: ignore[arg-type]
+def fetch_references_sync(
+    urls: Sequence[str],
+    *,
+    work_dir: Path,
+    policy: FetchPolicy = FetchPolicy(),
+    cache: MediaCache | None = None,
+    limits: Limits = Limits(),
+    kind_hint: Kind | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> list[Reference]:
+    """`fetch_references` for a worker thread (one without a running event loop).
+
+    `should_cancel` (e.g. the job context's) is polled a few times a second; when it turns
+    true the downloads stop and TaskCanceled is raised.
+    """
+    job = fetch_references(urls, work_dir=work_dir, policy=policy, cache=cache, limits=limits, kind_hint=kind_hint)
+    return asyncio.run(_cancellable(job, should_cancel or (lambda: False)))
 
 
 def input_video_seconds(references: Sequence[Reference]) -> float:
@@ -111,8 +126,9 @@ class _Ingest:
             if reused := await self._reuse(entry, name):
                 return reused
         elif entry and entry.validators:
-            result = await fetch_if_modified(url, self.work_dir, entry.validators, kind_hint=self.kind_hint,
-                                             policy=self.policy, name=name)  # fmt: skip
+            result = await fetch_if_modified(
+                url, self.work_dir, entry.validators, kind_hint=self.kind_hint, policy=self.policy, name=name
+            )
             if isinstance(result, Fetched):
                 return _from_download(result)
             assert self.cache is not None
@@ -156,6 +172,18 @@ async def _all_or_nothing(jobs: Sequence[Awaitable[T]]) -> list[T]:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
     return [task.result() for task in tasks]
+
+
+async def _cancellable(job: Awaitable[T], should_cancel: Callable[[], bool], interval: float = 0.2) -> T:
+    task = asyncio.ensure_future(job)
+    while not task.done():
+        await asyncio.wait({task}, timeout=interval)
+        if not task.done() and should_cancel():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise TaskCanceled()
+    return task.result()
 
 
 def _check_counts(references: Sequence[Reference]) -> None:

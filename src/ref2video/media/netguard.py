@@ -191,7 +191,9 @@ def _allow_listed(address: IPAddress, allow: Sequence[IPNetwork]) -> bool:
     candidates: list[IPAddress] = [address]
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         candidates.append(address.ipv4_mapped)
-    return any(candidate in network for candidate in candidates for network in allow if candidate.version == network.version)
+    return any(
+        candidate in network for candidate in candidates for network in allow if candidate.version == network.version
+    )
 
 
 def _is_literal(host: str, address: IPAddress) -> bool:

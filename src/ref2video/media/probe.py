@@ -203,7 +203,5 @@ def _check_complete(container: av.container.InputContainer) -> None:
             present[packet.stream.index] += 1
     for stream in container.streams:
         if stream.frames and present[stream.index] < stream.frames:
-            raise MediaError(
-                f"the video is truncated ({stream.type} stream: {present[stream.index]} of {stream.frames} packets present)"
-            )
-
+            found = f"{present[stream.index]} of {stream.frames} packets present"
+            raise MediaError(f"the video is truncated ({stream.type} stream: {found})")

@@ -108,10 +108,11 @@ class Reference:
         return pcm[:, :limit].astype(np.float32, copy=False)
 
     def _frames(self, fps: float, total: int) -> Generator[np.ndarray, None, None]:
-        with self._decoding("video"):
-            yield from _resample(self._decoded_frames(), fps, total)
+        # closing(): stopping early (after `total` frames) closes the file at once.
+        with self._decoding("video"), contextlib.closing(self._decoded_frames()) as decoded:
+            yield from _resample(decoded, fps, total)
 
-    def _decoded_frames(self) -> Iterator[tuple[float, av.VideoFrame]]:
+    def _decoded_frames(self) -> Generator[tuple[float, av.VideoFrame], None, None]:
         """(seconds since the first frame, frame) in presentation order."""
         with open_video(self.path, self.format) as container:
             stream = container.streams.video[0]
