@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -17,6 +18,9 @@ from ref2video.config import Settings
 from ref2video.service import Service
 from ref2video.store import keys
 
+from tests.http_server import Server
+from tests.media.media_files import make_image, make_video
+
 SCRIPTED = "tests.fixtures.engines:ScriptedEngine"
 TEST_MODELS = {"wan2.6-r2v": SCRIPTED, "wan2.6-r2v-flash": SCRIPTED}
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,10 +32,54 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_refs: Server | None = None
+_refs_lock = threading.Lock()
+
+
+def reference_server() -> Server:
+    """One loopback server for the whole run, serving real sample references:
+    /a.png (320x240), /b.jpg (400x600), /c.mp4 (2 s with sound), /role1.mp4, /role2.mp4,
+    /object4.png and /background5.png (the seed document's four, made here)."""
+    global _refs
+    with _refs_lock:
+        if _refs is None:
+            import tempfile
+
+            root = Path(tempfile.mkdtemp(prefix="r2v-refs-"))
+            files = {
+                "/a.png": (make_image(root / "a.png", "PNG"), "image/png"),
+                "/b.jpg": (make_image(root / "b.jpg", "JPEG", size=(400, 600)), "image/jpeg"),
+                "/c.mp4": (make_video(root / "c.mp4", 2, audio=True), "video/mp4"),
+                "/role1.mp4": (make_video(root / "role1.mp4", 3, size=(360, 640), audio=True), "video/mp4"),
+                "/role2.mp4": (make_video(root / "role2.mp4", 2, size=(480, 640), audio=True), "video/mp4"),
+                "/object4.png": (make_image(root / "object4.png", "PNG", size=(400, 400), mode="RGBA"), "image/png"),
+                "/background5.png": (make_image(root / "bg5.png", "PNG", size=(1280, 720)), "image/png"),
+            }
+            server = Server()
+            for path, (file, kind) in files.items():
+                server.serve_file(path, file, kind)
+            _refs = server
+    return _refs
+
+
+def ref_url(name: str) -> str:
+    return reference_server().url(f"/{name}")
+
+
+def seed_body() -> dict[str, Any]:
+    """The seed document's request, with its four references served on loopback."""
+    from tests.test_spec import SEED_BODY
+
+    body = json.loads(json.dumps(SEED_BODY))
+    body["input"]["reference_urls"] = [ref_url(n) for n in ("role1.mp4", "role2.mp4", "object4.png", "background5.png")]
+    return body
+
+
 def settings_for(data_dir: Path, database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
         data_dir=data_dir, database_url=database_url, models=dict(TEST_MODELS),
         lease_seconds=2.0, reap_interval=0.2, poll_interval=30.0, shutdown_grace=2.0,
+        fetch_allow=["127.0.0.0/8"], cache_max_bytes=0,
     )
     values.update(overrides)
     return Settings(**values)
@@ -92,7 +140,7 @@ def make_body(prompt: str = "character1 waves", urls: list[str] | None = None, m
               **parameters: Any) -> dict[str, Any]:
     return {
         "model": model,
-        "input": {"prompt": prompt, "reference_urls": urls or ["https://example.com/a.png"]},
+        "input": {"prompt": prompt, "reference_urls": urls or [ref_url("a.png")]},
         "parameters": {"size": "1280*720", "duration": 5, **parameters},
     }
 

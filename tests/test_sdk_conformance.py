@@ -15,10 +15,11 @@ import httpx
 import pytest
 from dashscope import VideoSynthesis
 
-from tests.live import ROOT, LiveServer
-from tests.test_spec import SEED_BODY
+from tests.live import ROOT, LiveServer, ref_url, seed_body
 
-REFS = ["https://example.com/role1.mp4", "https://example.com/object.png"]
+
+def refs() -> list[str]:
+    return [ref_url("role1.mp4"), ref_url("object4.png")]
 
 
 @pytest.fixture
@@ -31,8 +32,8 @@ def sdk(server: LiveServer) -> Iterator[LiveServer]:
 
 def test_async_call_fetch_and_wait(sdk: LiveServer) -> None:
     created = VideoSynthesis.async_call(
-        model="wan2.6-r2v-flash", prompt="character1 and character2 steps=3 step_ms=50",
-        reference_urls=REFS, size="1280*720", duration=5, shot_type="multi", seed=7, watermark=False,
+        model="wan2.6-r2v-flash", prompt="character1 and character2 steps=3 step_ms=50 refs=video,image",
+        reference_urls=refs(), size="1280*720", duration=5, shot_type="multi", seed=7, watermark=False,
         api_key=sdk.key,
     )
     assert created.status_code == HTTPStatus.OK, created
@@ -53,12 +54,12 @@ def test_async_call_fetch_and_wait(sdk: LiveServer) -> None:
 
 
 def test_sdk_errors_carry_the_providers_codes(sdk: LiveServer) -> None:
-    bad_key = VideoSynthesis.async_call(model="wan2.6-r2v-flash", prompt="x", reference_urls=REFS, api_key="r2v-a-b")
+    bad_key = VideoSynthesis.async_call(model="wan2.6-r2v-flash", prompt="x", reference_urls=refs(), api_key="r2v-a-b")
     assert bad_key.status_code == 401 and bad_key.code == "InvalidApiKey"
-    bad_model = VideoSynthesis.async_call(model="wan9", prompt="x", reference_urls=REFS, api_key=sdk.key)
+    bad_model = VideoSynthesis.async_call(model="wan9", prompt="x", reference_urls=refs(), api_key=sdk.key)
     assert bad_model.status_code == 404 and bad_model.code == "ModelNotFound"
     bad_size = VideoSynthesis.async_call(
-        model="wan2.6-r2v", prompt="x", reference_urls=REFS, size="7*7", api_key=sdk.key
+        model="wan2.6-r2v", prompt="x", reference_urls=refs(), size="7*7", api_key=sdk.key
     )
     assert bad_size.status_code == 400 and bad_size.code == "InvalidParameter" and "parameters.size" in bad_size.message
 
@@ -69,14 +70,14 @@ def test_cancel_and_list(make_server) -> None:  # type: ignore[no-untyped-def]
     dashscope.base_http_api_url = f"{server.url}/api/v1"
     try:
         created = VideoSynthesis.async_call(
-            model="wan2.6-r2v", prompt="character1", reference_urls=REFS, api_key=server.key
+            model="wan2.6-r2v", prompt="character1", reference_urls=refs(), api_key=server.key
         )
         canceled = VideoSynthesis.cancel(created, api_key=server.key)
         assert canceled.status_code == HTTPStatus.OK
         assert VideoSynthesis.fetch(created, api_key=server.key).output.task_status == "CANCELED"
         again = VideoSynthesis.cancel(created, api_key=server.key)
         assert again.status_code == 400 and again.code == "UnsupportedOperation"
-        VideoSynthesis.async_call(model="wan2.6-r2v-flash", prompt="character1", reference_urls=REFS, api_key=server.key)
+        VideoSynthesis.async_call(model="wan2.6-r2v-flash", prompt="character1", reference_urls=refs(), api_key=server.key)
 
         listed = VideoSynthesis.list(api_key=server.key, page_size=10, status="CANCELED")
         assert listed.status_code == HTTPStatus.OK
@@ -90,7 +91,7 @@ def test_cancel_and_list(make_server) -> None:  # type: ignore[no-untyped-def]
 
 def test_the_seed_documents_request_over_plain_http(server: LiveServer) -> None:
     r = httpx.post(
-        f"{server.url}/task/bailian/ref2video", json=SEED_BODY,
+        f"{server.url}/task/bailian/ref2video", json=seed_body(),
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {server.key}"},
     )
     assert r.status_code == 200
@@ -109,9 +110,9 @@ def test_the_seed_documents_request_over_plain_http(server: LiveServer) -> None:
 SCRIPT = """
 import json, sys
 from dashscope import VideoSynthesis
-key = sys.argv[1]
-rsp = VideoSynthesis.call(model="wan2.6-r2v-flash", prompt="character1 steps=2",
-                          reference_urls=["https://example.com/a.png"], size="1280*720", api_key=key)
+key, url = sys.argv[1], sys.argv[2]
+rsp = VideoSynthesis.call(model="wan2.6-r2v-flash", prompt="character1 steps=2 refs=image",
+                          reference_urls=[url], size="1280*720", api_key=key)
 print(json.dumps({"status": rsp.status_code, "task_status": rsp.output.task_status,
                   "video_url": rsp.output.video_url}))
 """
@@ -119,7 +120,7 @@ print(json.dumps({"status": rsp.status_code, "task_status": rsp.output.task_stat
 
 def test_the_sdk_finds_the_server_through_DASHSCOPE_HTTP_BASE_URL(server: LiveServer) -> None:
     env = {**os.environ, "DASHSCOPE_HTTP_BASE_URL": f"{server.url}/api/v1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, server.key], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", SCRIPT, server.key, ref_url("a.png")], env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])

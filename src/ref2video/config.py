@@ -28,7 +28,7 @@ _config_file: ContextVar[str | None] = ContextVar("ref2video_config_file", defau
 
 # Engine names and the import strings they stand for; `engines` adds to or overrides these.
 BUILTIN_ENGINES: dict[str, str] = {
-    "preview": "ref2video.engines.preview:PreviewEngine",
+    "preview": "ref2video.engines.preview.engine:PreviewEngine",
 }
 
 
@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     signing_secret: str = Field("", description="HMAC secret for video URLs; default: generated once and kept in the database")
 
     max_body_bytes: int = Field(1 << 20, gt=0, description="largest accepted request body")
+
+    fetch_allow: list[str] = Field(
+        default_factory=list, description="CIDR ranges reference fetching may reach despite being private"
+    )
+    fetch_connect_timeout: float = Field(10.0, gt=0, description="seconds to connect to a reference's host")
+    fetch_timeout: float = Field(120.0, gt=0, description="seconds one reference download may take in all")
+    fetch_max_redirects: int = Field(5, ge=0, description="redirects followed per reference")
+    cache_max_bytes: int = Field(2 << 30, ge=0, description="size of the reference cache; 0 turns it off")
     timezone: str = Field("UTC", description="zone of the times in task answers")
 
     models: dict[str, str] = Field(
@@ -77,6 +85,10 @@ class Settings(BaseSettings):
     @property
     def scratch_dir(self) -> Path:
         return self.data_dir / "scratch"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
 
     def engine_target(self, model: str) -> str:
         """The import string of the engine serving `model`."""

@@ -18,6 +18,7 @@ from .queue.wakeup import Wakeup
 from .queue.worker import WorkerPool
 from .storage.base import Storage
 from .storage.local import LocalStorage
+from .references import ReferenceLoader
 from .retention import Sweeper
 from .storage.policy import PolicySigner
 from .storage.signing import UrlSigner
@@ -61,12 +62,13 @@ class Service:
             on_requeue=self.wakeup.notify,
         )
         self.uploads: Storage = uploads or LocalStorage(settings.data_dir / "uploads")
+        self.references = ReferenceLoader.from_settings(settings, self.db, self.uploads, self.retention_ms)
         self.sweeper = Sweeper(self.db, self.storage, self.uploads, settings.scratch_dir, self.retention_ms)
         self.pool = WorkerPool(
             self.manager, self.registry, self.storage, self.wakeup,
             scratch_dir=settings.scratch_dir, size=settings.workers,
             poll_interval=settings.poll_interval, reap_interval=settings.reap_interval,
-            sweep=self.sweeper.sweep, sweep_interval=settings.sweep_interval,
+            load_references=self.references, sweep=self.sweeper.sweep, sweep_interval=settings.sweep_interval,
         )
         self.signer: UrlSigner | None = None
         self.policy: PolicySigner | None = None

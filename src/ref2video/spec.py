@@ -36,6 +36,7 @@ class TaskSpec:
     audio: bool = True
     watermark: bool = False
     seed: int = 0
+    videos_only: bool = False  # the references came as the deprecated reference_video_urls
 
     @property
     def width(self) -> int:
@@ -88,6 +89,7 @@ def parse_spec(body: Any, models: Collection[str]) -> TaskSpec:
         raise InvalidParameter("input.prompt must not be empty")
     negative = _optional(inputs, "negative_prompt", str, "input.negative_prompt", "a string")
     urls = _references(inputs)
+    videos_only = inputs.get("reference_urls") is None
 
     size = _optional(params, "size", str, "parameters.size", "a string like \"1280*720\"")
     if size is not None and size not in p.SIZES:
@@ -114,6 +116,7 @@ def parse_spec(body: Any, models: Collection[str]) -> TaskSpec:
         audio=True if audio is None or model == "wan2.6-r2v" else audio,
         watermark=bool(watermark),
         seed=secrets.randbelow(p.MAX_SEED + 1) if seed is None else seed,
+        videos_only=videos_only,
     )
 
 

@@ -16,6 +16,8 @@ from ref2video.store.keys import Principal
 from ref2video.store.models import Task
 from ref2video.queue.wakeup import Wakeup
 
+from tests.live import ref_url
+
 from .procs import env_for, spawn, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -32,7 +34,7 @@ def test_worker_processes_share_one_table_without_double_runs(tmp_path: Path, pg
     try:
         time.sleep(2.0)  # let them start and go idle: from here only NOTIFY can wake them in time
         wakeup = Wakeup(db)
-        spec = TaskSpec(model="wan2.6-r2v-flash", prompt="steps=2 step_ms=20", reference_urls=("https://x.test/a.png",))
+        spec = TaskSpec(model="wan2.6-r2v-flash", prompt="steps=2 step_ms=20", reference_urls=(ref_url("a.png"),))
         ids = [store.create_task(db, spec, Principal("k", "o"), on_insert=wakeup.notify_in).id for _ in range(30)]
         deadline = time.monotonic() + 60
         while True:
@@ -40,7 +42,8 @@ def test_worker_processes_share_one_table_without_double_runs(tmp_path: Path, pg
                 rows = conn.execute(select(Task.status, Task.attempt).where(Task.id.in_(ids))).all()
             if all(r.status == "SUCCEEDED" for r in rows):
                 break
-            assert time.monotonic() < deadline, collections.Counter(r.status for r in rows)
+            counts = collections.Counter(r.status for r in rows)
+            assert time.monotonic() < deadline and not counts["FAILED"], counts
             assert all(w.poll() is None for w in workers)
             time.sleep(0.1)
     finally:

@@ -46,7 +46,7 @@ def test_the_official_sdk_uploads_file_references(server: LiveServer, tmp_path: 
     dashscope.base_http_api_url = f"{server.url}/api/v1"
     try:
         created = VideoSynthesis.async_call(
-            model="wan2.6-r2v-flash", prompt="character1 walks", reference_urls=[f"file://{image}"],
+            model="wan2.6-r2v-flash", prompt="character1 walks refs=image", reference_urls=[f"file://{image}"],
             size="1280*720", api_key=server.key,
         )
     finally:

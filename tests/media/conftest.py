@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
-import http.server
 import socket
 import ssl
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +14,8 @@ import httpx
 import pytest
 
 from ref2video.media.fetch import FetchPolicy
+
+from tests.http_server import Route, Server  # noqa: F401  (Route: for the tests' imports)
 
 from .media_files import make_image, make_video, png_header_only
 
@@ -56,89 +54,6 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     files["empty"] = root / "empty"
     files["empty"].write_bytes(b"")
     return files
-
-
-@dataclasses.dataclass
-class Route:
-    """What the test server answers on one path."""
-
-    body: bytes = b""
-    status: int = 200
-    headers: dict[str, str] = dataclasses.field(default_factory=dict)
-    # One of: None (send `body`), "drip" (one byte every 0.2 s), "endless" (bytes forever).
-    behaviour: str | None = None
-    # Called with the request headers; may return a replacement Route (e.g. a 304).
-    respond: Callable[[dict[str, str]], Route | None] | None = None
-
-
-class Server:
-    """A threaded HTTP server on 127.0.0.1 whose routes the tests set, and which records hits."""
-
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self.routes: dict[str, Route] = {}
-        self.hits: list[tuple[str, dict[str, str]]] = []
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._httpd.daemon_threads = True
-        if tls:
-            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
-        self.port = self._httpd.server_address[1]
-        self.scheme = "https" if tls else "http"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"{self.scheme}://{host}:{self.port}{path}"
-
-    def serve(self, path: str, body: bytes = b"", **options: Any) -> str:
-        self.routes[path] = Route(body, **options)
-        return self.url(path)
-
-    def serve_file(self, path: str, file: Path, content_type: str = "application/octet-stream", **options: Any) -> str:
-        headers = {"Content-Type": content_type, **options.pop("headers", {})}
-        return self.serve(path, file.read_bytes(), headers=headers, **options)
-
-    def hits_for(self, path: str) -> list[dict[str, str]]:
-        return [headers for hit_path, headers in self.hits if hit_path == path]
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-
-def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            server.hits.append((self.path, headers))
-            route = server.routes.get(self.path, Route(b"not found", status=404))
-            route = (route.respond(headers) if route.respond else None) or route
-            with contextlib.suppress(OSError):  # the client gave up, as the tests intend
-                self._answer(route)
-
-        def _answer(self, route: Route) -> None:
-            self.send_response(route.status)
-            for name, value in route.headers.items():
-                self.send_header(name, value)
-            if route.behaviour is None and "Content-Length" not in route.headers:
-                self.send_header("Content-Length", str(len(route.body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            if route.behaviour == "drip":
-                for _ in range(150):  # at most 30 s, far beyond any test's deadline
-                    self.wfile.write(route.body[:1] or b"\0")
-                    self.wfile.flush()
-                    time.sleep(0.2)
-            elif route.behaviour == "endless":
-                chunk = route.body or b"\0" * 65536
-                for _ in range(100_000):
-                    self.wfile.write(chunk)
-            else:
-                self.wfile.write(route.body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -27,7 +29,7 @@ from .cache import CacheEntry, MediaCache
 from .fetch import Fetched, FetchPolicy, fetch, fetch_if_modified
 from .probe import Limits, probe
 from .reference import Reference
-from .sniff import Format, Kind
+from .sniff import SNIFF_BYTES, Format, Kind, sniff
 
 __all__ = [
     "MAX_REFERENCES",
@@ -50,8 +52,11 @@ async def fetch_references(
     cache: MediaCache | None = None,
     limits: Limits = Limits(),
     kind_hint: Kind | None = None,
+    local: Callable[[str], Path | None] | None = None,
 ) -> list[Reference]:
     """Fetch, check and probe every URL into `work_dir`, as `reference{N}.{ext}`.
+
+    `local` resolves `oss://` URLs (uploads) to files on this machine, or None when unknown.
 
     `kind_hint="video"` requires every reference to be a video (the deprecated
     `reference_video_urls`). Files already written stay in `work_dir` when the set fails;
@@ -60,7 +65,7 @@ async def fetch_references(
     if not 1 <= len(urls) <= MAX_REFERENCES:
         raise MediaError(f"{len(urls)} references given; 1 to {MAX_REFERENCES} are allowed")
     work_dir.mkdir(parents=True, exist_ok=True)
-    ingest = _Ingest(work_dir, policy, cache, limits, kind_hint)
+    ingest = _Ingest(work_dir, policy, cache, limits, kind_hint, local)
     references = await _all_or_nothing([ingest.one(index, url) for index, url in enumerate(urls, 1)])
     _check_counts(references)
     return references
@@ -74,6 +79,7 @@ def fetch_references_sync(
     cache: MediaCache | None = None,
     limits: Limits = Limits(),
     kind_hint: Kind | None = None,
+    local: Callable[[str], Path | None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> list[Reference]:
     """`fetch_references` for a worker thread (one without a running event loop).
@@ -81,7 +87,9 @@ def fetch_references_sync(
     `should_cancel` (e.g. the job context's) is polled a few times a second; when it turns
     true the downloads stop and TaskCanceled is raised.
     """
-    job = fetch_references(urls, work_dir=work_dir, policy=policy, cache=cache, limits=limits, kind_hint=kind_hint)
+    job = fetch_references(
+        urls, work_dir=work_dir, policy=policy, cache=cache, limits=limits, kind_hint=kind_hint, local=local
+    )
     return asyncio.run(_cancellable(job, should_cancel or (lambda: False)))
 
 
@@ -108,6 +116,7 @@ class _Ingest:
     cache: MediaCache | None
     limits: Limits
     kind_hint: Kind | None
+    local: Callable[[str], Path | None] | None = None
 
     async def one(self, index: int, url: str) -> Reference:
         try:
@@ -121,6 +130,8 @@ class _Ingest:
 
     async def _obtain(self, index: int, url: str) -> _Obtained:
         name = f"reference{index}"
+        if url.startswith("oss://"):
+            return await asyncio.to_thread(self._uploaded, url, name)
         entry = await asyncio.to_thread(self.cache.lookup, url) if self.cache else None
         if entry and entry.is_fresh():
             if reused := await self._reuse(entry, name):
@@ -149,6 +160,29 @@ class _Ingest:
         dest = self.work_dir / f"{name}.{entry.format.extension}"
         path = await asyncio.to_thread(self.cache.materialize, entry, dest)
         return _Obtained(path, entry.size, entry.sha256, entry.format, None) if path else None
+
+
+    def _uploaded(self, url: str, name: str) -> _Obtained:
+        """An uploaded file, linked into the work dir and held to the same rules as downloads."""
+        source = self.local(url) if self.local else None
+        if source is None or not source.is_file():
+            raise MediaError(f"the uploaded file {url[:200]!r} is unknown or has expired", "InvalidURL")
+        with open(source, "rb") as f:
+            fmt = sniff(f.read(SNIFF_BYTES))
+        if fmt is None:
+            raise MediaError("the uploaded file is not a JPEG, PNG, BMP, WEBP, MP4 or MOV file")
+        if self.kind_hint and fmt.kind != self.kind_hint:
+            raise MediaError(f"expected a {self.kind_hint}, got a {fmt.name.upper()} {fmt.kind}")
+        size = source.stat().st_size
+        cap = self.policy.cap(fmt.kind)
+        if size > cap:
+            raise MediaError(f"the file is larger than {cap / (1024 * 1024):g} MB (the limit for {fmt.kind}s)")
+        dest = self.work_dir / f"{name}.{fmt.extension}"
+        try:
+            os.link(source, dest)
+        except OSError:  # another file system
+            shutil.copyfile(source, dest)
+        return _Obtained(dest, size, "", fmt, None)
 
 
 def _from_download(fetched: Fetched) -> _Obtained:

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..engines.base import GenerationRequest
 from ..engines.registry import EngineRegistry
 from ..errors import EngineError, RetryableEngineError, TaskCanceled
+from ..media.reference import Reference
 from ..spec import TaskSpec
 from ..storage.base import Storage
 from ..usage import make_usage
@@ -47,6 +48,7 @@ class WorkerPool:
         size: int = 1,
         poll_interval: float = 5.0,
         reap_interval: float = 5.0,
+        load_references: Callable[[TaskSpec, str, Path, Callable[[], bool]], list[Reference]] | None = None,
         sweep: Callable[[], int] | None = None,
         sweep_interval: float = 300.0,
     ) -> None:
@@ -58,6 +60,7 @@ class WorkerPool:
         self.size = size
         self.poll_interval = poll_interval
         self.reap_interval = reap_interval
+        self.load_references = load_references or (lambda *_: [])
         self.sweep = sweep or (lambda: 0)
         self.sweep_interval = sweep_interval
         self._stopping = threading.Event()
@@ -130,7 +133,9 @@ class WorkerPool:
             spec = TaskSpec.from_json(task.spec)
             engine = self.registry.get(task.model)
             engine_name = engine.name
-            request = GenerationRequest(task.id, spec, scratch, attempt=task.attempt)
+            refs = self.load_references(spec, task.owner, scratch / "references", context.should_cancel)
+            context.raise_if_canceled()
+            request = GenerationRequest(task.id, spec, scratch, attempt=task.attempt, references=tuple(refs))
             result = engine.generate(request, context)
             context.raise_if_canceled()
             key = f"{task.id}-{claim.lease_token[:8]}.mp4"  # one file per attempt
@@ -212,7 +217,9 @@ class WorkerPool:
         last_sweep = 0.0
         while not self._stopping.wait(self.reap_interval):
             try:
-                requeued, failed = self.manager.reap()
+                # Only a process with workers reaps: on SQLite the wake-up it sends reaches
+                # its own workers alone, so requeued work should land where it can be run.
+                requeued, failed = self.manager.reap() if self.size else (0, 0)
                 if requeued or failed:
                     log.warning("reaped lapsed leases: %d requeued, %d failed", requeued, failed)
                 if time.monotonic() - last_sweep >= self.sweep_interval:

@@ -22,5 +22,9 @@ class Storage(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def local_path(self, key: str) -> Path | None:
+        """A file on this machine with the object's bytes (a remote store would download it
+        to a cache first), or None when there is no such object."""
+
     def response(self, key: str, request: Request) -> Response:
         """An HTTP answer for the stored file, honouring Range requests."""

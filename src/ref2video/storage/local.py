@@ -43,6 +43,10 @@ class LocalStorage:
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
+    def local_path(self, key: str) -> Path | None:
+        path = self.path(key)
+        return path if path.is_file() else None
+
     def response(self, key: str, request: Request) -> Response:
         path = self.path(key)
         if not path.is_file():
