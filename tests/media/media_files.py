@@ -32,9 +32,10 @@ def make_video(
     audio: bool = False,
     container: str = "mp4",
     faststart: bool = False,
+    colour: tuple[int, int, int] | None = None,
 ) -> Path:
     """An H.264 clip, red for the first half of its frames and blue after; with `audio`, a
-    440 Hz stereo AAC tone of the same length."""
+    440 Hz stereo AAC tone of the same length. `colour` makes every frame that colour."""
     options = {"movflags": "faststart"} if faststart else {}  # the index before the data
     with av.open(str(path), "w", format=container, options=options) as out:
         video = out.add_stream("libx264", rate=fps)
@@ -45,7 +46,7 @@ def make_video(
         count = round(seconds * fps)
         for i in range(count):
             pixels = np.zeros((size[1], size[0], 3), np.uint8)
-            pixels[:] = RED if i < count // 2 else BLUE
+            pixels[:] = colour or (RED if i < count // 2 else BLUE)
             frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             frame.pts = i
             out.mux(video.encode(frame))

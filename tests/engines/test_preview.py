@@ -1,0 +1,198 @@
+"""The preview engine end to end on the CPU: decoded output checked for size, frames, fps,
+duration, sound, shots that show their references, cuts, determinism and cancel."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from ref2video.engines.base import GenerationRequest
+from ref2video.engines.preview.engine import PreviewEngine
+from ref2video.engines.preview.plan import RefShape, make_plan
+from ref2video.engines.preview.script import read_prompt
+from ref2video.errors import TaskCanceled
+from ref2video.media.probe import probe
+from ref2video.media.reference import Reference
+from ref2video.spec import TaskSpec
+from tests.media.media_files import make_video
+
+COLOURS = {1: (220, 40, 40), 2: (40, 200, 60), 3: (40, 80, 230), 4: (230, 200, 40)}
+
+
+class Context:
+    def __init__(self, cancel_at: int | None = None) -> None:
+        self.steps: list[int] = []
+        self.cancel_at = cancel_at
+
+    def report_step(self, step: int, total: int) -> None:
+        self.steps.append(int(100 * step / total))
+
+    def should_cancel(self) -> bool:
+        return self.cancel_at is not None and len(self.steps) >= self.cancel_at
+
+    def raise_if_canceled(self) -> None:
+        if self.should_cancel():
+            raise TaskCanceled()
+
+
+def solid_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int]) -> Path:
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def solid_video(path: Path, colour: tuple[int, int, int], seconds: float = 2) -> Path:
+    return make_video(path, seconds, size=(320, 480), audio=True, fps=30, colour=colour)
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory: pytest.TempPathFactory) -> list[Reference]:
+    root = tmp_path_factory.mktemp("refs")
+    files = [
+        solid_video(root / "r1.mp4", COLOURS[1]),
+        solid_image(root / "r2.png", COLOURS[2], (400, 600)),
+        solid_image(root / "r3.jpg", COLOURS[3], (500, 500)),
+        solid_image(root / "r4.png", COLOURS[4], (1280, 720)),
+    ]
+    return [Reference.from_info(i, f.name, f, probe(f)) for i, f in enumerate(files, 1)]
+
+
+@pytest.fixture(scope="module")
+def engine() -> PreviewEngine:
+    e = PreviewEngine()
+    e.load()
+    return e
+
+
+PROMPT = ("Character1 walks into character4. Character1 says to Character2: 'Sounds good'. "
+          "character2 and character3 dance.")
+
+
+def generate(engine: PreviewEngine, refs: list[Reference], tmp: Path, context: Context | None = None, **params):  # type: ignore[no-untyped-def]
+    spec = TaskSpec(model="wan2.6-r2v-flash", prompt=params.pop("prompt", PROMPT),
+                    reference_urls=tuple(r.url for r in refs), **{"size": "1280*720", "duration": 4,
+                                                                   "shot_type": "multi", "seed": 7, **params})
+    tmp.mkdir(parents=True, exist_ok=True)
+    request = GenerationRequest("t", spec, tmp, references=tuple(refs))
+    return spec, engine.generate(request, context or Context())
+
+
+def decode(path: Path) -> tuple[list[np.ndarray], av.container.InputContainer]:
+    container = av.open(str(path))
+    frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    container.seek(0)
+    return frames, container
+
+
+def the_plan(spec: TaskSpec, refs: list[Reference]):  # type: ignore[no-untyped-def]
+    hints = {r.index: r.kind == "image" and r.width > r.height * 1.2 for r in refs}
+    script = read_prompt(spec.prompt, len(refs), scene_hints=hints)
+    shapes = [RefShape(r.index, r.kind, r.width, r.height) for r in refs]
+    return make_plan(script, shapes, width=spec.width, height=spec.height, duration=spec.duration,
+                     shot_type=spec.shot_type, seed=spec.seed)
+
+
+def test_the_output_is_exactly_what_was_asked(engine: PreviewEngine, refs: list[Reference], tmp_path: Path) -> None:
+    spec, result = generate(engine, refs, tmp_path)
+    assert result.output_seconds == 4 and result.has_audio and result.input_video_seconds == pytest.approx(2, abs=0.1)
+    with av.open(str(result.video_path)) as c:
+        video = c.streams.video[0]
+        assert (video.width, video.height) == (1280, 720)
+        assert video.codec_context.name == "h264" and video.codec_context.pix_fmt == "yuv420p"
+        assert video.average_rate == 30
+        frames = sum(1 for _ in c.decode(video=0))
+        assert frames == 120
+        (audio,) = c.streams.audio
+        assert audio.rate == 48000 and audio.channels == 2 and audio.codec_context.name == "aac"
+        c.seek(0)
+        samples = sum(f.samples for f in c.decode(audio=0))
+        assert abs(samples / 48000 - 4.0) < 0.1
+        assert c.duration is not None and abs(c.duration / 1e6 - 4.0) < 0.1
+    # Fast start: the index (moov) comes before the media data (mdat).
+    head = result.video_path.read_bytes()[:200_000]
+    assert 0 <= head.find(b"moov") < head.find(b"mdat")
+
+
+def test_a_silent_request_has_no_audio_stream(engine: PreviewEngine, refs: list[Reference], tmp_path: Path) -> None:
+    _, result = generate(engine, refs, tmp_path, audio=False, duration=2)
+    with av.open(str(result.video_path)) as c:
+        assert not c.streams.audio
+    assert result.has_audio is False
+
+
+def test_each_shot_shows_the_references_its_plan_names(engine: PreviewEngine, refs: list[Reference],
+                                                       tmp_path: Path) -> None:
+    spec, result = generate(engine, refs, tmp_path)
+    plan = the_plan(spec, refs)
+    assert plan.scene == 4 and [s.characters for s in plan.shots] == [(1,), (1, 2), (2, 3)]
+    frames, container = decode(result.video_path)
+    container.close()
+    for shot in plan.shots:
+        middle = (shot.start + shot.end) // 2
+        for character in shot.characters:
+            box = shot.box_of(character, middle)
+            inset = max(8, box.w // 8)
+            region = frames[middle][box.y + inset : box.y + box.h - inset, max(0, box.x + inset) : box.x + box.w - inset]
+            mean = region.reshape(-1, 3).mean(axis=0)
+            assert np.abs(mean - COLOURS[character]).max() < 30, (shot, character, mean)
+
+
+def test_cuts_match_the_plan_and_a_single_shot_has_none(engine: PreviewEngine, refs: list[Reference],
+                                                       tmp_path: Path) -> None:
+    def cuts(frames: list[np.ndarray]) -> list[int]:
+        diffs = [np.abs(a.astype(np.int16) - b).mean() for a, b in zip(frames, frames[1:])]
+        return [i + 1 for i, d in enumerate(diffs) if d > 12]
+
+    spec, multi = generate(engine, refs, tmp_path / "multi")
+    frames, c = decode(multi.video_path)
+    c.close()
+    assert cuts(frames) == the_plan(spec, refs).cuts
+    _, single = generate(engine, refs, tmp_path / "single", shot_type="single")
+    frames, c = decode(single.video_path)
+    c.close()
+    assert cuts(frames) == []
+
+
+def test_same_seed_same_frames_other_seed_other_layout(engine: PreviewEngine, refs: list[Reference],
+                                                       tmp_path: Path) -> None:
+    def hashes(result) -> list[str]:  # type: ignore[no-untyped-def]
+        frames, c = decode(result.video_path)
+        c.close()
+        return [hashlib.sha256(f.tobytes()).hexdigest() for f in frames]
+
+    params = dict(duration=2, audio=False)
+    a = hashes(generate(engine, refs, tmp_path / "a", **params)[1])
+    b = hashes(generate(engine, refs, tmp_path / "b", **params)[1])
+    c = hashes(generate(engine, refs, tmp_path / "c", seed=8, **params)[1])
+    assert a == b and a != c
+
+
+def test_watermark_and_subtitles_are_drawn(engine: PreviewEngine, refs: list[Reference], tmp_path: Path) -> None:
+    spec, marked = generate(engine, refs, tmp_path / "w", watermark=True, duration=3)
+    _, plain = generate(engine, refs, tmp_path / "p", watermark=False, duration=3)
+    (fm, cm), (fp, cp) = decode(marked.video_path), decode(plain.video_path)
+    cm.close()
+    cp.close()
+    corner = (slice(620, 720), slice(1080, 1280))
+    assert np.abs(fm[0][corner].astype(int) - fp[0][corner]).mean() > 2
+    assert np.abs(fm[0][:600, :1000].astype(int) - fp[0][:600, :1000]).mean() < 1
+    # The line "Sounds good" is on screen during its cue, in the band above the bottom.
+    cue = the_plan(spec, refs).cues[0]
+    during = int((cue.start + cue.end) / 2 * 30)
+    band = (slice(560, 700), slice(300, 980))
+    assert np.abs(fp[during][band].astype(int) - fp[max(0, int(cue.start * 30) - 3)][band]).mean() > 3
+
+
+def test_progress_rises_and_cancel_stops_without_leaving_a_file(engine: PreviewEngine, refs: list[Reference],
+                                                                tmp_path: Path) -> None:
+    context = Context()
+    generate(engine, refs, tmp_path / "ok", context=context, duration=2, audio=False)
+    assert context.steps == sorted(context.steps) and context.steps[-1] >= 90 and len(context.steps) > 3
+    stopping = Context(cancel_at=2)
+    with pytest.raises(TaskCanceled):
+        generate(engine, refs, tmp_path / "stop", context=stopping, duration=10)
+    assert not list((tmp_path / "stop").glob("*.mp4"))
