@@ -78,8 +78,11 @@ class Reference:
             upright = ImageOps.exif_transpose(source)
             return upright.convert("RGBA" if self.has_alpha else "RGB")
 
-    def frames(self, fps: float) -> Iterator[np.ndarray]:
+    def frames(self, fps: float, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
         """The video's frames resampled to `fps`: frame n shows what plays at n / fps seconds.
+
+        With `size` (width, height), frames are scaled by FFmpeg on the way out, which costs
+        far less than scaling the full-size arrays afterwards.
 
         Frames are repeated or dropped, never blended; the count is round(duration * fps).
         Arrays are (height, width, 3) uint8 and read-only, since a repeated frame is the same
@@ -89,7 +92,7 @@ class Reference:
             raise ValueError(f"{self.name} is an image; use image()")
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
-        return self._frames(fps, total=max(1, round((self.duration or 0) * fps)))
+        return self._frames(fps, total=max(1, round((self.duration or 0) * fps)), size=size)
 
     def audio(self, sample_rate: int = 48000) -> np.ndarray | None:
         """The first audio stream as float32 PCM (channels, samples), mono or stereo, at
@@ -107,10 +110,10 @@ class Reference:
         pcm = np.concatenate(chunks, axis=1) if chunks else np.zeros((channels, 0), np.float32)
         return pcm[:, :limit].astype(np.float32, copy=False)
 
-    def _frames(self, fps: float, total: int) -> Generator[np.ndarray, None, None]:
+    def _frames(self, fps: float, total: int, size: tuple[int, int] | None = None) -> Generator[np.ndarray, None, None]:
         # closing(): stopping early (after `total` frames) closes the file at once.
         with self._decoding("video"), contextlib.closing(self._decoded_frames()) as decoded:
-            yield from _resample(decoded, fps, total)
+            yield from _resample(decoded, fps, total, size)
 
     def _decoded_frames(self) -> Generator[tuple[float, av.VideoFrame], None, None]:
         """(seconds since the first frame, frame) in presentation order."""
@@ -133,7 +136,9 @@ class Reference:
             raise MediaError(f"reference {self.index}: {exc.message}", exc.code) from exc.__cause__ or exc
 
 
-def _resample(decoded: Iterator[tuple[float, av.VideoFrame]], fps: float, total: int) -> Iterator[np.ndarray]:
+def _resample(
+    decoded: Iterator[tuple[float, av.VideoFrame]], fps: float, total: int, size: tuple[int, int] | None = None
+) -> Iterator[np.ndarray]:
     """Hold each source frame until the next one is due; stop after `total` frames.
 
     A frame is converted to RGB only if it is shown, so dropped frames cost no conversion.
@@ -143,20 +148,23 @@ def _resample(decoded: Iterator[tuple[float, av.VideoFrame]], fps: float, total:
     pixels: np.ndarray | None = None
     for time, frame in decoded:
         while held is not None and emitted < total and emitted / fps < time - 1e-6:
-            pixels = pixels if pixels is not None else _pixels(held)
+            pixels = pixels if pixels is not None else _pixels(held, size)
             yield pixels
             emitted += 1
         if emitted >= total:
             return
         held, pixels = frame, None
     while held is not None and emitted < total:
-        pixels = pixels if pixels is not None else _pixels(held)
+        pixels = pixels if pixels is not None else _pixels(held, size)
         yield pixels
         emitted += 1
 
 
-def _pixels(frame: av.VideoFrame) -> np.ndarray:
-    array = frame.to_ndarray(format="rgb24")
+def _pixels(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
+    if size is None:
+        array = frame.to_ndarray(format="rgb24")
+    else:
+        array = frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="BILINEAR")
     array.flags.writeable = False
     return array
 

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ...media.reference import Reference
 from .plan import Box, Cue, Plan, Shot
 
-__all__ = ["render", "PALETTE"]
+__all__ = ["render", "Encoder", "PALETTE"]
 
 # A colour per character, for subtitle names and the generated backdrop's tint.
 PALETTE = [(255, 196, 61), (102, 204, 255), (255, 128, 170), (140, 230, 140), (200, 160, 255)]
@@ -44,7 +44,7 @@ def render(
     """Write `plan` to `out`. `on_frame(i)` is called after each frame; it may raise to stop.
     `audio` is float32 (2, samples) at 48 kHz, exactly the video's length, or None for silence."""
     overlays = _Overlays(plan, watermark)
-    with _Encoder(out, plan.width, plan.height, plan.fps, audio) as encoder:
+    with Encoder(out, plan.width, plan.height, plan.fps, audio) as encoder:
         for shot in plan.shots:
             for i, frame in enumerate(_ShotPainter(shot, plan, refs).frames()):
                 number = shot.start + i
@@ -184,14 +184,19 @@ def _framed(picture: Image.Image) -> Image.Image:
 
 
 def _video_frames(ref: Reference, width: int, height: int, fps: int, *, cover: bool, dim: float = 1.0) -> Iterator[np.ndarray]:
-    """The reference's frames at `fps`, looping forever, scaled to width x height."""
+    """The reference's frames at `fps`, looping forever, scaled to width x height (for `cover`,
+    scaled to fill and centre-cropped, so the picture keeps its aspect)."""
+    size, crop = (width, height), None
+    if cover:
+        scale = max(width / ref.width, height / ref.height)
+        size = (max(width, round(ref.width * scale)), max(height, round(ref.height * scale)))
+        left, top = (size[0] - width) // 2, (size[1] - height) // 2
+        crop = (slice(top, top + height), slice(left, left + width))
     while True:
         produced = False
-        for pixels in ref.frames(fps):
+        for pixels in ref.frames(fps, size=size):
             produced = True
-            image = Image.fromarray(pixels)
-            image = _cover(image, width, height) if cover else image.resize((width, height), Image.Resampling.BILINEAR)
-            out = np.asarray(image)
+            out = pixels[crop] if crop else pixels
             yield (out * dim).astype(np.uint8) if dim != 1.0 else out
         if not produced:
             raise ValueError(f"{ref.name} has no frames")
@@ -269,7 +274,7 @@ class _Overlays:
 # -- encoding ----------------------------------------------------------------------------
 
 
-class _Encoder:
+class Encoder:
     """H.264 yuv420p at a constant frame rate, AAC stereo 48 kHz, index at the front.
 
     Frames go to a thread that converts and encodes them (PyAV releases the GIL there), so
@@ -308,7 +313,7 @@ class _Encoder:
                 while True:
                     self.frames.get_nowait()
 
-    def __enter__(self) -> _Encoder:
+    def __enter__(self) -> Encoder:
         return self
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
