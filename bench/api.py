@@ -37,8 +37,10 @@ after the run is recorded for the same reason.
 
 Points run in this order: query for every concurrency (on a few hundred seeded tasks, so the
 queue is short), then create for every concurrency; within a point the ceiling runs first, then
-ours, ``--rounds`` times in turn, and the table shows the round with the median throughput. After the creates, one more query point at the highest concurrency reads the newest tasks,
-which by then sit behind every task created before them in the PENDING queue.
+ours, ``--rounds`` times in turn, and the table shows the round with the median throughput.
+After the creates, one more query point at the highest concurrency reads the newest tasks, which
+by then sit behind every task created before them in the PENDING queue (row ``query@N``, N the
+number of tasks, compared with the ordinary query ceiling).
 
 Everything is bounded: fixed-duration points, a hard timeout per point and per server start,
 loopback only; the servers are stopped and the temp dir (and PostgreSQL database) removed on the
@@ -149,7 +151,8 @@ class Server:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def start_process(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Server:
@@ -365,7 +368,7 @@ async def run_point(server: Server, op: str, requests: Sequence[bytes], concurre
 async def _phase(conns: Sequence[Connection], requests: Sequence[bytes], offsets: Sequence[int],
                  seconds: float, tally: Tally | None) -> None:
     deadline = time.perf_counter() + seconds
-    jobs = [worker(c, requests, o, deadline, tally) for c, o in zip(conns, offsets)]
+    jobs = [worker(c, requests, o, deadline, tally) for c, o in zip(conns, offsets, strict=True)]
     await asyncio.wait_for(asyncio.gather(*jobs), seconds + POINT_SLACK)
 
 
@@ -503,7 +506,21 @@ def machine() -> dict[str, Any]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
     return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-            "platform": platform.platform(), "date": datetime.date.today().isoformat(), **versions}
+            "platform": platform.platform(), "date": datetime.date.today().isoformat(),
+            "commit": source_commit(), **versions}
+
+
+def source_commit() -> str:
+    """The repository's HEAD, with "+changes" when the work tree differs from it."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -521,10 +538,10 @@ def table(points: Sequence[Point]) -> str:
     """A Markdown table: one row per (op, concurrency), ours against the ceiling."""
     points = medians(points)
     ceilings = {(p.op, p.concurrency): p for p in points if p.target == "ceiling"}
-    rows = ["| op | conc | ceiling req/s | ours req/s | ratio | target | ceiling p50 / p99 ms "
-            "| ours p50 / p99 ms | server CPU µs/req (ceil / ours) | client CPU (ceil / ours) "
-            "| errors (ceil / ours) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    header = ("| op | conc | ceiling req/s | ours req/s | ratio | target | ceiling p50 / p99 ms "
+              "| ours p50 / p99 ms | server CPU µs/req (ceil / ours) | CPU ratio | client CPU (ceil / ours) "
+              "| errors (ceil / ours) |")
+    rows = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in points:
         if p.target != "ours":
             continue
@@ -532,11 +549,12 @@ def table(points: Sequence[Point]) -> str:
         ceil = ceilings.get((p.op, p.concurrency)) or ceilings.get((base_op, p.concurrency))
         assert ceil is not None
         ratio = p.rps / ceil.rps if ceil.rps else float("nan")
+        cpu_ratio = ceil.server_cpu_us / p.server_cpu_us if p.server_cpu_us else float("nan")
         rows.append(
             f"| {p.op} | {p.concurrency} | {ceil.rps:,.0f} | {p.rps:,.0f} | {ratio:.2f} "
             f"| {TARGETS[base_op]:.1f} | {ceil.p50_ms:.2f} / {ceil.p99_ms:.2f} "
             f"| {p.p50_ms:.2f} / {p.p99_ms:.2f} | {ceil.server_cpu_us:.0f} / {p.server_cpu_us:.0f} "
-            f"| {ceil.client_cpu:.0%} / {p.client_cpu:.0%} | {ceil.errors} / {p.errors} |"
+            f"| {cpu_ratio:.2f} | {ceil.client_cpu:.0%} / {p.client_cpu:.0%} | {ceil.errors} / {p.errors} |"
         )
     return "\n".join(rows)
 
@@ -577,11 +595,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if ceiling_port is not None:
         serve_ceiling(ceiling_port)
         return
+    # SIGTERM unwinds like Ctrl-C, so the servers are stopped and the temp files removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     report = run(opts)
     m = report["machine"]
-    print(f"\n{m['cores']} cores, {m['cpu']}, Python {m['python']}, {m['date']}; "
+    print(f"\n{m['cores']} cores, {m['cpu']}, Python {m['python']}, {m['date']}, commit {m['commit']}; "
           f"database {report['settings']['database']}; {opts.duration:g} s per point after "
-          f"{opts.warmup:g} s warm-up, median of {opts.rounds} round(s); {report['tasks_at_end']} tasks in the table at the end; "
+          f"{opts.warmup:g} s warm-up, median of {opts.rounds} round(s); "
+          f"{report['tasks_at_end']} tasks in the table at the end; "
           f"load average {m['loadavg_before'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after\n")
     print(table(points_of(report)))
     if opts.json_path:
@@ -589,4 +610,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted; servers stopped and temp files removed")
