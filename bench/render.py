@@ -88,7 +88,13 @@ def ceiling_once(work: Path, frames: int = 300) -> float:
     started = time.perf_counter()
     with Encoder(work / "plain.mp4", 1920, 1080, 30, None) as encoder:
         for i in range(frames):
-            encoder.write(np.roll(plain, i * 4, axis=1))  # moving, so the encoder has work to do
+            # Drawn into the encoder's own frames, as the renderer does; moving, so the
+            # encoder has work to do.
+            canvas = encoder.canvas()
+            shift = (i * 4) % 1920
+            canvas[:, shift:] = plain[:, : 1920 - shift]
+            canvas[:, :shift] = plain[:, 1920 - shift :]
+            encoder.submit()
     return time.perf_counter() - started
 
 
@@ -102,6 +108,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="r2v-bench-") as tmp:
         root = Path(tmp)
         refs = make_references(root)
+        for name in ("warm", *(f"r{i}" for i in range(args.repeat))):
+            (root / name).mkdir()
         render_once(engine, refs, root / "warm")  # first run pays imports and font loading
         renders, ceilings = [], []
         for i in range(args.repeat):

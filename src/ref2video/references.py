@@ -3,6 +3,7 @@ and `oss://` keys through the uploads of the task's owner (and nobody else's).""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,7 @@ class ReferenceLoader:
         policy = FetchPolicy(
             connect_timeout=settings.fetch_connect_timeout, total_timeout=settings.fetch_timeout,
             max_redirects=settings.fetch_max_redirects, allow=tuple(settings.fetch_allow),
+            verify=ssl.create_default_context(),  # loaded once: each load costs ~45 ms of CPU
         )
         cache = MediaCache(settings.cache_dir, max_bytes=settings.cache_max_bytes) if settings.cache_max_bytes else None
         return cls(db, uploads_storage, policy, cache, retention_ms)

@@ -46,10 +46,13 @@ def render(
     overlays = _Overlays(plan, watermark)
     with Encoder(out, plan.width, plan.height, plan.fps, audio) as encoder:
         for shot in plan.shots:
-            for i, frame in enumerate(_ShotPainter(shot, plan, refs).frames()):
+            painter = _ShotPainter(shot, plan, refs)
+            for i in range(shot.frames):
                 number = shot.start + i
-                overlays.draw(frame, number / plan.fps)
-                encoder.write(frame)
+                canvas = encoder.canvas()
+                painter.paint(i, canvas)
+                overlays.draw(canvas, number / plan.fps)
+                encoder.submit()
                 on_frame(number)
 
 
@@ -64,7 +67,7 @@ class _Layer:
 
     rgb: np.ndarray
     alpha: np.ndarray | None = None  # (h, w, 1) uint8
-    opaque: np.ndarray | None = None  # (h, w, 1) bool
+    opaque: np.ndarray | None = None  # (h, w, 3) bool: a full mask copies ten times faster than a broadcast one
     edge: tuple[np.ndarray, np.ndarray] | None = None  # rows and columns of partial pixels
 
     @classmethod
@@ -74,7 +77,7 @@ class _Layer:
         partial = (alpha[..., 0] > 0) & (alpha[..., 0] < 255)
         if partial.mean() > 0.3:  # mostly translucent: blending it all is cheaper
             return cls(rgb, alpha)
-        return cls(rgb, alpha, alpha == 255, np.nonzero(partial))
+        return cls(rgb, alpha, np.repeat(alpha == 255, 3, axis=2), np.nonzero(partial))
 
 
 def _blit(canvas: np.ndarray, layer: _Layer, x: int, y: int) -> None:
@@ -138,20 +141,19 @@ class _ShotPainter:
         # The backdrop is drawn wider than the frame by the distance the camera pans.
         self.margin = int(abs(shot.pan[0]) * seconds) + 2
         self.backdrop = self._backdrop()
+        self.sprites: list[Iterator[_Layer]] | None = None
 
-    def frames(self) -> Iterator[np.ndarray]:
-        sprites = [self._sprite(p.character, p.box) for p in self.shot.placements]
-        canvas = np.empty((self.plan.height, self.plan.width, 3), np.uint8)
-        pan_dir = 1 if self.shot.pan[0] >= 0 else -1
-        for i in range(self.shot.frames):
-            t = i / self.plan.fps
-            offset = min(self.margin, int(abs(self.shot.pan[0]) * t))
-            start = offset if pan_dir > 0 else self.margin - offset
-            canvas[...] = next(self.backdrop)[:, start : start + self.plan.width]
-            for placement, sprite in zip(self.shot.placements, sprites):
-                box = placement.box_at(t)
-                _blit(canvas, next(sprite), box.x, box.y)
-            yield canvas
+    def paint(self, i: int, canvas: np.ndarray) -> None:
+        """Draw the shot's frame `i` (frames come in order) onto `canvas`."""
+        if self.sprites is None:
+            self.sprites = [self._sprite(p.character, p.box) for p in self.shot.placements]
+        t = i / self.plan.fps
+        offset = min(self.margin, int(abs(self.shot.pan[0]) * t))
+        start = offset if self.shot.pan[0] >= 0 else self.margin - offset
+        canvas[...] = next(self.backdrop)[:, start : start + self.plan.width]
+        for placement, sprite in zip(self.shot.placements, self.sprites):
+            box = placement.box_at(t)
+            _blit(canvas, next(sprite), box.x, box.y)
 
     def _backdrop(self) -> Iterator[np.ndarray]:
         width, height = self.plan.width + self.margin, self.plan.height
@@ -185,7 +187,10 @@ def _framed(picture: Image.Image) -> Image.Image:
 
 def _video_frames(ref: Reference, width: int, height: int, fps: int, *, cover: bool, dim: float = 1.0) -> Iterator[np.ndarray]:
     """The reference's frames at `fps`, looping forever, scaled to width x height (for `cover`,
-    scaled to fill and centre-cropped, so the picture keeps its aspect)."""
+    scaled to fill and centre-cropped, so the picture keeps its aspect).
+
+    Decoded and scaled at half the rate and each shown twice: scaling is the costliest step
+    of a frame, and 15 fps reads as smooth playback in a storyboard."""
     size, crop = (width, height), None
     if cover:
         scale = max(width / ref.width, height / ref.height)
@@ -194,10 +199,12 @@ def _video_frames(ref: Reference, width: int, height: int, fps: int, *, cover: b
         crop = (slice(top, top + height), slice(left, left + width))
     while True:
         produced = False
-        for pixels in ref.frames(fps, size=size):
+        for pixels in ref.frames(fps / 2, size=size):
             produced = True
             out = pixels[crop] if crop else pixels
-            yield (out * dim).astype(np.uint8) if dim != 1.0 else out
+            out = (out * dim).astype(np.uint8) if dim != 1.0 else out
+            yield out
+            yield out
         if not produced:
             raise ValueError(f"{ref.name} has no frames")
 
@@ -277,47 +284,70 @@ class _Overlays:
 class Encoder:
     """H.264 yuv420p at a constant frame rate, AAC stereo 48 kHz, index at the front.
 
-    Frames go to a thread that converts and encodes them (PyAV releases the GIL there), so
-    drawing the next frame overlaps encoding this one.
+    Frames are drawn straight into a small pool of FFmpeg frames (`canvas()`, then `submit()`),
+    so no pixel is copied on the way to the encoder, and a thread converts and encodes them
+    while the next ones are drawn (PyAV releases the GIL there). `ultrafast` because previews
+    are drafts: encoding time, not file size, is what a user waits for.
     """
+
+    POOL = 4
 
     def __init__(self, path: Path, width: int, height: int, fps: int, audio: np.ndarray | None) -> None:
         self.path = path
         self.container = av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"})
-        self.video = self.container.add_stream("libx264", rate=fps, options={"preset": "veryfast", "crf": "23"})
+        self.video = self.container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "23"})
         self.video.width, self.video.height, self.video.pix_fmt = width, height, "yuv420p"
         self.video.time_base = Fraction(1, fps)
         self.audio = audio
         self.sound = self.container.add_stream("aac", rate=_AUDIO_RATE, layout="stereo") if audio is not None else None
-        self.frames: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=4)
+        self.free: queue.Queue[tuple[av.VideoFrame, np.ndarray]] = queue.Queue()
+        for _ in range(self.POOL):
+            frame = av.VideoFrame(width, height, "rgb24")
+            plane = frame.planes[0]
+            rows = np.frombuffer(plane, np.uint8).reshape(height, plane.line_size)
+            self.free.put((frame, rows[:, : width * 3].reshape(height, width, 3)))
+        self.ready: queue.Queue[tuple[av.VideoFrame, np.ndarray] | None] = queue.Queue()
+        self.current: tuple[av.VideoFrame, np.ndarray] | None = None
         self.error: BaseException | None = None
         self.count = 0
         self.thread = threading.Thread(target=self._run, name="ref2video-encode", daemon=True)
         self.thread.start()
 
-    def write(self, pixels: np.ndarray) -> None:
+    def canvas(self) -> np.ndarray:
+        """The next frame's pixels, (height, width, 3) RGB, to draw on before `submit()`."""
         if self.error is not None:
             raise self.error
-        self.frames.put(pixels.copy())
+        self.current = self.free.get()
+        return self.current[1]
+
+    def submit(self) -> None:
+        assert self.current is not None
+        self.ready.put(self.current)
+        self.current = None
+
+    def write(self, pixels: np.ndarray) -> None:
+        """Encode a whole frame given as an array."""
+        self.canvas()[...] = pixels
+        self.submit()
 
     def _run(self) -> None:
         try:
-            while (pixels := self.frames.get()) is not None:
-                frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            while (item := self.ready.get()) is not None:
+                frame = item[0].reformat(format="yuv420p")
+                self.free.put(item)  # the RGB frame is free again once converted
                 frame.pts = self.count
                 self.count += 1
                 self.container.mux(self.video.encode(frame))
-        except BaseException as exc:  # handed to the drawing thread on its next write
+        except BaseException as exc:  # handed to the drawing thread on its next canvas()
             self.error = exc
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    self.frames.get_nowait()
+            for _ in range(self.POOL):  # never leave the drawing thread waiting for a frame
+                self.free.put((av.VideoFrame(16, 16, "rgb24"), np.empty((16, 16, 3), np.uint8)))
 
     def __enter__(self) -> Encoder:
         return self
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        self.frames.put(None)
+        self.ready.put(None)
         self.thread.join()
         try:
             if exc is None and self.error is None:
