@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .client import AsyncClient, Client
 from .config import Settings
 from .engines.base import Engine, GenerationRequest, GenerationResult, JobContext
 from .errors import EngineError, RetryableEngineError, TaskCanceled
@@ -10,6 +11,8 @@ from .spec import TaskSpec
 
 __all__ = [
     "__version__",
+    "Client",
+    "AsyncClient",
     "Settings",
     "Status",
     "TaskSpec",

@@ -1,4 +1,5 @@
-"""`ref2video serve | worker | keys`: thin commands over `Service` and `create_app`."""
+"""`ref2video serve | worker | keys` over `Service` and `create_app`; the task commands
+(`generate`, `status`, `cancel`, `list`) are in `tasks.py`, over the Python SDK."""
 
 from __future__ import annotations
 
@@ -121,6 +122,11 @@ def _when(epoch_ms: int | None) -> str:
     if epoch_ms is None:
         return ""
     return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+from .tasks import register  # noqa: E402  (after `app` exists)
+
+register(app)
 
 
 def main() -> None:

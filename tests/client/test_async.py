@@ -1,0 +1,135 @@
+"""`AsyncClient`: the same flows as `Client`, driven with asyncio.run (no plugin)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from ref2video.client import AsyncClient, AuthenticationError, InvalidRequest, Task, TaskFailed, TransportError
+from ref2video.store.models import Task as TaskRow
+from tests.client.conftest import QUICK, assert_mp4, make_png
+from tests.client.flaky import FlakyServer
+from tests.live import LiveServer, free_port, ref_url
+from tests.media.media_files import make_video
+
+
+class CountingTransport(httpx.AsyncHTTPTransport):
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.requests: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return await super().handle_async_request(request)
+
+
+def test_create_upload_wait_get_list_download(server: LiveServer, tmp_path: Path) -> None:
+    first = make_png(tmp_path / "first.png")
+    clip = make_video(tmp_path / "clip.mp4", 1.5)
+    third = make_png(tmp_path / "third.png", size=(256, 256))
+
+    async def main() -> tuple[Task, Task, list[Task], Path, Any]:
+        async with AsyncClient(server.url, server.key, backoff=0.05) as client:
+            created = await client.create(
+                "character1 character2 character3 character4 refs=image,video,image,image steps=6 step_ms=120",
+                [first, str(clip), ref_url("a.png"), third.as_uri()], size="832*1088", duration=2, seed=11)
+            seen: list[Task] = []
+            final = await client.wait(created, poll_interval=0.05, timeout=30, on_progress=seen.append)
+            got = await client.get(created.id)
+            path = await client.download(created.id, tmp_path / "out" / "video.mp4")
+            page = await client.list(status="SUCCEEDED")
+            return created, final, seen, path, (got, page)
+
+    created, final, seen, path, (got, page) = asyncio.run(main())
+    assert created.status == "PENDING"
+    assert final.status == "SUCCEEDED" and final.seed == 11 and final.usage and final.usage.size == "832*1088"
+    progress = [t.progress for t in seen if t.status == "RUNNING" and t.progress is not None]
+    assert progress == sorted(progress) and any(0 < p < 100 for p in progress), [(t.status, t.progress) for t in seen]
+    assert got.status == "SUCCEEDED" and got.video_url
+    assert [t.id for t in page] == [created.id] and page.total == 1
+    assert_mp4(path, size=(64, 48))
+    with server.service.db.connect() as conn:
+        spec = conn.execute(select(TaskRow.spec).where(TaskRow.id == created.id)).scalar_one()
+    urls = spec["reference_urls"]
+    assert [u.rsplit("/", 1)[-1] for u in urls] == ["first.png", "clip.mp4", "a.png", "third.png"]
+
+
+def test_uploads_of_one_create_run_concurrently(server: LiveServer, tmp_path: Path) -> None:
+    """Three uploads through a proxy that holds each request 0.3 s are held there at the same time."""
+    files = [make_png(tmp_path / f"p{i}.png") for i in range(3)]
+    proxy = FlakyServer(upstream=server.url)
+    proxy.delay = 0.3
+    try:
+        async def main() -> Task:
+            async with AsyncClient(proxy.url, server.key) as client:
+                return await client.create("character1 character2 character3", files)
+
+        task = asyncio.run(main())
+    finally:
+        proxy.close()
+    assert task.status == "PENDING" and proxy.count("POST", "/api/v1/uploads") == 3
+    assert proxy.most_in_flight == 3
+
+
+def test_cancel_generate_and_errors(make_server: Callable[..., LiveServer], server: LiveServer,
+                                    tmp_path: Path) -> None:
+    idle = make_server(workers=0)
+
+    async def main() -> None:
+        async with AsyncClient(idle.url, idle.key) as client:
+            task = await client.create(QUICK, [ref_url("a.png")])
+            await client.cancel(task)
+            assert (await client.get(task.id)).status == "CANCELED"
+            with pytest.raises(InvalidRequest, match="UnsupportedOperation"):
+                await client.cancel(task.id)
+        async with AsyncClient(server.url, server.key) as client:
+            done = await client.generate(QUICK, [ref_url("b.jpg")], tmp_path / "ok.mp4", poll_interval=0.05,
+                                         timeout=30)
+            assert done.status == "SUCCEEDED"
+            with pytest.raises(TaskFailed) as info:
+                await client.generate("character1 fail=InvalidParameter", [ref_url("a.png")],
+                                      tmp_path / "no.mp4", poll_interval=0.05, timeout=30)
+            assert info.value.task.code == "InvalidParameter"
+            assert "the scripted engine was told to fail" in str(info.value)
+        async with AsyncClient(server.url, "r2v-000000000000-nope") as client:
+            with pytest.raises(AuthenticationError) as auth:
+                await client.list()
+            assert auth.value.code == "InvalidApiKey" and auth.value.request_id
+
+    asyncio.run(main())
+    assert_mp4(tmp_path / "ok.mp4")
+    assert not (tmp_path / "no.mp4").exists()
+
+
+def test_retries(server: LiveServer, flaky: FlakyServer) -> None:
+    flaky.upstream = server.url
+    task_id = server.create()
+    transport = CountingTransport()
+
+    async def main() -> float:
+        flaky.then(429, retry_after="1").then(503)
+        async with AsyncClient(flaky.url, server.key, backoff=0.05) as client:
+            started = time.monotonic()
+            assert (await client.get(task_id)).id == task_id
+            elapsed = time.monotonic() - started
+            flaky.then(500)
+            with pytest.raises(Exception, match="InternalError"):
+                await client.get(task_id)
+        async with AsyncClient(f"http://127.0.0.1:{free_port()}", "key", max_retries=2, backoff=0.01,
+                               transport=transport) as client:
+            with pytest.raises(TransportError) as info:
+                await client.get("t1")
+            assert isinstance(info.value.__cause__, httpx.ConnectError)
+        return elapsed
+
+    elapsed = asyncio.run(main())
+    assert 0.95 <= elapsed < 5.0
+    assert flaky.count("GET") == 4  # 429, 503, the answer; then one 500, not retried
+    assert len(transport.requests) == 3
