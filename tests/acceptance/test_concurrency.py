@@ -30,9 +30,15 @@ def test_worker_processes_share_one_table_without_double_runs(tmp_path: Path, pg
     runs.mkdir()
     env = env_for(tmp_path / "data", pg_url, workers=2, poll_interval=60, lease_seconds=5)
     env["R2V_TEST_RUNS"] = str(runs)
-    workers = [spawn(["worker"], env, tmp_path / f"worker{i}.log") for i in range(3)]
+    logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+    workers = [spawn(["worker"], env, log) for log in logs]
     try:
-        time.sleep(2.0)  # let them start and go idle: from here only NOTIFY can wake them in time
+        # Let them start and go idle: from then on only NOTIFY can wake them in time.
+        deadline = time.monotonic() + 30
+        while not all(log.exists() and "slot(s)" in log.read_text() for log in logs):
+            assert time.monotonic() < deadline and all(w.poll() is None for w in workers)
+            time.sleep(0.05)
+        time.sleep(0.3)
         wakeup = Wakeup(db)
         spec = TaskSpec(model="wan2.6-r2v-flash", prompt="steps=2 step_ms=20", reference_urls=(ref_url("a.png"),))
         ids = [store.create_task(db, spec, Principal("k", "o"), on_insert=wakeup.notify_in).id for _ in range(30)]
