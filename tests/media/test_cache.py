@@ -147,6 +147,16 @@ def test_refresh_after_304_extends_freshness(tmp_path: Path) -> None:
     assert cache.lookup("http://x.test/a") is None
 
 
+def test_a_304_without_freshness_rules_keeps_the_copy_revalidating(tmp_path: Path) -> None:
+    """A no-cache answer, then a 304 that repeats only the ETag: the copy is reused, but the
+    next use must ask the server again rather than trust it for the default hour."""
+    clock = Clock()
+    cache = MediaCache(tmp_path / "cache", clock=clock)
+    cache.store("http://x.test/a", fetched(tmp_path, b"a", {"etag": '"1"', "cache-control": "no-cache"}))
+    refreshed = cache.refresh("http://x.test/a", {"etag": '"1"'})
+    assert refreshed is not None and not refreshed.is_fresh(clock.now + 1)
+
+
 def test_a_new_body_for_a_url_replaces_the_old(tmp_path: Path) -> None:
     cache = MediaCache(tmp_path / "cache")
     cache.store("http://x.test/a", fetched(tmp_path, b"version 1"))

@@ -178,6 +178,10 @@ class MediaCache:
         if lifetime is None:
             self._forget(url)
             return None
+        if "cache-control" not in headers and "expires" not in headers:
+            # The stored response's own rules (perhaps no-cache) are not kept here, so a 304
+            # that repeats none of them must not make the copy fresh: ask again next time.
+            lifetime = 0.0
         with self._write() as db:
             db.execute(
                 "UPDATE urls SET fresh_until = ?, etag = COALESCE(?, etag),"
