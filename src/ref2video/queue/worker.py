@@ -7,12 +7,14 @@ table), and a maintenance thread that reaps lapsed leases and runs the retention
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..engines.base import GenerationRequest
 from ..engines.registry import EngineRegistry
@@ -28,6 +30,18 @@ from .wakeup import Wakeup
 __all__ = ["WorkerPool"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    """How a run ended: "succeed", "fail", "retry" or "canceled", with what to record."""
+
+    kind: str
+    code: str = ""
+    message: str = ""
+    result_key: str = ""
+    usage: dict[str, Any] | None = None
+    delay: float = 0.0
 
 
 class WorkerPool:
@@ -74,7 +88,8 @@ class WorkerPool:
 
     def start(self) -> None:
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
-        self.wakeup.start_listening()
+        if self.size:  # only workers wait for wake-ups; an API-only process need not listen
+            self.wakeup.start_listening()
         targets = [(self._work, f"ref2video-worker-{i}") for i in range(self.size)]
         if self.size:
             targets.append((self._keep_leases, "ref2video-leases"))
@@ -127,7 +142,7 @@ class WorkerPool:
         scratch.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self._running[task.id] = context
-        outcome = ("fail", "InternalError", "the task stopped unexpectedly")
+        outcome = _Outcome("fail", "InternalError", "the task stopped unexpectedly")
         engine_name: str | None = None
         try:
             spec = TaskSpec.from_json(task.spec)
@@ -140,24 +155,24 @@ class WorkerPool:
             context.raise_if_canceled()
             key = f"{task.id}-{claim.lease_token[:8]}.mp4"  # one file per attempt
             self.storage.put(key, result.video_path)
-            outcome = ("succeed", key, make_usage(spec, result))
+            outcome = _Outcome("succeed", result_key=key, usage=make_usage(spec, result))
         except TaskCanceled:
-            outcome = ("canceled",)
+            outcome = _Outcome("canceled")
         except RetryableEngineError as exc:
-            outcome = ("retry", exc.code, exc.message, exc.delay)
+            outcome = _Outcome("retry", exc.code, exc.message, delay=exc.delay)
         except EngineError as exc:
-            outcome = ("fail", exc.code, exc.message)
+            outcome = _Outcome("fail", exc.code, exc.message)
         except Exception as exc:
             log.exception("engine failed on task %s", task.id)
-            outcome = ("fail", "InternalError", f"the engine failed: {type(exc).__name__}")
+            outcome = _Outcome("fail", "InternalError", f"the engine failed: {type(exc).__name__}")
         finally:
             with self._lock:
                 self._running.pop(task.id, None)
             self._record(claim, context, outcome, engine_name)
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _record(self, claim: Claim, context: TaskContext, outcome: tuple, engine_name: str | None) -> None:
-        kind = outcome[0]
+    def _record(self, claim: Claim, context: TaskContext, outcome: _Outcome, engine_name: str | None) -> None:
+        kind = outcome.kind
         try:
             if context.lease_lost:
                 done = False
@@ -166,17 +181,19 @@ class WorkerPool:
             elif kind == "canceled":
                 done = self.manager.mark_canceled(claim)
             elif kind == "retry":
-                done = self.manager.retry(claim, outcome[1], outcome[2], outcome[3]) is not None
+                done = self.manager.retry(claim, outcome.code, outcome.message, outcome.delay) is not None
             elif kind == "succeed":
-                done = self.manager.succeed(claim, result_key=outcome[1], usage=outcome[2], engine=engine_name or "")
+                done = self.manager.succeed(
+                    claim, result_key=outcome.result_key, usage=outcome.usage or {}, engine=engine_name or ""
+                )
             else:
-                done = self.manager.fail(claim, outcome[1], outcome[2], engine=engine_name)
+                done = self.manager.fail(claim, outcome.code, outcome.message, engine=engine_name)
         except Exception:
             log.exception("recording the outcome of task %s failed; its lease will lapse", claim.task.id)
             done = False
         if kind == "succeed" and not done:
             # The claim was lost (reaped, or canceled as it finished): the file is nobody's.
-            self.storage.delete(outcome[1])
+            self.storage.delete(outcome.result_key)
         log.info("task %s: %s%s", claim.task.id, kind, "" if done else " (not recorded: claim lost)")
 
     # -- the lease keeper ----------------------------------------------------------------
