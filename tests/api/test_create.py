@@ -125,3 +125,11 @@ def test_openapi_document_and_docs_are_served(idle: LiveServer) -> None:
     assert {"model", "input"} <= set(body_schema["required"])
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_queue_positions_are_capped(idle: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ref2video.store import tasks
+
+    monkeypatch.setattr(tasks, "MAX_QUEUE_POSITION", 2)
+    ids = [idle.create() for _ in range(4)]
+    assert [idle.get(i)["output"]["queue_position"] for i in ids] == [0, 1, 2, 2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -12,8 +13,9 @@ from ..store.tasks import TaskRecord
 __all__ = ["task_output", "unknown_output", "list_item"]
 
 
-def task_output(task: TaskRecord, *, tz: ZoneInfo, signer: UrlSigner, base_url: str) -> dict[str, Any]:
-    """`{"output": ..., "usage": ...}` for a task the caller may see."""
+def task_output(task: TaskRecord, *, tz: ZoneInfo, signer: UrlSigner, base_url: Callable[[], str]) -> dict[str, Any]:
+    """`{"output": ..., "usage": ...}` for a task the caller may see. `base_url` is asked for
+    only when a link is signed (SUCCEEDED), as working it out costs on every poll."""
     out: dict[str, Any] = {
         "task_id": task.id,
         "task_status": task.status.value,
@@ -32,7 +34,7 @@ def task_output(task: TaskRecord, *, tz: ZoneInfo, signer: UrlSigner, base_url: 
     body: dict[str, Any] = {"output": out}
     if task.status is Status.SUCCEEDED and task.result_key:
         out["orig_prompt"] = task.spec.get("prompt", "")
-        out["video_url"] = signer.sign(base_url, task.result_key)
+        out["video_url"] = signer.sign(base_url(), task.result_key)
         body["usage"] = task.usage
     elif task.status is Status.FAILED:
         out["code"] = task.error_code or "InternalError"

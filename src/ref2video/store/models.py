@@ -42,6 +42,7 @@ class Task(Base):
         Index("ix_tasks_claim", "status", "run_after", "submitted_at"),
         Index("ix_tasks_owner_submitted", "owner", "submitted_at"),
         Index("ix_tasks_submitted", "submitted_at"),
+        Index("ix_tasks_pending", "status", "submitted_at", "id"),  # queue positions
     )
 
 

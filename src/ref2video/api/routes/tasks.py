@@ -58,7 +58,8 @@ def _create_blocking(service: Service, key: str, body: Any) -> store.TaskRecord:
     keys = {oss_key(url): i for i, url in enumerate(spec.reference_urls, start=1) if oss_key(url)}
     for key in uploads.unknown_keys(service.db, principal.owner, keys, service.retention_ms):
         raise InvalidURL(f"reference {keys[key]}: unknown oss:// key {key[:200]!r}; upload the file first")
-    return store.create_task(service.db, spec, principal, on_insert=service.wakeup.notify_in)
+    with service.write_lock:
+        return store.create_task(service.db, spec, principal, on_insert=service.wakeup.notify_in)
 
 
 @router.post(
@@ -93,7 +94,7 @@ async def _query(request: Request, task_id: str) -> JSONResponse:
     if task is None:
         return _ok(unknown_output(task_id))
     assert service.signer is not None
-    return _ok(task_output(task, tz=service.tz, signer=service.signer, base_url=base_url_of(request)))
+    return _ok(task_output(task, tz=service.tz, signer=service.signer, base_url=lambda: base_url_of(request)))
 
 
 @router.get("/task/{task_id}", tags=["gateway"], summary="Query a task (gateway form)",
