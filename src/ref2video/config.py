@@ -22,9 +22,13 @@ from pydantic_settings import (
 
 from .protocol import DEFAULT_MODELS
 
-__all__ = ["Settings", "BUILTIN_ENGINES"]
+__all__ = ["Settings", "BUILTIN_ENGINES", "RELAY_ENGINE"]
 
 _config_file: ContextVar[str | None] = ContextVar("ref2video_config_file", default=None)
+
+# The engine name of the DashScope relay. It is not an import string: the relay is not run by
+# worker threads (one per task) but by one event loop per process (ref2video.relay.runner).
+RELAY_ENGINE = "dashscope"
 
 # Engine names and the import strings they stand for; `engines` adds to or overrides these.
 BUILTIN_ENGINES: dict[str, str] = {
@@ -74,8 +78,29 @@ class Settings(BaseSettings):
     engines: dict[str, str] = Field(default_factory=dict, description="extra engine names -> import strings")
     log_level: str = "info"
 
+    # The DashScope relay: models mapped to the engine "dashscope" go to the provider.
+    dashscope_base_url: str = Field(
+        "https://dashscope.aliyuncs.com/api/v1", description="the provider region's API base URL"
+    )
+    dashscope_api_keys: list[str] = Field(default_factory=list, description="provider API keys, one per account")
+    dashscope_models: dict[str, str] = Field(
+        default_factory=dict, description="our model name -> the provider's; default: the same name"
+    )
+    dashscope_query_rate: float = Field(20.0, gt=0, description="task queries, lists and cancels per second per key")
+    dashscope_submit_rate: float = Field(5.0, gt=0, description="submits and upload certificates per second per key")
+    dashscope_timeout: float = Field(30.0, gt=0, description="seconds one call to the provider may take")
+    dashscope_retry_budget: int = Field(
+        40, ge=1, description="failed calls in a row about one task before it fails"
+    )
+    dashscope_max_in_flight: int = Field(20000, ge=1, description="relayed tasks one process holds at once")
+    dashscope_max_result_bytes: int = Field(1 << 30, gt=0, description="largest result video downloaded")
+    dashscope_timezone: str = Field("Asia/Shanghai", description="zone the provider reads task-list times in")
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
+        if self.relay_models and not [k for k in self.dashscope_api_keys if k.strip()]:
+            relayed = ", ".join(sorted(self.relay_models))
+            raise ValueError(f"models {relayed} are served by the dashscope engine, which needs dashscope_api_keys")
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'ref2video.db'}"
         if self.results_dir is None:
@@ -89,6 +114,12 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+    @property
+    def relay_models(self) -> dict[str, str]:
+        """Our model names served by the DashScope relay -> the provider's model names."""
+        return {model: self.dashscope_models.get(model, model)
+                for model, engine in self.models.items() if engine == RELAY_ENGINE}
 
     def engine_target(self, model: str) -> str:
         """The import string of the engine serving `model`."""

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import threading
+import uuid
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -24,7 +25,9 @@ from .references import ReferenceLoader
 from .retention import Sweeper
 from .storage.policy import PolicySigner
 from .storage.signing import UrlSigner
-from .store import keys
+from .queue.relay import RelayManager
+from .relay.runner import Relay
+from .store import keys, uploads
 from .store.db import is_postgres, make_engine, migrate
 
 __all__ = ["Service"]
@@ -54,6 +57,8 @@ class Service:
         assert settings.results_dir is not None
         self.storage: Storage = storage or LocalStorage(settings.results_dir)
         self.registry = registry or EngineRegistry.from_settings(settings)
+        relayed = settings.relay_models
+        self.models: list[str] = list(settings.models)  # every model this server accepts
         self.tz = ZoneInfo(settings.timezone)
         self.retention_ms = int(settings.retention_hours * 3600 * 1000)
         self.wakeup = Wakeup(self.db)
@@ -66,9 +71,10 @@ class Service:
         self.uploads: Storage = uploads or LocalStorage(settings.data_dir / "uploads")
         self.references = ReferenceLoader.from_settings(settings, self.db, self.uploads, self.retention_ms)
         self.sweeper = Sweeper(self.db, self.storage, self.uploads, settings.scratch_dir, self.retention_ms)
+        local_workers = settings.workers if self.registry.models else 0
         self.pool = WorkerPool(
             self.manager, self.registry, self.storage, self.wakeup,
-            scratch_dir=settings.scratch_dir, size=settings.workers,
+            scratch_dir=settings.scratch_dir, size=local_workers, reaps=settings.workers > 0,
             poll_interval=settings.poll_interval, reap_interval=settings.reap_interval,
             load_references=self.references, sweep=self.sweeper.sweep, sweep_interval=settings.sweep_interval,
         )
@@ -77,6 +83,12 @@ class Service:
         self.write_lock: contextlib.AbstractContextManager[object] = (
             contextlib.nullcontext() if is_postgres(self.db) else threading.Lock()
         )
+        # The relay runs where tasks run (workers > 0): one event loop for all relayed tasks.
+        self.relay: Relay | None = None
+        if relayed and settings.workers > 0:
+            token = str(uuid.uuid4())  # one lease token for all of this relay's tasks
+            self.relay = Relay(settings, RelayManager(self.manager, token, on_requeue=self.wakeup.notify),
+                               self.storage, self._own_upload, self.wakeup)
         self.signer: UrlSigner | None = None
         self.policy: PolicySigner | None = None
 
@@ -91,10 +103,19 @@ class Service:
         self.prepare()
         self.ensure_first_key()
         self.pool.start()
+        if self.relay is not None:
+            self.relay.start()
 
     def stop(self) -> None:
+        if self.relay is not None:
+            self.relay.stop(self.settings.shutdown_grace)
         self.pool.stop(self.settings.shutdown_grace)
         self.db.dispose()
+
+    def _own_upload(self, owner: str, key: str) -> Path | None:
+        """The file behind `oss://<key>` if `owner` uploaded it; nobody else's."""
+        record = uploads.find_upload(self.db, owner, key, self.retention_ms)
+        return self.uploads.local_path(record.blob) if record else None
 
     def ensure_first_key(self) -> Path | None:
         """On an empty key table, make one key and write it to a file only the user can read."""

@@ -18,7 +18,7 @@ def task_output(task: TaskRecord, *, tz: ZoneInfo, signer: UrlSigner, base_url: 
     only when a link is signed (SUCCEEDED), as working it out costs on every poll."""
     out: dict[str, Any] = {
         "task_id": task.id,
-        "task_status": task.status.value,
+        "task_status": wire_status(task),
         "submit_time": format_time(task.submitted_at, tz),
     }
     if task.scheduled_at is not None:
@@ -42,6 +42,14 @@ def task_output(task: TaskRecord, *, tz: ZoneInfo, signer: UrlSigner, base_url: 
     return body
 
 
+def wire_status(task: TaskRecord) -> str:
+    """The state a client sees: a relayed task the provider still holds PENDING is PENDING
+    here too (and may be canceled, as the provider allows)."""
+    if task.status is Status.RUNNING and task.upstream_status == Status.PENDING.value:
+        return Status.PENDING.value
+    return task.status.value
+
+
 def unknown_output(task_id: str) -> dict[str, Any]:
     return {"output": {"task_id": task_id, "task_status": Status.UNKNOWN.value}}
 
@@ -49,7 +57,7 @@ def unknown_output(task_id: str) -> dict[str, Any]:
 def list_item(task: TaskRecord) -> dict[str, Any]:
     return {
         "task_id": task.id,
-        "status": task.status.value,
+        "status": wire_status(task),
         "model_name": task.model,
         "gmt_create": task.submitted_at,
         "start_time": task.scheduled_at,

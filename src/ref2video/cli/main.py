@@ -76,7 +76,7 @@ def worker(config: ConfigOpt = None, workers: Annotated[Optional[int], typer.Opt
         signal.signal(sig, lambda *_: stop.set())
     service.prepare()
     service.pool.start()
-    console.print(f"ref2video worker: {settings.workers} slot(s) for {', '.join(service.registry.models)}")
+    console.print(f"ref2video worker: {settings.workers} slot(s) for {', '.join(service.models)}")
     stop.wait()
     service.stop()
 

@@ -37,7 +37,9 @@ class EngineRegistry:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineRegistry:
-        return cls({model: settings.engine_target(model) for model in settings.models})
+        """The models that worker threads run: all but those the relay serves."""
+        relayed = settings.relay_models
+        return cls({model: settings.engine_target(model) for model in settings.models if model not in relayed})
 
     @property
     def models(self) -> list[str]:

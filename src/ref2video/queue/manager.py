@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from sqlalchemy import Engine, and_, case, select, update
@@ -51,10 +51,16 @@ class QueueManager:
         self.max_attempts = max_attempts
         self._on_requeue = on_requeue or (lambda: None)
 
-    def claim(self, models: Collection[str]) -> Claim | None:
+    def claim(self, models: Collection[str], *, token: str | None = None) -> Claim | None:
         """Take the oldest claimable task of one of `models`, or None."""
+        token = token or str(uuid.uuid4())
+        row = self.claim_row(models, token, RECORD_COLUMNS)
+        return Claim(TaskRecord.from_row(row), token) if row else None
+
+    def claim_row(self, models: Collection[str], token: str, columns: Sequence[Any]) -> Any:
+        """The claim as one statement, returning `columns` of the row taken (or None). A relay
+        claims every task with its process's one token, to renew them all in one statement."""
         now = now_ms()
-        token = str(uuid.uuid4())
         oldest = (
             select(Task.id)
             .where(Task.status == Status.PENDING.value, Task.run_after <= now, Task.model.in_(list(models)))
@@ -74,11 +80,10 @@ class QueueManager:
                 scheduled_at=case((Task.scheduled_at.is_(None), now), else_=Task.scheduled_at),
                 progress=0,
             )
-            .returning(*RECORD_COLUMNS)
+            .returning(*columns)
         )
         with self.engine.begin() as conn:
-            row = conn.execute(stmt).first()
-        return Claim(TaskRecord.from_row(row), token) if row else None
+            return conn.execute(stmt).first()
 
     def heartbeat(self, claim: Claim, progress: int | None = None) -> bool:
         """Renew the lease (and record progress); True when a cancel was requested."""
@@ -137,14 +142,17 @@ class QueueManager:
     def reap(self) -> tuple[int, int]:
         """Requeue tasks whose lease lapsed, or fail them when attempts are spent.
 
-        Returns (requeued, failed).
+        A task whose submit to the provider may have left (the relay's intent) is always
+        requeued: failing it could abandon a task the provider runs and charges for, and the
+        relay that claims it next reconciles rather than submits. Returns (requeued, failed).
         """
         now = now_ms()
         lapsed = and_(Task.status == Status.RUNNING.value, Task.lease_expires_at < now)
+        spent = and_(Task.attempt >= self.max_attempts, Task.upstream_submit_at.is_(None))
         with self.engine.begin() as conn:
             failed = conn.execute(
                 update(Task)
-                .where(lapsed, Task.attempt >= self.max_attempts)
+                .where(lapsed, spent)
                 .values(
                     status=Status.FAILED.value, ended_at=now, lease_token=None, lease_expires_at=None,
                     error_code="InternalError",
@@ -154,7 +162,7 @@ class QueueManager:
                 )
             ).rowcount
             requeued = conn.execute(
-                update(Task).where(lapsed, Task.attempt < self.max_attempts).values(**self._requeued(), run_after=now)
+                update(Task).where(lapsed, ~spent).values(**self._requeued(), run_after=now)
             ).rowcount
         if requeued:
             self._notify()

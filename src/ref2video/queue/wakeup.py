@@ -26,6 +26,7 @@ class Wakeup:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._event = threading.Event()
+        self._subscribers: list[threading.Event] = []
         self._stopping = threading.Event()
         self._listener: threading.Thread | None = None
 
@@ -44,6 +45,15 @@ class Wakeup:
 
     def wake_local(self) -> None:
         self._event.set()
+        for event in self._subscribers:
+            event.set()
+
+    def subscribe(self) -> threading.Event:
+        """An event of one's own that every wake-up sets: a waiter that clears it cannot
+        swallow a wake-up meant for the workers, nor they one meant for it."""
+        event = threading.Event()
+        self._subscribers.append(event)
+        return event
 
     def clear(self) -> None:
         """Call before looking for work, so a notification during the look is not lost."""
@@ -60,7 +70,7 @@ class Wakeup:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._event.set()
+        self.wake_local()
 
     def _listen(self) -> None:
         while not self._stopping.is_set():
@@ -72,10 +82,10 @@ class Wakeup:
                     pg.execute(f"LISTEN {CHANNEL}")
                     while not self._stopping.is_set():
                         for _ in pg.notifies(timeout=1.0, stop_after=1):
-                            self._event.set()
+                            self.wake_local()
                 finally:
                     raw.invalidate()  # a LISTENing connection must not go back to the pool
             except Exception:
                 log.warning("lost the PostgreSQL notification channel; reconnecting", exc_info=True)
-                self._event.set()  # look for work we may have missed
+                self.wake_local()  # look for work we may have missed
                 self._stopping.wait(1.0)

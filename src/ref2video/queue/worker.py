@@ -65,6 +65,7 @@ class WorkerPool:
         load_references: Callable[[TaskSpec, str, Path, Callable[[], bool]], list[Reference]] | None = None,
         sweep: Callable[[], int] | None = None,
         sweep_interval: float = 300.0,
+        reaps: bool | None = None,
     ) -> None:
         self.manager = manager
         self.registry = registry
@@ -77,6 +78,9 @@ class WorkerPool:
         self.load_references = load_references or (lambda *_: [])
         self.sweep = sweep or (lambda: 0)
         self.sweep_interval = sweep_interval
+        # Only a process that runs tasks reaps: on SQLite the wake-up it sends reaches its
+        # own workers (and relay) alone, so requeued work should land where it can be run.
+        self.reaps = bool(size) if reaps is None else reaps
         self._stopping = threading.Event()
         self._running: dict[str, TaskContext] = {}
         self._lock = threading.Lock()
@@ -234,9 +238,7 @@ class WorkerPool:
         last_sweep = 0.0
         while not self._stopping.wait(self.reap_interval):
             try:
-                # Only a process with workers reaps: on SQLite the wake-up it sends reaches
-                # its own workers alone, so requeued work should land where it can be run.
-                requeued, failed = self.manager.reap() if self.size else (0, 0)
+                requeued, failed = self.manager.reap() if self.reaps else (0, 0)
                 if requeued or failed:
                     log.warning("reaped lapsed leases: %d requeued, %d failed", requeued, failed)
                 if time.monotonic() - last_sweep >= self.sweep_interval:

@@ -222,16 +222,18 @@ class ProviderClient:
 
     # -- files --------------------------------------------------------------------------------
 
-    async def upload(self, path: Path, model: str, *, key_index: int = 0) -> str:
+    async def upload(self, path: Path, model: str, *, key_index: int = 0, name: str | None = None) -> str:
         """Send a local file to the provider's storage as the official SDK does
         (`dashscope/utils/oss_utils.py`): a `getPolicy` certificate, then a multipart POST to
-        its `upload_host`. Returns `oss://<upload_dir>/<file name>`. Each call takes a fresh
+        its `upload_host`. Returns `oss://<upload_dir>/<name>` (`name` defaults to the file's
+        own; its suffix tells the provider the type). Each call takes a fresh
         certificate (a fresh folder), so calling again after a failure never collides with
         the forbidden overwrite of a first try that did arrive."""
         k = self._checked_index(key_index)
         answer = await self._call("GET", "/uploads", k, "getPolicy", params={"action": "getPolicy", "model": model})
         policy = _policy(answer)
-        key = f"{policy['upload_dir']}/{path.name}"
+        name = name or path.name
+        key = f"{policy['upload_dir']}/{name}"
         form = {
             "OSSAccessKeyId": policy["oss_access_key_id"],
             "Signature": policy["signature"],
@@ -240,10 +242,10 @@ class ProviderClient:
             "x-oss-object-acl": policy["x_oss_object_acl"],
             "x-oss-forbid-overwrite": policy["x_oss_forbid_overwrite"],
             "success_action_status": "200",
-            "x-oss-content-type": mimetypes.guess_type(path.name)[0] or "application/octet-stream",
+            "x-oss-content-type": mimetypes.guess_type(name)[0] or "application/octet-stream",
         }
         with path.open("rb") as handle:  # httpx reads it in 64 KiB pieces as it sends
-            files = {"file": (path.name, handle, form["x-oss-content-type"])}
+            files = {"file": (name, handle, form["x-oss-content-type"])}
             request = self._http.build_request("POST", policy["upload_host"], data=form, files=files,
                                                headers={"Accept": "application/json"})
             await self._exchange(request, "upload", acts=False)
@@ -439,6 +441,11 @@ def _quoted(task_id: str) -> str:
     if not isinstance(task_id, str) or not task_id.strip():
         raise ValueError(f"a task id must be a non-empty string, not {task_id!r}")
     return quote(task_id.strip(), safe="")
+
+
+def utc(epoch_ms: int) -> datetime:
+    """An epoch-milliseconds moment as an aware datetime, for `ProviderClient.list`."""
+    return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc)
 
 
 def _list_time(moment: datetime, tz: tzinfo, *, up: bool) -> str:

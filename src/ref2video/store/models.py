@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "Task", "ApiKey", "ServerSecret", "Upload"]
@@ -37,12 +37,24 @@ class Task(Base):
     usage: Mapped[dict | None] = mapped_column(JSON)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # The DashScope relay (ref2video.relay): the provider's task, the account (a key's
+    # fingerprint) it was sent with, when the submit was about to leave (set before sending,
+    # so a crash leaves evidence to reconcile), the provider's last state, and whether the
+    # task was found again through the provider's list rather than recorded from the answer.
+    upstream_id: Mapped[str | None] = mapped_column(String(64))
+    upstream_account: Mapped[str | None] = mapped_column(String(16))
+    upstream_submit_at: Mapped[int | None] = mapped_column(BigInteger)
+    upstream_status: Mapped[str | None] = mapped_column(String(16))
+    upstream_adopted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         Index("ix_tasks_claim", "status", "run_after", "submitted_at"),
         Index("ix_tasks_owner_submitted", "owner", "submitted_at"),
         Index("ix_tasks_submitted", "submitted_at"),
         Index("ix_tasks_pending", "status", "submitted_at", "id"),  # queue positions
+        Index("ux_tasks_upstream", "upstream_id", unique=True),
+        Index("ix_tasks_lease", "lease_token"),  # a relay renews all its tasks at once
+        Index("ix_tasks_intent", "upstream_account", "upstream_submit_at"),
     )
 
 

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 
 from ..protocol import Status
 from ..spec import TaskSpec
@@ -54,6 +54,7 @@ class TaskRecord:
     error_code: str | None
     error_message: str | None
     queue_position: int | None = None
+    upstream_status: str | None = None  # the provider's state, for relayed tasks
 
     @classmethod
     def from_row(cls, row: Any, **extra: Any) -> TaskRecord:
@@ -87,7 +88,7 @@ def create_task(
         if on_insert is not None:
             on_insert(conn)
     row = dict(values, scheduled_at=None, ended_at=None, engine=None, result_key=None,
-               usage=None, error_code=None, error_message=None)
+               usage=None, error_code=None, error_message=None, upstream_status=None)
     return TaskRecord.from_row(_Row(row))
 
 
@@ -169,22 +170,26 @@ def list_tasks(
 def cancel_task(engine: Engine, owner: str, task_id: str) -> Status | None:
     """Cancel a PENDING task, or ask a RUNNING one to stop.
 
-    Returns CANCELED or RUNNING for what was done, None when nothing could be.
+    A task already sent to the provider is only asked to stop (the relay passes the cancel
+    upstream), and only while the provider may still hold it PENDING: the provider cancels
+    nothing that runs. Returns CANCELED or RUNNING for what was done, None when nothing could be.
     """
     mine = and_(Task.id == task_id, Task.owner == owner)
+    local = Task.upstream_submit_at.is_(None)
     with engine.begin() as conn:
         done = conn.execute(
             update(Task)
-            .where(mine, Task.status == Status.PENDING.value)
+            .where(mine, local, Task.status == Status.PENDING.value)
             .values(status=Status.CANCELED.value, ended_at=now_ms())
         )
         if done.rowcount == 1:
             return Status.CANCELED
-        asked = conn.execute(
-            update(Task)
-            .where(mine, Task.status == Status.RUNNING.value)
-            .values(cancel_requested=True)
+        cancellable = or_(
+            and_(local, Task.status == Status.RUNNING.value),
+            and_(~local, Task.status.in_([Status.PENDING.value, Status.RUNNING.value]),
+                 or_(Task.upstream_status.is_(None), Task.upstream_status == Status.PENDING.value)),
         )
+        asked = conn.execute(update(Task).where(mine, cancellable).values(cancel_requested=True))
     return Status.RUNNING if asked.rowcount == 1 else None
 
 

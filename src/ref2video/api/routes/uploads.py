@@ -40,7 +40,7 @@ async def get_policy(request: Request, action: str = "", model: str = "") -> JSO
     principal = await principal_of(request)
     if action != "getPolicy":
         raise InvalidParameter(f"action must be 'getPolicy', not {action!r}")
-    if model not in service.registry.models:
+    if model not in service.models:
         raise ModelNotFound(f"Model not exist: {model!r} is not served here")
     assert service.policy is not None
     policy, signature, grant = service.policy.issue(principal.owner, principal.key_id, model, MAX_UPLOAD_BYTES)

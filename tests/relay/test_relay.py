@@ -1,0 +1,148 @@
+"""The `dashscope` engine end to end: a relay server in front of a provider server, both real."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from ref2video.config import Settings
+from tests.live import LiveServer, make_body, ref_url
+from tests.relay.relays import QUICK, provider_tasks, row, start_provider, start_relay, wait_for
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The relay's own database, on SQLite and on PostgreSQL (the provider's is SQLite)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'relay.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[LiveServer]:
+    server = start_provider(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def relay(tmp_path: Path, database_url: str, provider: LiveServer) -> Iterator[LiveServer]:
+    server = start_relay(tmp_path, database_url, provider.url, [provider.key])
+    yield server
+    server.stop()
+
+
+def test_a_relayed_task_succeeds_with_our_own_link_and_the_providers_usage(
+        relay: LiveServer, provider: LiveServer, tmp_path: Path) -> None:
+    task_id = relay.create(make_body(QUICK, duration=4))
+    done = relay.wait(task_id, timeout=30)
+    out = done["output"]
+    assert out["task_status"] == "SUCCEEDED" and out["engine"] == "dashscope"
+    assert out["orig_prompt"] == QUICK
+    # Our link, on our server, signed by us: the provider's link dies after 24 h.
+    assert out["video_url"].startswith(relay.url + "/")
+    video = tmp_path / "video.mp4"
+    video.write_bytes(httpx.get(out["video_url"]).content)
+    with av.open(str(video)) as container:
+        assert sum(1 for _ in container.decode(video=0)) > 0
+    # The file and the usage are the provider's, copied.
+    (upstream,) = provider_tasks(provider)
+    assert row(relay, task_id).upstream_id == upstream.id
+    theirs = provider.get(upstream.id)
+    assert video.read_bytes() == httpx.get(theirs["output"]["video_url"]).content
+    assert done["usage"] == theirs["usage"]
+    assert done["usage"]["output_video_duration"] == 4
+
+
+def test_the_providers_failure_reaches_the_owner_with_its_code(relay: LiveServer) -> None:
+    task_id = relay.create(make_body("character1 trips fail=DataInspectionFailed"))
+    out = relay.wait(task_id, timeout=30)["output"]
+    assert out["task_status"] == "FAILED"
+    assert out["code"] == "DataInspectionFailed" and out["message"]
+
+
+def test_own_uploads_go_to_the_providers_storage_first(relay: LiveServer, provider: LiveServer) -> None:
+    image = httpx.get(ref_url("b.jpg")).content
+    r = relay.client().post("/api/v1/uploads", files={"file": ("hero.jpg", image, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    ours = r.json()["output"]["url"]
+    # refs=image: the provider's engine fails unless it fetched an image from the oss:// key.
+    task_id = relay.create(make_body(f"{QUICK} refs=image,image", urls=[ours, ref_url("a.png")]))
+    assert relay.wait(task_id, timeout=30)["output"]["task_status"] == "SUCCEEDED"
+    (upstream,) = provider_tasks(provider)
+    sent = upstream.spec["reference_urls"]
+    assert sent[0].startswith("oss://") and sent[0].endswith("/hero.jpg") and sent[0] != ours
+    assert sent[1] == ref_url("a.png")  # a public URL goes as it is
+
+
+def test_an_upload_of_someone_else_is_refused(relay: LiveServer, provider: LiveServer) -> None:
+    r = relay.client().post("/api/v1/uploads", files={"file": ("hero.png", httpx.get(ref_url("a.png")).content)})
+    other = relay.new_key(owner="someone-else")
+    refused = relay.client(other).post("/task/bailian/ref2video",
+                                       json=make_body(QUICK, urls=[r.json()["output"]["url"]]))
+    assert refused.status_code == 400 and refused.json()["code"] == "InvalidURL"
+    assert provider_tasks(provider) == []  # nothing was sent
+
+
+def test_a_cancel_while_the_provider_holds_it_pending_is_passed_upstream(
+        tmp_path: Path, database_url: str) -> None:
+    provider = start_provider(tmp_path, workers=0)  # the provider never starts anything
+    relay = start_relay(tmp_path, database_url, provider.url, [provider.key])
+    try:
+        task_id = relay.create(make_body(QUICK))
+        wait_for(lambda: row(relay, task_id).upstream_id, what="the submit")
+        wait_for(lambda: relay.get(task_id)["output"]["task_status"] == "PENDING", what="PENDING upstream")
+        assert relay.client().post(f"/api/v1/tasks/{task_id}/cancel").status_code == 200
+        assert relay.wait(task_id, timeout=30)["output"]["task_status"] == "CANCELED"
+        (upstream,) = provider_tasks(provider)
+        assert upstream.status == "CANCELED"
+    finally:
+        relay.stop()
+        provider.stop()
+
+
+def test_a_task_running_upstream_cannot_be_canceled(relay: LiveServer) -> None:
+    task_id = relay.create(make_body("character1 waves steps=40 step_ms=100"))
+    wait_for(lambda: relay.get(task_id)["output"]["task_status"] == "RUNNING"
+             and row(relay, task_id).upstream_id is not None, what="RUNNING upstream")
+    wait_for(lambda: _upstream_status(relay, task_id) == "RUNNING", what="the relay to see it run")
+    r = relay.client().post(f"/api/v1/tasks/{task_id}/cancel")
+    assert r.status_code == 400 and r.json()["code"] == "UnsupportedOperation"
+    assert relay.wait(task_id, timeout=30)["output"]["task_status"] == "SUCCEEDED"
+
+
+def test_a_restarted_relay_adopts_the_tasks_in_flight_without_submitting_again(
+        tmp_path: Path, database_url: str, provider: LiveServer) -> None:
+    first = start_relay(tmp_path, database_url, provider.url, [provider.key])
+    ids = [first.create(make_body("character1 waves steps=30 step_ms=100")) for _ in range(3)]
+    wait_for(lambda: all(row(first, i).upstream_id for i in ids), what="three submits")
+    first.stop()  # graceful: the tasks go back to the queue with their upstream ids
+    second = start_relay(tmp_path, database_url, provider.url, [provider.key], name="relay2")
+    try:
+        for task_id in ids:
+            assert second.wait(task_id, timeout=30)["output"]["task_status"] == "SUCCEEDED"
+        assert len(provider_tasks(provider)) == 3
+    finally:
+        second.stop()
+
+
+def test_relayed_models_need_keys(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="dashscope_api_keys"):
+        Settings(data_dir=tmp_path, models={"wan2.6-r2v": "dashscope"})
+    relayed = Settings(data_dir=tmp_path, models={"wan2.6-r2v": "dashscope", "mine": "preview"},
+                       dashscope_api_keys=["sk-1"], dashscope_models={"wan2.6-r2v": "wan2.6-r2v-flash"})
+    assert relayed.relay_models == {"wan2.6-r2v": "wan2.6-r2v-flash"}
+
+
+def _upstream_status(server: LiveServer, task_id: str) -> str | None:
+    from sqlalchemy import select
+
+    from ref2video.store.models import Task
+
+    with server.service.db.connect() as conn:
+        return conn.execute(select(Task.upstream_status).where(Task.id == task_id)).scalar_one()
