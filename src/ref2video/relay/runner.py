@@ -52,7 +52,7 @@ __all__ = ["Relay", "provider_body", "account_of"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_SETTLE_MS = 10_000  # the provider's list may lag its submits a little
+_SETTLE_MS = 5_000  # the provider's list may lag its submits a little
 _SKEW_MS = 300_000  # our clock against the provider's
 _RECONCILE_MS = 3_600_000  # how long an orphan may stay unsure before it fails
 _UNSURE_WAIT = 15.0
