@@ -95,12 +95,20 @@ class LiveServer:
     _server: uvicorn.Server
     _thread: threading.Thread
     clients: list[httpx.Client] = field(default_factory=list)
+    _pollers: dict[str, httpx.Client] = field(default_factory=dict)
 
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key or self.key}"}
         client = httpx.Client(base_url=self.url, headers=headers, timeout=30)
         self.clients.append(client)
         return client
+
+    def _polling_client(self, key: str | None) -> httpx.Client:
+        """One client per key for repeated queries: a client costs an SSL context (~0.5 MB)."""
+        key = key or self.key
+        if key not in self._pollers:
+            self._pollers[key] = self.client(key)
+        return self._pollers[key]
 
     def new_key(self, owner: str = "default") -> str:
         key, _ = keys.create_key(self.service.db, owner=owner)
@@ -114,7 +122,7 @@ class LiveServer:
         return r.json()["output"]["task_id"]
 
     def get(self, task_id: str, key: str | None = None) -> dict[str, Any]:
-        r = self.client(key).get(f"/api/v1/tasks/{task_id}")
+        r = self._polling_client(key).get(f"/api/v1/tasks/{task_id}")
         assert r.status_code == 200, r.text
         return r.json()
 

@@ -51,7 +51,7 @@ class Rule:
     status: int = 500
     headers: dict[str, str] = field(default_factory=dict)  # added to the answer, e.g. Retry-After
     hold: float = 0.0
-    probability: float = 1.0  # a request it is not applied to passes, and does not use up `times`
+    probability: float = 1.0  # a request it is not applied to goes on to later rules; `times` is spared
     # Called once the upstream answered, before the client is (e.g. to SIGKILL the relay).
     after_forward: Callable[[], None] | None = None
     used: int = field(default=0, init=False)
@@ -156,12 +156,15 @@ class FaultProxy:
         with self._lock:
             hit = ProxyHit(method, path, at=time.monotonic())
             self.hits.append(hit)
-            rule = next((r for r in self.rules if r.matches(method, path)), None)
-            if rule is None or (rule.probability < 1.0 and self._random.random() >= rule.probability):
-                return hit, None
-            rule.used += 1
-            hit.action = rule.action
-            return hit, rule
+            for rule in self.rules:
+                if not rule.matches(method, path):
+                    continue
+                if rule.probability < 1.0 and self._random.random() >= rule.probability:
+                    continue  # not this time: a later rule may still apply
+                rule.used += 1
+                hit.action = rule.action
+                return hit, rule
+            return hit, None
 
     def _forward(self, hit: ProxyHit, method: str, path: str, headers: list[tuple[str, str]],
                  body: bytes) -> _Answer | None:

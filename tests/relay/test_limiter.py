@@ -243,3 +243,32 @@ def test_ten_thousand_tasks_are_cheap() -> None:
     assert time.perf_counter() - started < 2.0
     assert len(schedule._heap) <= 2 * len(schedule) + 1100  # stale entries do not pile up
     assert 20_000 < seen < 100_000
+
+
+def test_a_stalled_event_loop_does_not_turn_reserved_slots_into_a_burst() -> None:
+    """Waiters whose slots came while the loop was busy elsewhere wake together; the grants
+    they then make still keep to the rate in every second."""
+
+    class StallingClock(FakeClock):
+        async def sleep(self, seconds: float) -> None:
+            self.now += seconds + (0.7 if random.random() < 0.2 else 0.0)  # some wake-ups are late
+            await asyncio.sleep(0)
+
+    random.seed(5)
+    clock = StallingClock()
+    limiter = RateLimiter(20, clock=clock, sleep=clock.sleep)
+
+    async def main() -> list[float]:
+        stamps: list[float] = []
+
+        async def caller() -> None:
+            for _ in range(25):
+                await limiter.acquire()
+                stamps.append(clock())
+
+        await asyncio.gather(*(caller() for _ in range(8)))
+        return stamps
+
+    stamps = asyncio.run(main())
+    assert len(stamps) == 200
+    assert most_in_a_second(stamps) <= 20

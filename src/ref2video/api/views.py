@@ -10,7 +10,7 @@ from ..protocol import Status, format_time
 from ..storage.signing import UrlSigner
 from ..store.tasks import TaskRecord
 
-__all__ = ["task_output", "unknown_output", "list_item"]
+__all__ = ["task_output", "unknown_output", "list_item", "wire_status"]
 
 
 def task_output(task: TaskRecord, *, tz: ZoneInfo, signer: UrlSigner, base_url: Callable[[], str]) -> dict[str, Any]:

@@ -10,8 +10,9 @@ handing one owner's video to another would be far worse than failing:
 * exactly one left, and no other task of ours has an unrecorded submit of that account and
   model in the window (a sibling that could own it): it is ours.
 * otherwise the candidates that have SUCCEEDED are queried, and the one whose `orig_prompt`
-  (the provider echoes it) is our prompt is ours if it is the only one. Candidates still
-  running may settle this later: `Found.UNSURE`, ask again.
+  (the provider echoes it) is our prompt is ours if it is the only one; when every candidate
+  has been read and none is ours, there is `Found.NOTHING` for us. Candidates still running
+  (or failed: a failed task echoes no prompt) may settle this later: `Found.UNSURE`, ask again.
 
 An adopted task's result is also checked against the prompt when it succeeds.
 """
@@ -22,6 +23,7 @@ import enum
 from collections.abc import Awaitable, Callable, Sequence
 
 from ..protocol import Status
+from .errors import ProviderTransient
 from .limiter import RateLimiter
 from .provider import ProviderClient, UpstreamSummary, UpstreamTask, utc
 
@@ -43,7 +45,7 @@ async def find_orphan(
 ) -> str | Found:
     """The upstream id of the orphan submitted with `key_index` for `model` between `start_ms`
     and `end_ms` (epoch ms, already widened for clock skew), or why there is none. Every call
-    waits for the account's query `limiter`. Provider errors propagate."""
+    waits for the account's query `limiter`. Errors of the list propagate."""
     listed: list[UpstreamSummary] = []
     for page_no in range(1, _MAX_PAGES + 1):
         await limiter.acquire()
@@ -60,14 +62,22 @@ async def find_orphan(
     if len(candidates) == 1 and not await siblings():
         return candidates[0].task_id
     matches = []
+    all_known = True  # every candidate's prompt was read: none unaccounted for
     for item in candidates:
         if item.status != Status.SUCCEEDED.value:
+            all_known = False
             continue
         await limiter.acquire()
-        task = await provider.get(item.task_id, key_index=key_index)
+        try:
+            task = await provider.get(item.task_id, key_index=key_index)
+        except ProviderTransient:
+            all_known = False  # this candidate stays unsure; the others may still settle it
+            continue
         if same_prompt(orig_prompt(task), prompt):
             matches.append(item.task_id)
-    return matches[0] if len(matches) == 1 else Found.UNSURE
+    if len(matches) == 1:
+        return matches[0]
+    return Found.NOTHING if not matches and all_known else Found.UNSURE
 
 
 def orig_prompt(task: UpstreamTask) -> str | None:

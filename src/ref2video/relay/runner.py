@@ -57,6 +57,7 @@ _SKEW_MS = 300_000  # our clock against the provider's
 _RECONCILE_MS = 3_600_000  # how long an orphan may stay unsure before it fails
 _UNSURE_WAIT = 15.0
 _DOWNLOAD_TRIES = 5
+_HEADROOM = 0.9  # of the provider's rate limits, for the jitter between leaving and arriving
 
 
 def account_of(api_key: str) -> str:
@@ -152,8 +153,10 @@ class Relay:
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ref2video-relay-wait")
         self._downloads = asyncio.Semaphore(8)
         self._starts = asyncio.Semaphore(min(64, 16 * len(self.keys)))
-        self.query_limiters = [RateLimiter(s.dashscope_query_rate) for _ in self.keys]
-        self.submit_limiters = [RateLimiter(s.dashscope_submit_rate) for _ in self.keys]
+        # A little under the limits: calls spaced exactly 1/rate apart as they leave can still
+        # arrive closer together, and the provider counts arrivals.
+        self.query_limiters = [RateLimiter(s.dashscope_query_rate * _HEADROOM) for _ in self.keys]
+        self.submit_limiters = [RateLimiter(s.dashscope_submit_rate * _HEADROOM) for _ in self.keys]
         self.provider = ProviderClient(s.dashscope_base_url, self.keys, timeout=s.dashscope_timeout,
                                        tz=ZoneInfo(s.dashscope_timezone))
         self.pollers = [AccountPoller(self.provider, k, self.query_limiters[k], self,
@@ -261,11 +264,13 @@ class Relay:
         if task.id in self._cancel_asked:
             await self._end(task.id, self.manager.canceled)
             return
+        # The turn first, the intent just before sending: a crash between the two writes
+        # leaves an orphan to reconcile, so that gap is kept as short as it can be.
+        await self.submit_limiters[k].acquire()
         intent = await self._call(self.manager.intend, task.id, self.accounts[k])
         if intent is None:
             self._held.discard(task.id)  # no longer ours
             return
-        await self.submit_limiters[k].acquire()
         try:
             upstream = await self.provider.submit(provider_body(spec, model, urls), oss=uploaded, key_index=k)
         except ProviderError as exc:
@@ -322,7 +327,7 @@ class Relay:
         start_ms, end_ms = intent_ms - _SKEW_MS, intent_ms + self.timeout_ms + _SKEW_MS
         # The submit may still be in flight at the provider until its timeout has passed.
         settle_ms = (now_ms() if live else intent_ms + self.timeout_ms) + _SETTLE_MS
-        failures = 0
+        failures = unsure = 0
         while True:
             await asyncio.sleep(max(0.0, (settle_ms - now_ms()) / 1000))
             try:
@@ -339,8 +344,9 @@ class Relay:
                     await self._end(task.id, self.manager.fail, exc.code, f"{exc.message} (while looking for "
                                     f"a submit whose answer was lost; gave up after {failures} tries)")
                     return
-                settle_ms = now_ms() + int(min(60.0, 2.0 ** failures) * 1000)
+                settle_ms = now_ms() + int(min(_UNSURE_WAIT, 2.0 ** failures) * 1000)
                 continue
+            failures = 0
             if isinstance(found, str):
                 if await self._call(self.manager.record, task.id, found, Status.PENDING.value, adopted=True):
                     log.warning("relay: task %s adopted upstream task %s", task.id, found)
@@ -359,12 +365,14 @@ class Relay:
                                     "the relay stopped while submitting this task and the provider has no "
                                     "matching task; nothing was charged, please submit it again")
                 return
-            elif now_ms() > intent_ms + _RECONCILE_MS:
+            elif (log.info("relay: task %s is not told apart from other submits yet", task.id)
+                  or now_ms() > intent_ms + _RECONCILE_MS):
                 await self._end(task.id, self.manager.fail, "InternalError.SubmitUnconfirmed",
                                 "the submit of this task was interrupted and the provider's task list "
                                 "could not tell which of its tasks is this one")
                 return
-            settle_ms = now_ms() + int(_UNSURE_WAIT * 1000)
+            unsure += 1  # ask again soon (a sibling may record its task any moment), then less often
+            settle_ms = now_ms() + int(min(_UNSURE_WAIT, 1.5 * 2.0 ** unsure) * 1000)
 
     # -- watching: the poller's handler ---------------------------------------------------------
 

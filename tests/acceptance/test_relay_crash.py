@@ -1,0 +1,78 @@
+"""SIGKILL the relaying process between submit and record: the provider made the task, our
+table never heard of its id. The restarted relay must adopt it, not pay for a second one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.live import free_port, make_body
+from tests.relay.proxy import FaultProxy, Rule
+from tests.relay.relays import RELAYED, provider_tasks, start_provider
+
+from .procs import env_for, spawn, stop, wait_healthy
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_crash_between_submit_and_record_is_adopted_after_restart(tmp_path: Path, database_url: str) -> None:
+    provider = start_provider(tmp_path)
+    proxy = FaultProxy(provider.url)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = env_for(tmp_path / "relay", database_url, port=port, lease_seconds=1.5, reap_interval=0.2,
+                  poll_interval=0.5, models=json.dumps(RELAYED), dashscope_base_url=f"{proxy.url}/api/v1",
+                  dashscope_api_keys=json.dumps([provider.key]), dashscope_timezone="UTC", dashscope_timeout=3)
+    log = tmp_path / "relay.log"
+    procs: list[subprocess.Popen] = []
+    killed = []
+
+    def kill_relay() -> None:  # the provider has answered; the relay will never hear it
+        os.killpg(procs[0].pid, signal.SIGKILL)
+        killed.append(time.monotonic())
+
+    proxy.add(Rule("pass", "POST", "/video-synthesis", times=1, after_forward=kill_relay))
+    try:
+        procs.append(spawn(["serve"], env, log))
+        wait_healthy(url, procs[0])
+        key = (tmp_path / "relay" / "first-api-key.txt").read_text().strip()
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        ids = [client.post("/task/bailian/ref2video", json=make_body(f"character1 bows {i} steps=3 step_ms=30"))
+               .json()["output"]["task_id"] for i in range(3)]
+        deadline = time.monotonic() + 20
+        while not killed or procs[0].poll() is None:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        client.close()
+        (lost_answer,) = [task.spec["prompt"] for task in provider_tasks(provider)]
+
+        procs.append(spawn(["serve"], env, log))
+        wait_healthy(url, procs[1])
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        deadline = time.monotonic() + 90
+        while True:
+            outs = [client.get(f"/api/v1/tasks/{i}").json()["output"] for i in ids]
+            if all(o["task_status"] in ("SUCCEEDED", "FAILED") for o in outs):
+                break
+            assert time.monotonic() < deadline, (outs, log.read_text()[-3000:])
+            time.sleep(0.2)
+        client.close()
+        made = [task.spec["prompt"] for task in provider_tasks(provider)]
+        assert len(made) == len(set(made)), made  # none twice
+        by_prompt = {o.get("orig_prompt"): o for o in outs}
+        assert by_prompt[lost_answer]["task_status"] == "SUCCEEDED"  # adopted after the restart
+        for out in outs:  # the others were submitted after the restart, or cleanly failed
+            assert out["task_status"] == "SUCCEEDED" or out["code"] == "InternalError.SubmitUnconfirmed", out
+        assert sum(o["task_status"] == "SUCCEEDED" for o in outs) == len(made)
+    finally:
+        for proc in procs:
+            stop(proc)
+        proxy.close()
+        provider.stop()
