@@ -146,3 +146,52 @@ def _upstream_status(server: LiveServer, task_id: str) -> str | None:
 
     with server.service.db.connect() as conn:
         return conn.execute(select(Task.upstream_status).where(Task.id == task_id)).scalar_one()
+
+
+def test_the_official_sdk_with_a_local_file_through_the_relay(relay: LiveServer, provider: LiveServer,
+                                                              tmp_path: Path) -> None:
+    """Two hops of the provider's upload flow: the SDK uploads to us, we upload to the provider."""
+    import dashscope
+    from dashscope import VideoSynthesis
+
+    hero = tmp_path / "hero.jpg"
+    hero.write_bytes(httpx.get(ref_url("b.jpg")).content)
+    saved = dashscope.base_http_api_url
+    dashscope.base_http_api_url = f"{relay.url}/api/v1"
+    try:
+        created = VideoSynthesis.async_call(
+            model="wan2.6-r2v-flash", prompt=f"{QUICK} refs=image", reference_urls=[f"file://{hero}"],
+            size="1280*720", duration=5, api_key=relay.key)
+        assert created.status_code == 200, created
+        done = VideoSynthesis.wait(created, api_key=relay.key)
+    finally:
+        dashscope.base_http_api_url = saved
+    assert done.output.task_status == "SUCCEEDED", done
+    assert done.output.video_url.startswith(relay.url)
+    (upstream,) = provider_tasks(provider)
+    assert upstream.spec["reference_urls"][0].startswith("oss://")
+
+
+def test_a_cancel_while_no_relay_runs_is_kept_and_passed_on(tmp_path: Path, database_url: str) -> None:
+    """Accepted cancels are not lost: a task handed back to the queue with its upstream id is
+    canceled at the provider by the next relay to claim it."""
+    provider = start_provider(tmp_path, workers=0)
+    relay = start_relay(tmp_path, database_url, provider.url, [provider.key])
+    task_id = relay.create(make_body(QUICK))
+    wait_for(lambda: row(relay, task_id).upstream_id, what="the submit")
+    relay.stop()  # the task goes back to PENDING, with its upstream id
+    api = start_relay(tmp_path, database_url, provider.url, [provider.key], name="api", workers=0)
+    try:
+        assert api.get(task_id)["output"]["task_status"] == "PENDING"
+        assert api.client().post(f"/api/v1/tasks/{task_id}/cancel").status_code == 200
+        assert api.get(task_id)["output"]["task_status"] == "PENDING"  # not ours to end yet
+    finally:
+        api.stop()
+    relay = start_relay(tmp_path, database_url, provider.url, [provider.key], name="relay2")
+    try:
+        assert relay.wait(task_id, timeout=30)["output"]["task_status"] == "CANCELED"
+        (upstream,) = provider_tasks(provider)
+        assert upstream.status == "CANCELED"
+    finally:
+        relay.stop()
+        provider.stop()
