@@ -195,3 +195,22 @@ def test_a_cancel_while_no_relay_runs_is_kept_and_passed_on(tmp_path: Path, data
     finally:
         relay.stop()
         provider.stop()
+
+
+def test_a_task_the_relay_forgot_goes_back_to_the_queue_and_ends(relay: LiveServer, provider: LiveServer) -> None:
+    """The relay renews its leases by its token, so a task held in the table but not watched
+    in memory would keep its lease for ever: the keeper hands such a task back, and it is
+    picked up again by its upstream id (never submitted twice)."""
+    task_id = relay.create(make_body("character1 waves steps=20 step_ms=100"))
+    wait_for(lambda: row(relay, task_id).upstream_id, what="the submit")
+    runner = relay.service.relay
+    assert runner is not None and runner._loop is not None
+
+    def forget() -> None:  # as a bug would: the table still says the task is ours
+        runner._held.discard(task_id)
+        for poller in runner.pollers:
+            poller.remove(task_id)
+
+    runner._loop.call_soon_threadsafe(forget)
+    assert relay.wait(task_id, timeout=30)["output"]["task_status"] == "SUCCEEDED"
+    assert len(provider_tasks(provider)) == 1

@@ -103,6 +103,14 @@ class RelayManager:
             self._on_requeue()
         return done
 
+    def release(self, task_id: str) -> bool:
+        """Hand one held task back to the queue without spending an attempt."""
+        done = self._update(task_id, status=Status.PENDING.value, lease_token=None, lease_expires_at=None,
+                            attempt=Task.attempt - 1, run_after=now_ms())
+        if done:
+            self._on_requeue()
+        return done
+
     # -- the submit, in two writes around it ---------------------------------------------------
 
     def intend(self, task_id: str, account: str) -> int | None:

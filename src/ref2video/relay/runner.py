@@ -111,6 +111,7 @@ class Relay:
         self._ending: set[asyncio.Task[None]] = set()
         self._cancel_asked: set[str] = set()  # cancels of held tasks not yet with a poller
         self._statuses: dict[str, str] = {}
+        self._unknown: set[str] = set()  # held in the table but not here, at the last look
         self.pollers: list[AccountPoller] = []
         self.provider: ProviderClient | None = None
 
@@ -452,8 +453,8 @@ class Relay:
             try:
                 if time.monotonic() - last_renew >= renew_every:
                     last_renew = time.monotonic()
-                    if await self._call(self.manager.renew) < len(self._held):
-                        await self._prune()
+                    await self._call(self.manager.renew)
+                    await self._reconcile_held()
                 for task_id in await self._call(self.manager.cancel_requests):
                     if not any(p.request_cancel(task_id) for p in self.pollers):
                         self._cancel_asked.add(task_id)
@@ -463,13 +464,23 @@ class Relay:
             except Exception:
                 log.exception("relay: keeping leases failed; will try again")
 
-    async def _prune(self) -> None:
-        """Forget tasks that are no longer ours (reaped while this process stalled)."""
+    async def _reconcile_held(self) -> None:
+        """Make what this process holds in memory and in the table agree. Tasks no longer ours
+        in the table (reaped while this process stalled) are forgotten; tasks ours in the table
+        that this process does not know (which would keep their lease for ever) go back to the
+        queue, if they are still unknown at the next look (a claim may be on its way back)."""
+        before = set(self._held)  # taken first: anything claimed later is not judged here
         held = await self._call(self.manager.held)
-        for task_id in self._held - held:
-            self._held.discard(task_id)
-            for poller in self.pollers:
-                poller.remove(task_id)
+        for task_id in before - held:
+            if task_id in self._held:
+                self._held.discard(task_id)
+                for poller in self.pollers:
+                    poller.remove(task_id)
+        unknown = {t for t in held - self._held if not any(t in poller for poller in self.pollers)}
+        stray, self._unknown = unknown & self._unknown, unknown
+        for task_id in stray:
+            log.error("relay: task %s was held but not watched; handing it back to the queue", task_id)
+            await self._call(self.manager.release, task_id)
 
     # -- plumbing -------------------------------------------------------------------------------
 
