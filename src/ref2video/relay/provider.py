@@ -153,9 +153,13 @@ class ProviderClient:
         self.tz = tz
         self._limiters = builtins.list(limiters) if limiters is not None else None
         self._turns = itertools.cycle(range(len(self._keys)))
+        # A call that waited for its limiter's turn must not then wait for a connection: it
+        # would leave late, together with later ones, and arrive as a burst. So the pool is
+        # larger than the calls a relay has in flight (lanes, submits, downloads).
         self._http = httpx.AsyncClient(
             transport=transport, timeout=httpx.Timeout(timeout), follow_redirects=False,
             headers={"User-Agent": f"ref2video-relay/{__version__}"},
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
         )
 
     def __repr__(self) -> str:

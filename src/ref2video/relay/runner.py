@@ -57,7 +57,7 @@ _SKEW_MS = 300_000  # our clock against the provider's
 _RECONCILE_MS = 3_600_000  # how long an orphan may stay unsure before it fails
 _UNSURE_WAIT = 15.0
 _DOWNLOAD_TRIES = 5
-_HEADROOM = 0.85  # of the provider's rate limits, for the jitter between leaving and arriving
+_HEADROOM = 0.8  # of the provider's rate limits, for the jitter between leaving and arriving
 
 
 def account_of(api_key: str) -> str:
