@@ -11,16 +11,11 @@ import pytest
 from pydantic import ValidationError
 
 from ref2video.config import Settings
+from tests.conftest import database_url  # noqa: F401  the relay's own database: SQLite and PostgreSQL again
 from tests.live import LiveServer, make_body, ref_url
 from tests.relay.relays import QUICK, provider_tasks, row, start_provider, start_relay, wait_for
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The relay's own database, on SQLite and on PostgreSQL (the provider's is SQLite)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'relay.db'}"
-    return request.getfixturevalue("pg_url")
 
 
 @pytest.fixture
@@ -98,12 +93,16 @@ def test_a_cancel_while_the_provider_holds_it_pending_is_passed_upstream(
         wait_for(lambda: row(relay, task_id).upstream_id, what="the submit")
         wait_for(lambda: relay.get(task_id)["output"]["task_status"] == "PENDING", what="PENDING upstream")
         assert relay.client().post(f"/api/v1/tasks/{task_id}/cancel").status_code == 200
-        assert relay.wait(task_id, timeout=30)["output"]["task_status"] == "CANCELED"
-        (upstream,) = provider_tasks(provider)
-        assert upstream.status == "CANCELED"
+        assert_canceled_at_the_provider(relay, provider, task_id)
     finally:
         relay.stop()
         provider.stop()
+
+
+def assert_canceled_at_the_provider(relay: LiveServer, provider: LiveServer, task_id: str) -> None:
+    assert relay.wait(task_id, timeout=30)["output"]["task_status"] == "CANCELED"
+    (upstream,) = provider_tasks(provider)
+    assert upstream.status == "CANCELED"
 
 
 def test_a_task_running_upstream_cannot_be_canceled(relay: LiveServer) -> None:
@@ -189,9 +188,7 @@ def test_a_cancel_while_no_relay_runs_is_kept_and_passed_on(tmp_path: Path, data
         api.stop()
     relay = start_relay(tmp_path, database_url, provider.url, [provider.key], name="relay2")
     try:
-        assert relay.wait(task_id, timeout=30)["output"]["task_status"] == "CANCELED"
-        (upstream,) = provider_tasks(provider)
-        assert upstream.status == "CANCELED"
+        assert_canceled_at_the_provider(relay, provider, task_id)
     finally:
         relay.stop()
         provider.stop()

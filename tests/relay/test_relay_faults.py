@@ -57,7 +57,8 @@ def test_every_task_ends_once_whatever_breaks_between_relay_and_provider(tmp_pat
     relay = start_relay(tmp_path, f"sqlite:///{tmp_path / 'relay.db'}", proxy.url, [provider.key],
                         max_attempts=6, poll_interval=0.5)
     try:
-        upload = relay.client().post("/api/v1/uploads", files={"file": ("hero.png", httpx.get(ref_url("a.png")).content)})
+        image = httpx.get(ref_url("a.png")).content
+        upload = relay.client().post("/api/v1/uploads", files={"file": ("hero.png", image)})
         prompts = [f"character1 dances, take {i} steps=3 step_ms=30" for i in range(10)]
         ids = [relay.create(make_body(p, urls=[upload.json()["output"]["url"]] if i % 4 == 0 else None))
                for i, p in enumerate(prompts)]

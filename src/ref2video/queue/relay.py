@@ -198,4 +198,5 @@ class RelayManager:
 
     def _update(self, task_id: str, *where: Any, **values: Any) -> bool:
         with self.engine.begin() as conn:
-            return conn.execute(update(Task).where(Task.id == task_id, self._mine(), *where).values(**values)).rowcount == 1
+            done = conn.execute(update(Task).where(Task.id == task_id, self._mine(), *where).values(**values))
+        return done.rowcount == 1

@@ -349,31 +349,42 @@ class Relay:
                 continue
             failures = 0
             if isinstance(found, str):
-                if await self._call(self.manager.record, task.id, found, Status.PENDING.value, adopted=True):
-                    log.warning("relay: task %s adopted upstream task %s", task.id, found)
-                    self._watch(task, k, found, intent_ms, Status.PENDING.value, spec.prompt)
-                    return
-                if task.id not in await self._call(self.manager.held):
-                    self._held.discard(task.id)
+                if await self._adopt(task, k, found, intent_ms, spec.prompt):
                     return
             elif found is Found.NOTHING:
-                if live:  # the provider answered an error and made nothing: safe to submit again
-                    await self._call(self.manager.clear_intent, task.id)
-                    await self._retry(task, ProviderTransient(
-                        "InternalError", "the submit failed and the provider made no task"))
-                else:
-                    await self._end(task.id, self.manager.fail, "InternalError.SubmitUnconfirmed",
-                                    "the relay stopped while submitting this task and the provider has no "
-                                    "matching task; nothing was charged, please submit it again")
+                await self._nothing_upstream(task, live=live)
                 return
-            elif (log.info("relay: task %s is not told apart from other submits yet", task.id)
-                  or now_ms() > intent_ms + _RECONCILE_MS):
+            elif now_ms() > intent_ms + _RECONCILE_MS:
                 await self._end(task.id, self.manager.fail, "InternalError.SubmitUnconfirmed",
                                 "the submit of this task was interrupted and the provider's task list "
                                 "could not tell which of its tasks is this one")
                 return
+            else:
+                log.info("relay: task %s is not told apart from other submits yet", task.id)
             unsure += 1  # ask again soon (a sibling may record its task any moment), then less often
             settle_ms = now_ms() + int(min(_UNSURE_WAIT, 1.5 * 2.0 ** unsure) * 1000)
+
+    async def _adopt(self, task: RelayTask, k: int, upstream_id: str, intent_ms: int, prompt: str) -> bool:
+        """Record the found upstream task as this task's; False when it must be looked for again
+        (another of ours took it first)."""
+        if await self._call(self.manager.record, task.id, upstream_id, Status.PENDING.value, adopted=True):
+            log.warning("relay: task %s adopted upstream task %s", task.id, upstream_id)
+            self._watch(task, k, upstream_id, intent_ms, Status.PENDING.value, prompt)
+            return True
+        if task.id not in await self._call(self.manager.held):
+            self._held.discard(task.id)  # no longer ours at all
+            return True
+        return False
+
+    async def _nothing_upstream(self, task: RelayTask, *, live: bool) -> None:
+        if live:  # the provider answered an error and made nothing: safe to submit again
+            await self._call(self.manager.clear_intent, task.id)
+            made_nothing = ProviderTransient("InternalError", "the submit failed and the provider made no task")
+            await self._retry(task, made_nothing)
+        else:
+            await self._end(task.id, self.manager.fail, "InternalError.SubmitUnconfirmed",
+                            "the relay stopped while submitting this task and the provider has no "
+                            "matching task; nothing was charged, please submit it again")
 
     # -- watching: the poller's handler ---------------------------------------------------------
 
