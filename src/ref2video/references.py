@@ -44,10 +44,14 @@ class ReferenceLoader:
 
     def __call__(self, spec: TaskSpec, owner: str, work_dir: Path, should_cancel: Callable[[], bool]) -> list[Reference]:
         def local(url: str) -> Path | None:
-            record = uploads.find_upload(self.db, owner, oss_key(url), self.retention_ms)
-            return self.uploads.local_path(record.blob) if record else None
+            return self.own_upload(owner, oss_key(url))
 
         return fetch_references_sync(
             spec.reference_urls, work_dir=work_dir, policy=self.policy, cache=self.cache,
             kind_hint="video" if spec.videos_only else None, local=local, should_cancel=should_cancel,
         )
+
+    def own_upload(self, owner: str, key: str) -> Path | None:
+        """The file behind `oss://<key>` if `owner` uploaded it (and it has not expired)."""
+        record = uploads.find_upload(self.db, owner, key, self.retention_ms)
+        return self.uploads.local_path(record.blob) if record else None

@@ -27,7 +27,7 @@ from .storage.policy import PolicySigner
 from .storage.signing import UrlSigner
 from .queue.relay import RelayManager
 from .relay.runner import Relay
-from .store import keys, uploads
+from .store import keys
 from .store.db import is_postgres, make_engine, migrate
 
 __all__ = ["Service"]
@@ -88,7 +88,7 @@ class Service:
         if relayed and settings.workers > 0:
             token = str(uuid.uuid4())  # one lease token for all of this relay's tasks
             self.relay = Relay(settings, RelayManager(self.manager, token, on_requeue=self.wakeup.notify),
-                               self.storage, self._own_upload, self.wakeup)
+                               self.storage, self.references.own_upload, self.wakeup)
         self.signer: UrlSigner | None = None
         self.policy: PolicySigner | None = None
 
@@ -111,11 +111,6 @@ class Service:
             self.relay.stop(self.settings.shutdown_grace)
         self.pool.stop(self.settings.shutdown_grace)
         self.db.dispose()
-
-    def _own_upload(self, owner: str, key: str) -> Path | None:
-        """The file behind `oss://<key>` if `owner` uploaded it; nobody else's."""
-        record = uploads.find_upload(self.db, owner, key, self.retention_ms)
-        return self.uploads.local_path(record.blob) if record else None
 
     def ensure_first_key(self) -> Path | None:
         """On an empty key table, make one key and write it to a file only the user can read."""
