@@ -3,6 +3,7 @@ with a clear code, no task is submitted twice, and no task the provider made is 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -120,6 +121,29 @@ def test_the_query_rate_of_one_account_stays_under_its_limit(tmp_path: Path) -> 
         times = sorted(h.at for h in proxy.hits if h.method == "GET" and "/api/v1/tasks" in h.path)
         most = max(sum(1 for t in times[i:] if t - start < 1.0) for i, start in enumerate(times))
         assert most <= 5 + 1, most  # +1: arrival jitter of the proxy's own clock
+    finally:
+        relay.stop()
+        proxy.close()
+        provider.stop()
+
+
+def test_many_tasks_on_one_account_are_followed_through_the_task_list(tmp_path: Path) -> None:
+    """Past 50 tasks in flight on an account, the poller reads the provider's task list (100 a
+    page) and counts each task seen there as polled; single queries are left for tasks that
+    ended, so the account's budget covers far more tasks than one query each every 15 s would."""
+    provider = start_provider(tmp_path, workers=2)  # a queue builds up at the provider
+    proxy = FaultProxy(provider.url)
+    relay = start_relay(tmp_path, f"sqlite:///{tmp_path / 'relay.db'}", proxy.url, [provider.key])
+    try:
+        ids = [relay.create(make_body(f"character1 counts {i} steps=5 step_ms=60")) for i in range(70)]
+        for task_id in ids:
+            assert relay.wait(task_id, timeout=120)["output"]["task_status"] == "SUCCEEDED"
+        pages = [h for h in proxy.hits if h.method == "GET" and "/api/v1/tasks?" in h.path]
+        singles = [h for h in proxy.hits if h.method == "GET" and re.search(QUERY, h.path)]
+        assert pages and all("page_size=100" in h.path for h in pages)
+        assert len(provider_tasks(provider)) == 70
+        # Single queries: a few fast polls of each task early on, and one when it ended.
+        assert len(singles) < 4 * len(ids), len(singles)
     finally:
         relay.stop()
         proxy.close()
