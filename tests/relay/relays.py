@@ -43,14 +43,15 @@ class Row:
     status: str
     upstream_id: str | None
     upstream_adopted: bool
+    upstream_status: str | None
     engine: str | None
 
 
 def row(server: LiveServer, task_id: str) -> Row:
     with server.service.db.connect() as conn:
-        r = conn.execute(select(Task.status, Task.upstream_id, Task.upstream_adopted, Task.engine)
-                         .where(Task.id == task_id)).one()
-    return Row(r.status, r.upstream_id, bool(r.upstream_adopted), r.engine)
+        r = conn.execute(select(Task.status, Task.upstream_id, Task.upstream_adopted, Task.upstream_status,
+                                Task.engine).where(Task.id == task_id)).one()
+    return Row(r.status, r.upstream_id, bool(r.upstream_adopted), r.upstream_status, r.engine)
 
 
 def provider_tasks(provider: LiveServer) -> list[Any]:

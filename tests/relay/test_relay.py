@@ -109,7 +109,7 @@ def test_a_task_running_upstream_cannot_be_canceled(relay: LiveServer) -> None:
     task_id = relay.create(make_body("character1 waves steps=40 step_ms=100"))
     wait_for(lambda: relay.get(task_id)["output"]["task_status"] == "RUNNING"
              and row(relay, task_id).upstream_id is not None, what="RUNNING upstream")
-    wait_for(lambda: _upstream_status(relay, task_id) == "RUNNING", what="the relay to see it run")
+    wait_for(lambda: row(relay, task_id).upstream_status == "RUNNING", what="the relay to see it run")
     r = relay.client().post(f"/api/v1/tasks/{task_id}/cancel")
     assert r.status_code == 400 and r.json()["code"] == "UnsupportedOperation"
     assert relay.wait(task_id, timeout=30)["output"]["task_status"] == "SUCCEEDED"
@@ -136,15 +136,6 @@ def test_relayed_models_need_keys(tmp_path: Path) -> None:
     relayed = Settings(data_dir=tmp_path, models={"wan2.6-r2v": "dashscope", "mine": "preview"},
                        dashscope_api_keys=["sk-1"], dashscope_models={"wan2.6-r2v": "wan2.6-r2v-flash"})
     assert relayed.relay_models == {"wan2.6-r2v": "wan2.6-r2v-flash"}
-
-
-def _upstream_status(server: LiveServer, task_id: str) -> str | None:
-    from sqlalchemy import select
-
-    from ref2video.store.models import Task
-
-    with server.service.db.connect() as conn:
-        return conn.execute(select(Task.upstream_status).where(Task.id == task_id)).scalar_one()
 
 
 def test_the_official_sdk_with_a_local_file_through_the_relay(relay: LiveServer, provider: LiveServer,

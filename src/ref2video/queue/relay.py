@@ -52,6 +52,7 @@ class RelayTask:
 
 
 _COLUMNS = [Task.__table__.c[f.name] for f in dataclasses.fields(RelayTask)]
+_REQUEUED: dict[str, Any] = dict(status=Status.PENDING.value, lease_token=None, lease_expires_at=None)
 
 
 class RelayManager:
@@ -95,9 +96,7 @@ class RelayManager:
         the next relay to claim one finds its upstream id (or its intent) and carries on."""
         with self.engine.begin() as conn:
             done = conn.execute(
-                update(Task).where(self._mine()).values(
-                    status=Status.PENDING.value, lease_token=None, lease_expires_at=None,
-                    attempt=Task.attempt - 1, run_after=now_ms())
+                update(Task).where(self._mine()).values(**_REQUEUED, attempt=Task.attempt - 1, run_after=now_ms())
             ).rowcount
         if done:
             self._on_requeue()
@@ -105,8 +104,7 @@ class RelayManager:
 
     def release(self, task_id: str) -> bool:
         """Hand one held task back to the queue without spending an attempt."""
-        done = self._update(task_id, status=Status.PENDING.value, lease_token=None, lease_expires_at=None,
-                            attempt=Task.attempt - 1, run_after=now_ms())
+        done = self._update(task_id, **_REQUEUED, attempt=Task.attempt - 1, run_after=now_ms())
         if done:
             self._on_requeue()
         return done
@@ -182,8 +180,7 @@ class RelayManager:
         if task.attempt >= self.max_attempts:
             done = self.fail(task.id, code, f"{message} (gave up after {task.attempt} attempts)")
             return Status.FAILED if done else None
-        done = self._update(task.id, status=Status.PENDING.value, lease_token=None, lease_expires_at=None,
-                            run_after=now_ms() + int(delay * 1000))
+        done = self._update(task.id, **_REQUEUED, run_after=now_ms() + int(delay * 1000))
         self._on_requeue()
         return Status.PENDING if done else None
 
