@@ -153,8 +153,9 @@ def make_body(prompt: str = "character1 waves", urls: list[str] | None = None, m
     }
 
 
-def start_server(settings: Settings) -> LiveServer:
-    service = Service(settings)
+def start_server(settings: Settings, **parts: Any) -> LiveServer:
+    """`parts` go to `Service` (storage=..., uploads=..., registry=...)."""
+    service = Service(settings, **parts)
     app = create_app(service=service)
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")

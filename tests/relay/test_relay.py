@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from ref2video.config import Settings
 from tests.conftest import database_url  # noqa: F401  the relay's own database: SQLite and PostgreSQL again
 from tests.live import LiveServer, make_body, ref_url
+from tests.relay.proxy import FaultProxy, Rule
 from tests.relay.relays import QUICK, provider_tasks, row, start_provider, start_relay, wait_for
 
 
@@ -202,3 +203,31 @@ def test_a_task_the_relay_forgot_goes_back_to_the_queue_and_ends(relay: LiveServ
     runner._loop.call_soon_threadsafe(forget)
     assert relay.wait(task_id, timeout=30)["output"]["task_status"] == "SUCCEEDED"
     assert len(provider_tasks(provider)) == 1
+
+
+def test_a_cancel_the_provider_refuses_still_ends_canceled(tmp_path: Path, database_url: str) -> None:
+    """The provider started the task just before our cancel reached it, and refuses it, as it
+    refuses every cancel of a running task. The owner was answered 200, so the task ends
+    CANCELED here all the same, with no result kept and no usage."""
+    provider = start_provider(tmp_path)
+    proxy = FaultProxy(provider.url)
+    # Queries fail for now, so the relay still believes the provider holds the task PENDING.
+    blind = proxy.add(Rule("status", "GET", r"/api/v1/tasks/[^/?]+$", times=-1, status=503))
+    refuse = proxy.add(Rule("status", "POST", r"/cancel$", status=400))
+    relay = start_relay(tmp_path, database_url, proxy.url, [provider.key])
+    try:
+        task_id = relay.create(make_body("character1 waves steps=20 step_ms=100"))
+        wait_for(lambda: row(relay, task_id).upstream_id, what="the submit")
+        assert relay.get(task_id)["output"]["task_status"] == "PENDING"
+        assert relay.client().post(f"/api/v1/tasks/{task_id}/cancel").status_code == 200
+        wait_for(lambda: refuse.used == 1, what="the provider's refusal")
+        proxy.rules.remove(blind)  # the provider's SUCCEEDED can now reach the relay
+        body = relay.wait(task_id, timeout=30)
+        assert body["output"]["task_status"] == "CANCELED" and "usage" not in body
+        (upstream,) = provider_tasks(provider)
+        assert upstream.status in ("RUNNING", "SUCCEEDED")  # it ran on upstream, as it does
+        assert not list(relay.service.storage.root.glob("*.mp4"))  # type: ignore[attr-defined]
+    finally:
+        relay.stop()
+        proxy.close()
+        provider.stop()

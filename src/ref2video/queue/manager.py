@@ -105,39 +105,35 @@ class QueueManager:
             raise LeaseLost(claim.task.id)
         return bool(row.cancel_requested)
 
-    def succeed(self, claim: Claim, *, result_key: str, usage: dict[str, Any], engine: str) -> bool:
+    # Every verb below that ends or gives back a claim returns the state the task ended in,
+    # or None when the claim was no longer ours. A task whose owner was told its cancel was
+    # accepted ends CANCELED whatever the engine did meanwhile (PROTOCOL.md section 4): a
+    # result that finished at that moment is not recorded, and the caller deletes its file.
+
+    def succeed(self, claim: Claim, *, result_key: str, usage: dict[str, Any], engine: str) -> Status | None:
         return self._finish(
             claim, Status.SUCCEEDED, progress=100, result_key=result_key, usage=usage, engine=engine
         )
 
-    def fail(self, claim: Claim, code: str, message: str, *, engine: str | None = None) -> bool:
+    def fail(self, claim: Claim, code: str, message: str, *, engine: str | None = None) -> Status | None:
         return self._finish(claim, Status.FAILED, error_code=code, error_message=message[:2000], engine=engine)
 
-    def mark_canceled(self, claim: Claim) -> bool:
+    def mark_canceled(self, claim: Claim) -> Status | None:
         return self._finish(claim, Status.CANCELED)
 
     def retry(self, claim: Claim, code: str, message: str, delay: float = 0.0) -> Status | None:
         """Give the task back for another attempt, or fail it when attempts are spent."""
         if claim.task.attempt >= self.max_attempts:
-            done = self.fail(claim, code, f"{message} (gave up after {claim.task.attempt} attempts)")
-            return Status.FAILED if done else None
-        with self.engine.begin() as conn:
-            done = conn.execute(
-                update(Task)
-                .where(self._held(claim))
-                .values(**self._requeued(), run_after=now_ms() + int(delay * 1000))
-            ).rowcount
+            return self.fail(claim, code, f"{message} (gave up after {claim.task.attempt} attempts)")
+        done = self._finish(claim, Status.PENDING, **self._requeued(), run_after=now_ms() + int(delay * 1000))
         self._notify()
-        return Status.PENDING if done else None
+        return done
 
-    def release(self, claim: Claim) -> bool:
+    def release(self, claim: Claim) -> Status | None:
         """Hand an unfinished task back on shutdown, without spending an attempt."""
-        with self.engine.begin() as conn:
-            done = conn.execute(
-                update(Task).where(self._held(claim)).values(**self._requeued(), attempt=Task.attempt - 1)
-            ).rowcount
+        done = self._finish(claim, Status.PENDING, **self._requeued(), attempt=Task.attempt - 1)
         self._notify()
-        return done == 1
+        return done
 
     def reap(self) -> tuple[int, int]:
         """Requeue tasks whose lease lapsed, or fail them when attempts are spent.
@@ -148,8 +144,16 @@ class QueueManager:
         """
         now = now_ms()
         lapsed = and_(Task.status == Status.RUNNING.value, Task.lease_expires_at < now)
-        spent = and_(Task.attempt >= self.max_attempts, Task.upstream_submit_at.is_(None))
+        local = Task.upstream_submit_at.is_(None)
+        spent = and_(Task.attempt >= self.max_attempts, local)
         with self.engine.begin() as conn:
+            # A local task whose cancel was accepted ends as promised; a relayed one goes back
+            # to the queue, so that the next relay passes the cancel on to the provider.
+            conn.execute(
+                update(Task)
+                .where(lapsed, local, Task.cancel_requested)
+                .values(status=Status.CANCELED.value, ended_at=now, lease_token=None, lease_expires_at=None)
+            )
             failed = conn.execute(
                 update(Task)
                 .where(lapsed, spent)
@@ -162,20 +166,35 @@ class QueueManager:
                 )
             ).rowcount
             requeued = conn.execute(
-                update(Task).where(lapsed, ~spent).values(**self._requeued(), run_after=now)
+                update(Task).where(lapsed, ~spent).values(
+                    status=Status.PENDING.value, lease_token=None, lease_expires_at=None, progress=0, run_after=now)
             ).rowcount
         if requeued:
             self._notify()
         return requeued, failed
 
-    def _finish(self, claim: Claim, status: Status, **values: Any) -> bool:
+    def _finish(self, claim: Claim, status: Status, **values: Any) -> Status | None:
+        """Move a held task to `status` (PENDING: back to the queue), or to CANCELED when its
+        cancel was accepted meanwhile. One transaction, two compare-and-sets."""
+        now = now_ms()
+        if status is not Status.PENDING:
+            values.update(ended_at=now)
         with self.engine.begin() as conn:
-            done = conn.execute(
+            if status is not Status.CANCELED:
+                done = conn.execute(
+                    update(Task)
+                    .where(self._held(claim), ~Task.cancel_requested)
+                    .values(status=status.value, lease_token=None, lease_expires_at=None, **values)
+                ).rowcount
+                if done:
+                    return status
+            promised = [] if status is Status.CANCELED else [Task.cancel_requested]
+            canceled = conn.execute(
                 update(Task)
-                .where(self._held(claim))
-                .values(status=status.value, ended_at=now_ms(), lease_token=None, lease_expires_at=None, **values)
+                .where(self._held(claim), *promised)
+                .values(status=Status.CANCELED.value, ended_at=now, lease_token=None, lease_expires_at=None)
             ).rowcount
-        return done == 1
+        return Status.CANCELED if canceled else None
 
     @staticmethod
     def _held(claim: Claim) -> Any:
@@ -187,7 +206,8 @@ class QueueManager:
 
     @staticmethod
     def _requeued() -> dict[str, Any]:
-        return dict(status=Status.PENDING.value, lease_token=None, lease_expires_at=None, progress=0)
+        """What goes with a move back to PENDING, besides the status and the lease."""
+        return dict(progress=0)
 
     def _notify(self) -> None:
         self._on_requeue()

@@ -52,7 +52,7 @@ class RelayTask:
 
 
 _COLUMNS = [Task.__table__.c[f.name] for f in dataclasses.fields(RelayTask)]
-_REQUEUED: dict[str, Any] = dict(status=Status.PENDING.value, lease_token=None, lease_expires_at=None)
+_REQUEUED: dict[str, Any] = dict(status=Status.PENDING.value, lease_token=None, lease_expires_at=None, progress=0)
 
 
 class RelayManager:
@@ -86,10 +86,6 @@ class RelayManager:
         """Ids of held tasks whose owner asked for a cancel."""
         with self.engine.connect() as conn:
             return set(conn.execute(select(Task.id).where(self._mine(), Task.cancel_requested)).scalars())
-
-    def drop_cancel(self, task_id: str) -> bool:
-        """The provider refused the cancel (its task already runs): the task goes on."""
-        return self._update(task_id, cancel_requested=False)
 
     def release_all(self) -> int:
         """On shutdown: hand every held task back to the queue without spending an attempt;
@@ -164,34 +160,49 @@ class RelayManager:
 
     # -- the end of a task ---------------------------------------------------------------------
 
-    def succeed(self, task_id: str, *, result_key: str, usage: dict[str, Any]) -> bool:
+    # The verbs that end a task return the state it ended in, or None when it was no longer
+    # ours. A task whose cancel was accepted ends CANCELED whatever the provider did: the owner
+    # was promised that (PROTOCOL.md section 4), so a result that arrives is not recorded.
+
+    def succeed(self, task_id: str, *, result_key: str, usage: dict[str, Any]) -> Status | None:
         return self._finish(task_id, Status.SUCCEEDED, progress=100, result_key=result_key, usage=usage,
                             upstream_status=Status.SUCCEEDED.value)
 
-    def fail(self, task_id: str, code: str, message: str) -> bool:
+    def fail(self, task_id: str, code: str, message: str) -> Status | None:
         return self._finish(task_id, Status.FAILED, error_code=code, error_message=message[:2000])
 
-    def canceled(self, task_id: str) -> bool:
+    def canceled(self, task_id: str) -> Status | None:
         return self._finish(task_id, Status.CANCELED)
 
     def retry(self, task: RelayTask, code: str, message: str, delay: float = 0.0) -> Status | None:
         """Give a task that never reached the provider back for another attempt, or fail it
         when attempts are spent."""
         if task.attempt >= self.max_attempts:
-            done = self.fail(task.id, code, f"{message} (gave up after {task.attempt} attempts)")
-            return Status.FAILED if done else None
-        done = self._update(task.id, **_REQUEUED, run_after=now_ms() + int(delay * 1000))
+            return self.fail(task.id, code, f"{message} (gave up after {task.attempt} attempts)")
+        done = self._finish(task.id, Status.PENDING, run_after=now_ms() + int(delay * 1000))
         self._on_requeue()
-        return Status.PENDING if done else None
+        return done
 
     # -- plumbing ------------------------------------------------------------------------------
 
     def _mine(self) -> Any:
         return and_(Task.lease_token == self.token, Task.status == Status.RUNNING.value)
 
-    def _finish(self, task_id: str, status: Status, **values: Any) -> bool:
-        return self._update(task_id, status=status.value, ended_at=now_ms(), lease_token=None,
-                            lease_expires_at=None, engine=ENGINE_NAME, **values)
+    def _finish(self, task_id: str, status: Status, **values: Any) -> Status | None:
+        """Move a held task to `status` (PENDING: back to the queue), or to CANCELED when its
+        cancel was accepted meanwhile. One transaction, two compare-and-sets."""
+        now = now_ms()
+        held = and_(Task.id == task_id, self._mine())
+        ended = dict(ended_at=now, lease_token=None, lease_expires_at=None, engine=ENGINE_NAME)
+        with self.engine.begin() as conn:
+            if status is not Status.CANCELED:
+                moved = dict(_REQUEUED) if status is Status.PENDING else dict(ended, status=status.value)
+                done = conn.execute(update(Task).where(held, ~Task.cancel_requested).values(**moved, **values))
+                if done.rowcount == 1:
+                    return status
+            promised = [] if status is Status.CANCELED else [Task.cancel_requested]
+            canceled = conn.execute(update(Task).where(held, *promised).values(**ended, status=Status.CANCELED.value))
+        return Status.CANCELED if canceled.rowcount == 1 else None
 
     def _update(self, task_id: str, *where: Any, **values: Any) -> bool:
         with self.engine.begin() as conn:

@@ -20,6 +20,7 @@ from ..engines.base import GenerationRequest
 from ..engines.registry import EngineRegistry
 from ..errors import EngineError, RetryableEngineError, TaskCanceled
 from ..media.reference import Reference
+from ..protocol import Status
 from ..spec import TaskSpec
 from ..storage.base import Storage
 from ..usage import make_usage
@@ -177,28 +178,28 @@ class WorkerPool:
 
     def _record(self, claim: Claim, context: TaskContext, outcome: _Outcome, engine_name: str | None) -> None:
         kind = outcome.kind
+        ended: Status | None = None
         try:
             if context.lease_lost:
-                done = False
+                ended = None
             elif kind == "canceled" and context.shutting_down and not context.cancel_requested:
-                done = self.manager.release(claim)
+                ended = self.manager.release(claim)
             elif kind == "canceled":
-                done = self.manager.mark_canceled(claim)
+                ended = self.manager.mark_canceled(claim)
             elif kind == "retry":
-                done = self.manager.retry(claim, outcome.code, outcome.message, outcome.delay) is not None
+                ended = self.manager.retry(claim, outcome.code, outcome.message, outcome.delay)
             elif kind == "succeed":
-                done = self.manager.succeed(
+                ended = self.manager.succeed(
                     claim, result_key=outcome.result_key, usage=outcome.usage or {}, engine=engine_name or ""
                 )
             else:
-                done = self.manager.fail(claim, outcome.code, outcome.message, engine=engine_name)
+                ended = self.manager.fail(claim, outcome.code, outcome.message, engine=engine_name)
         except Exception:
             log.exception("recording the outcome of task %s failed; its lease will lapse", claim.task.id)
-            done = False
-        if kind == "succeed" and not done:
-            # The claim was lost (reaped, or canceled as it finished): the file is nobody's.
+        if kind == "succeed" and ended is not Status.SUCCEEDED:
+            # Canceled as it finished, or the claim was lost (reaped): the file is nobody's.
             self.storage.delete(outcome.result_key)
-        log.info("task %s: %s%s", claim.task.id, kind, "" if done else " (not recorded: claim lost)")
+        log.info("task %s: %s -> %s", claim.task.id, kind, ended.value if ended else "not recorded (claim lost)")
 
     # -- the lease keeper ----------------------------------------------------------------
 

@@ -405,10 +405,12 @@ class Relay:
         self._spawn(self._end(flight.task_id, self.manager.fail, code, message))
 
     def cancel_refused(self, flight: Flight) -> None:
-        self._spawn(self._call(self.manager.drop_cancel, flight.task_id))
+        # The provider started the task before our cancel reached it. The owner was told the
+        # cancel was accepted, so the task ends CANCELED here and its result is not kept.
+        self._spawn(self._end(flight.task_id, self.manager.canceled))
 
     async def _finish(self, flight: Flight, task: UpstreamTask) -> None:
-        if task.status == Status.CANCELED.value:
+        if task.status == Status.CANCELED.value or flight.cancel:  # the owner's cancel stands
             await self._end(flight.task_id, self.manager.canceled)
         elif task.status == Status.FAILED.value:
             await self._end(flight.task_id, self.manager.fail, task.code or "InternalError",
@@ -447,8 +449,9 @@ class Relay:
                                 "the provider's result is not an MP4 or MOV video")
                 return
             await self._call(self.storage.put, key, part)
-            if not await self._end(flight.task_id, self.manager.succeed, result_key=key, usage=dict(task.usage)):
-                await self._call(self.storage.delete, key)  # the task is no longer ours
+            ended = await self._end(flight.task_id, self.manager.succeed, result_key=key, usage=dict(task.usage))
+            if ended is not Status.SUCCEEDED:  # canceled meanwhile, or no longer ours
+                await self._call(self.storage.delete, key)
         finally:
             part.unlink(missing_ok=True)
 
@@ -495,7 +498,7 @@ class Relay:
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    async def _end(self, task_id: str, verb: Callable[..., bool], *args: Any, **kwargs: Any) -> bool:
+    async def _end(self, task_id: str, verb: Callable[..., Status | None], *args: Any, **kwargs: Any) -> Status | None:
         """Finish a task with one of the manager's compare-and-set verbs; it is then not held."""
         self._held.discard(task_id)
         self._cancel_asked.discard(task_id)
@@ -506,7 +509,7 @@ class Relay:
             return await self._call(verb, task_id, *args, **kwargs)
         except Exception:
             log.exception("relay: recording the end of task %s failed; its lease will lapse", task_id)
-            return False
+            return None
 
     def _spawn(self, work: Any) -> None:
         job = asyncio.get_running_loop().create_task(work)
