@@ -26,7 +26,7 @@ def png_bytes(size: tuple[int, int] = (320, 240)) -> bytes:
 def policy(server: LiveServer, key: str | None = None) -> dict:
     r = server.client(key).get("/api/v1/uploads", params={"action": "getPolicy", "model": "wan2.6-r2v-flash"})
     assert r.status_code == 200, r.text
-    return r.json()["output"]
+    return r.json()["data"]
 
 
 def post_with_policy(cert: dict, name: str, content: bytes, **overrides: str) -> httpx.Response:
@@ -37,6 +37,23 @@ def post_with_policy(cert: dict, name: str, content: bytes, **overrides: str) ->
         "x-oss-content-type": "image/png", **overrides,
     }
     return httpx.post(cert["upload_host"], data=form, files={"file": (name, content)})
+
+
+def test_the_certificate_has_the_providers_shape(server: LiveServer) -> None:
+    """The provider answers the certificate under `data`; independent clients read
+    answer["data"]["upload_host"], the official SDK reads `data` when there is no `output`."""
+    r = server.client().get("/api/v1/uploads", params={"action": "getPolicy", "model": "wan2.6-r2v-flash"})
+    answer = r.json()
+    assert set(answer) == {"request_id", "data"}
+    assert set(answer["data"]) == {
+        "policy", "signature", "upload_dir", "upload_host", "expire_in_seconds", "max_file_size_mb",
+        "capacity_limit_mb", "oss_access_key_id", "x_oss_object_acl", "x_oss_forbid_overwrite"}
+    cert = answer["data"]
+    assert cert["upload_host"] == f"{server.url}/api/v1/uploads/oss"
+    assert isinstance(cert["expire_in_seconds"], int) and cert["max_file_size_mb"] == 100
+    assert (cert["x_oss_object_acl"], cert["x_oss_forbid_overwrite"]) == ("private", "true")
+    # An independent client's upload, from the certificate alone.
+    assert post_with_policy(cert, "hero.png", png_bytes()).status_code == 200
 
 
 def test_the_official_sdk_uploads_file_references(server: LiveServer, tmp_path: Path) -> None:

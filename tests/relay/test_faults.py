@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -111,11 +112,32 @@ def test_a_4xx_without_an_envelope_is_permanent(faults: FaultServer) -> None:
     assert not isinstance(caught.value, RetryableEngineError)
 
 
+def certificate(upload_host: str, envelope: str = "data") -> bytes:
+    """A getPolicy answer as the provider documents it: the certificate under `data`, with
+    integer sizes and the forbid-overwrite flag as a string."""
+    cert = {"policy": "eyJl1ZSJ=", "signature": "eWy=", "upload_dir": "dashscope-instant/abc/2026-12-01/xyz",
+            "upload_host": upload_host, "expire_in_seconds": 300, "max_file_size_mb": 100,
+            "capacity_limit_mb": 999999999, "oss_access_key_id": "LTAI5t", "x_oss_object_acl": "private",
+            "x_oss_forbid_overwrite": "true"}
+    return json.dumps({"request_id": "52f4383a-c67d-9f8c", envelope: cert}).encode()
+
+
+@pytest.mark.parametrize("envelope", ["data", "output"])  # the provider's shape, and a gateway's
+def test_the_upload_reads_the_providers_certificate(faults: FaultServer, tmp_path: Path, envelope: str) -> None:
+    faults.then(Fault(body=certificate(f"{faults.url}/oss", envelope)), Fault(body=b""))
+    (tmp_path / "hero.png").write_bytes(b"png")
+
+    async def work(client: ProviderClient) -> str:
+        return await client.upload(tmp_path / "hero.png", "wan2.6-r2v")
+
+    assert run(faults.url, work) == "oss://dashscope-instant/abc/2026-12-01/xyz/hero.png"
+    upload = faults.hits[1]
+    assert upload.method == "POST" and upload.path == "/oss" and "authorization" not in upload.headers
+
+
 def test_an_oss_style_xml_error_from_the_upload_host(faults: FaultServer, tmp_path: Path) -> None:
-    policy = {"policy": "p", "signature": "s", "upload_dir": "dir/1", "upload_host": f"{faults.url}/oss",
-              "oss_access_key_id": "id", "x_oss_object_acl": "private", "x_oss_forbid_overwrite": "true"}
     xml = b"<?xml version='1.0'?><Error><Code>FileAlreadyExists</Code><Message>exists</Message></Error>"
-    faults.then(Fault(body=httpx.Response(200, json={"output": policy}).content),
+    faults.then(Fault(body=certificate(f"{faults.url}/oss")),
                 Fault(409, body=xml, content_type="application/xml"))
     (tmp_path / "a.png").write_bytes(b"png")
 

@@ -421,14 +421,18 @@ _POLICY_FIELDS = ("policy", "signature", "upload_dir", "upload_host", "oss_acces
 
 
 def _policy(answer: dict[str, Any]) -> dict[str, str]:
-    output = answer.get("output")
-    missing = [name for name in _POLICY_FIELDS if not isinstance(output, dict) or output.get(name) in (None, "")]
-    if missing or not isinstance(output, dict):
+    """The certificate of a getPolicy answer: under `data`, as the provider answers it (the
+    official SDK also takes `output`, so a gateway that answers so is understood too)."""
+    cert = answer.get("data")
+    if not isinstance(cert, dict):
+        cert = answer.get("output")
+    missing = [name for name in _POLICY_FIELDS if not isinstance(cert, dict) or cert.get(name) in (None, "")]
+    if missing or not isinstance(cert, dict):
         raise ProviderTransient("BadResponse", f"getPolicy: the certificate lacks {', '.join(missing)}")
-    host = str(output["upload_host"])
+    host = str(cert["upload_host"])
     if not host.lower().startswith(("http://", "https://")):
         raise ProviderError("BadResponse", f"getPolicy: upload_host is not an http(s) URL: {host[:_SNIPPET]!r}")
-    return {name: str(output[name]) for name in _POLICY_FIELDS}
+    return {name: str(cert[name]) for name in _POLICY_FIELDS}
 
 
 # -- small helpers ------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ async def get_policy(request: Request, action: str = "", model: str = "") -> JSO
         raise ModelNotFound(f"Model not exist: {model!r} is not served here")
     assert service.policy is not None
     policy, signature, grant = service.policy.issue(principal.owner, principal.key_id, model, MAX_UPLOAD_BYTES)
-    output = {
+    certificate = {
         "policy": policy,
         "signature": signature,
         "upload_dir": grant.upload_dir,
@@ -56,7 +56,9 @@ async def get_policy(request: Request, action: str = "", model: str = "") -> JSO
         "x_oss_object_acl": "private",
         "x_oss_forbid_overwrite": "true",
     }
-    return JSONResponse({"request_id": str(uuid.uuid4()), "output": output})
+    # The provider answers the certificate under `data` (clients read data["upload_host"]);
+    # the official SDK reads `data` too when there is no `output`.
+    return JSONResponse({"request_id": str(uuid.uuid4()), "data": certificate})
 
 
 @router.post("/api/v1/uploads/oss", tags=["uploads"], summary="Multipart upload with a certificate (the SDK's flow)")
