@@ -39,3 +39,32 @@ def test_unknown_settings_are_refused(tmp_path: Path) -> None:
         Settings.load(toml)
     with pytest.raises(FileNotFoundError):
         Settings.load(tmp_path / "missing.toml")
+
+
+def test_task_times_default_to_the_providers_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REF2VIDEO_TIMEZONE", raising=False)
+    assert Settings().timezone == "Asia/Shanghai"
+    with pytest.raises(ValueError, match="timezone"):
+        Settings(timezone="Mars/Olympus")
+
+
+def test_list_and_table_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As people write them in a shell: comma-separated, or JSON."""
+    monkeypatch.setenv("REF2VIDEO_FETCH_ALLOW", "127.0.0.0/8, 10.1.0.0/16")
+    monkeypatch.setenv("REF2VIDEO_DASHSCOPE_API_KEYS", '["sk-a", "sk-b"]')
+    monkeypatch.setenv("REF2VIDEO_MODELS", "wan2.6-r2v=dashscope,wan2.6-r2v-flash=preview")
+    s = Settings()
+    assert s.fetch_allow == ["127.0.0.0/8", "10.1.0.0/16"]
+    assert s.dashscope_api_keys == ["sk-a", "sk-b"]
+    assert s.models == {"wan2.6-r2v": "dashscope", "wan2.6-r2v-flash": "preview"}
+    monkeypatch.setenv("REF2VIDEO_FETCH_ALLOW", '["::1/128"]')
+    monkeypatch.setenv("REF2VIDEO_MODELS", '{"wan2.6-r2v": "preview"}')
+    s = Settings()
+    assert s.fetch_allow == ["::1/128"] and s.models == {"wan2.6-r2v": "preview"}
+    monkeypatch.setenv("REF2VIDEO_FETCH_ALLOW", "localhost")
+    with pytest.raises(ValueError, match="fetch_allow"):
+        Settings()
+    monkeypatch.delenv("REF2VIDEO_FETCH_ALLOW")
+    monkeypatch.setenv("REF2VIDEO_MODELS", "wan2.6-r2v")
+    with pytest.raises(ValueError, match="name=value"):
+        Settings()

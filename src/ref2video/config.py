@@ -7,14 +7,18 @@ documented in docs/configuration.md.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -23,6 +27,11 @@ from pydantic_settings import (
 from .protocol import DEFAULT_MODELS
 
 __all__ = ["Settings", "BUILTIN_ENGINES", "RELAY_ENGINE"]
+
+# List and table settings read from the environment as JSON or in a plain form:
+# REF2VIDEO_FETCH_ALLOW=127.0.0.0/8,10.0.0.0/8 and REF2VIDEO_MODELS=wan2.6-r2v=dashscope,...
+StrList = Annotated[list[str], NoDecode]
+StrTable = Annotated[dict[str, str], NoDecode]
 
 _config_file: ContextVar[str | None] = ContextVar("ref2video_config_file", default=None)
 
@@ -62,28 +71,31 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(1 << 20, gt=0, description="largest accepted request body")
 
-    fetch_allow: list[str] = Field(
+    fetch_allow: StrList = Field(
         default_factory=list, description="CIDR ranges reference fetching may reach despite being private"
     )
     fetch_connect_timeout: float = Field(10.0, gt=0, description="seconds to connect to a reference's host")
     fetch_timeout: float = Field(120.0, gt=0, description="seconds one reference download may take in all")
     fetch_max_redirects: int = Field(5, ge=0, description="redirects followed per reference")
     cache_max_bytes: int = Field(2 << 30, ge=0, description="size of the reference cache; 0 turns it off")
-    timezone: str = Field("UTC", description="zone of the times in task answers")
+    timezone: str = Field(
+        "Asia/Shanghai",
+        description="zone of the times in task answers and of the list's start_time/end_time; the provider's is Beijing time",
+    )
 
-    models: dict[str, str] = Field(
+    models: StrTable = Field(
         default_factory=lambda: dict.fromkeys(DEFAULT_MODELS, "preview"),
         description="model name -> engine name or 'module:Class' import string",
     )
-    engines: dict[str, str] = Field(default_factory=dict, description="extra engine names -> import strings")
+    engines: StrTable = Field(default_factory=dict, description="extra engine names -> import strings")
     log_level: str = "info"
 
     # The DashScope relay: models mapped to the engine "dashscope" go to the provider.
     dashscope_base_url: str = Field(
         "https://dashscope.aliyuncs.com/api/v1", description="the provider region's API base URL"
     )
-    dashscope_api_keys: list[str] = Field(default_factory=list, description="provider API keys, one per account")
-    dashscope_models: dict[str, str] = Field(
+    dashscope_api_keys: StrList = Field(default_factory=list, description="provider API keys, one per account")
+    dashscope_models: StrTable = Field(
         default_factory=dict, description="our model name -> the provider's; default: the same name"
     )
     dashscope_query_rate: float = Field(20.0, gt=0, description="task queries, lists and cancels per second per key")
@@ -95,6 +107,51 @@ class Settings(BaseSettings):
     dashscope_max_in_flight: int = Field(20000, ge=1, description="relayed tasks one process holds at once")
     dashscope_max_result_bytes: int = Field(1 << 30, gt=0, description="largest result video downloaded")
     dashscope_timezone: str = Field("Asia/Shanghai", description="zone the provider reads task-list times in")
+
+    @field_validator("fetch_allow", "dashscope_api_keys", mode="before")
+    @classmethod
+    def _list(cls, value: Any) -> Any:
+        """JSON (`["a", "b"]`) or comma-separated (`a,b`)."""
+        if not isinstance(value, str):
+            return value
+        if value.strip().startswith("["):
+            return json.loads(value)
+        return [item.strip() for item in value.split(",") if item.strip()]
+
+    @field_validator("models", "engines", "dashscope_models", mode="before")
+    @classmethod
+    def _table(cls, value: Any) -> Any:
+        """JSON (`{"a": "b"}`) or comma-separated pairs (`a=b,c=d`)."""
+        if not isinstance(value, str):
+            return value
+        if value.strip().startswith("{"):
+            return json.loads(value)
+        table = {}
+        for pair in filter(None, (item.strip() for item in value.split(","))):
+            name, sep, target = pair.partition("=")
+            if not sep or not name.strip() or not target.strip():
+                raise ValueError(f"{pair!r} is not name=value; write pairs as a=b,c=d or give a JSON object")
+            table[name.strip()] = target.strip()
+        return table
+
+    @field_validator("fetch_allow")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an address range like 127.0.0.0/8") from None
+        return value
+
+    @field_validator("timezone", "dashscope_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a time zone name like Asia/Shanghai or UTC") from None
+        return value
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

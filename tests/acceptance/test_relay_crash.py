@@ -29,7 +29,7 @@ def test_a_crash_between_submit_and_record_is_adopted_after_restart(tmp_path: Pa
     url = f"http://127.0.0.1:{port}"
     env = env_for(tmp_path / "relay", database_url, port=port, lease_seconds=1.5, reap_interval=0.2,
                   poll_interval=0.5, models=json.dumps(RELAYED), dashscope_base_url=f"{proxy.url}/api/v1",
-                  dashscope_api_keys=json.dumps([provider.key]), dashscope_timezone="UTC", dashscope_timeout=3)
+                  dashscope_api_keys=json.dumps([provider.key]), dashscope_timeout=3)
     log = tmp_path / "relay.log"
     procs: list[subprocess.Popen] = []
     killed = []

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import datetime, timedelta, timezone
 
+from sqlalchemy import select
+
+from ref2video.store.models import Task
 from tests.live import LiveServer
 
 TIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}$")
@@ -95,3 +99,33 @@ def test_unknown_ids_answer_unknown(server: LiveServer) -> None:
         r = server.client().get(f"/api/v1/tasks/{task_id}")
         assert r.status_code == 200
         assert r.json()["output"] == {"task_id": task_id, "task_status": "UNKNOWN"}
+
+
+BEIJING = timezone(timedelta(hours=8))
+
+
+def test_task_times_are_beijing_time_as_the_providers(make_server) -> None:  # type: ignore[no-untyped-def]
+    """Independent clients read submit_time as UTC+8 (the provider's zone, with no offset in the
+    string); read so, it must be the very moment the task was stored. The list filters too."""
+    server = make_server(workers=0)
+    task_id = server.create()
+    out = server.get(task_id)["output"]
+    with server.service.db.connect() as conn:
+        stored = conn.execute(select(Task.submitted_at).where(Task.id == task_id)).scalar_one()
+    as_read = datetime.strptime(out["submit_time"], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=BEIJING)
+    assert int(as_read.timestamp() * 1000) == stored
+    moment = datetime.fromtimestamp(stored / 1000, BEIJING)
+    window = {"start_time": (moment - timedelta(seconds=1)).strftime("%Y%m%d%H%M%S"),
+              "end_time": (moment + timedelta(seconds=1)).strftime("%Y%m%d%H%M%S")}
+    listed = server.client().get("/api/v1/tasks", params=window).json()
+    assert [item["task_id"] for item in listed["data"]] == [task_id]
+
+
+def test_the_zone_is_a_setting(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(workers=0, timezone="UTC")
+    task_id = server.create()
+    with server.service.db.connect() as conn:
+        stored = conn.execute(select(Task.submitted_at).where(Task.id == task_id)).scalar_one()
+    submit = server.get(task_id)["output"]["submit_time"]
+    as_read = datetime.strptime(submit, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc)
+    assert int(as_read.timestamp() * 1000) == stored

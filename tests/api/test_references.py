@@ -84,3 +84,13 @@ def test_the_seed_documents_four_references_are_fetched_in_order(server: LiveSer
     assert out["output"]["task_status"] == "SUCCEEDED", out
     # Two reference videos of 3 s and 2 s: 5 billed seconds, as whole numbers.
     assert out["usage"]["input_video_duration"] == 5 and out["usage"]["duration"] == 15
+
+
+def test_a_local_media_server_is_refused_with_the_setting_that_allows_it(make_server) -> None:  # type: ignore[no-untyped-def]
+    """A first local test (references on localhost) is refused by default, and the message
+    says how to allow it."""
+    server = make_server(fetch_allow=[])
+    task_id = server.create(make_body(urls=[ref_url("a.png")]))
+    out = server.wait(task_id)["output"]
+    assert out["task_status"] == "FAILED" and out["code"] == "InvalidURL"
+    assert "loopback" in out["message"] and "REF2VIDEO_FETCH_ALLOW=127.0.0.1/32" in out["message"]

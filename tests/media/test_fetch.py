@@ -175,7 +175,8 @@ class TestRedirects:
         error = failure(server.url("/r/metadata"), tmp_path, policy)
         assert (error.code, error.message) == (
             "InvalidURL",
-            "address 169.254.169.254 is link-local; fetching from it is forbidden",
+            "address 169.254.169.254 is link-local; fetching from it is forbidden unless the operator allows it"
+            " with the fetch_allow setting (for example REF2VIDEO_FETCH_ALLOW=169.254.169.254/32)",
         )
         assert loopback_only == [f"127.0.0.1:{server.port}"]
 

@@ -178,7 +178,8 @@ class TestHostileAddresses:
     ) -> None:
         error = refused([url], tmp_path, FetchPolicy())
         assert error.code == "InvalidURL"
-        assert error.message == f"reference 1: {FORBIDDEN_URLS[url]}; fetching from it is forbidden"
+        assert error.message.startswith(f"reference 1: {FORBIDDEN_URLS[url]}; fetching from it is forbidden unless")
+        assert "fetch_allow setting" in error.message
         assert no_connections == []
 
     def test_the_failing_reference_is_named(
@@ -188,7 +189,8 @@ class TestHostileAddresses:
         error = refused([good, "http://10.0.0.1/a.png"], tmp_path, policy)
         assert (error.code, error.message) == (
             "InvalidURL",
-            "reference 2: address 10.0.0.1 is private; fetching from it is forbidden",
+            "reference 2: address 10.0.0.1 is private; fetching from it is forbidden unless the operator allows"
+            " it with the fetch_allow setting (for example REF2VIDEO_FETCH_ALLOW=10.0.0.1/32)",
         )
 
     def test_a_name_that_resolves_to_a_forbidden_address(
@@ -199,7 +201,8 @@ class TestHostileAddresses:
         assert (error.code, error.message) == (
             "InvalidURL",
             "reference 1: host 'metadata.evil.test' resolves to 169.254.169.254, which is link-local;"
-            " fetching from it is forbidden",
+            " fetching from it is forbidden unless the operator allows it with the fetch_allow setting"
+            " (for example REF2VIDEO_FETCH_ALLOW=169.254.169.254/32)",
         )
         assert no_connections == []
 
@@ -212,7 +215,8 @@ class TestHostileAddresses:
         error = refused([url], tmp_path, only_server)
         assert (error.code, error.message) == (
             "InvalidURL",
-            "reference 1: address 127.0.0.2 is loopback; fetching from it is forbidden",
+            "reference 1: address 127.0.0.2 is loopback; fetching from it is forbidden unless the operator"
+            " allows it with the fetch_allow setting (for example REF2VIDEO_FETCH_ALLOW=127.0.0.2/32)",
         )
         assert loopback_only == [f"127.0.0.1:{server.port}"]
 

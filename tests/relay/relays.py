@@ -26,7 +26,7 @@ def start_provider(root: Path, **overrides: Any) -> LiveServer:
 def relay_settings(root: Path, database_url: str, base: str, keys: list[str], **overrides: Any) -> dict[str, Any]:
     values: dict[str, Any] = dict(
         models=RELAYED, dashscope_base_url=f"{base}/api/v1", dashscope_api_keys=keys,
-        dashscope_timezone="UTC", dashscope_timeout=3.0, dashscope_query_rate=50.0, dashscope_submit_rate=50.0,
+        dashscope_timeout=3.0, dashscope_query_rate=50.0, dashscope_submit_rate=50.0,
     )
     values.update(overrides)
     return values

@@ -65,7 +65,7 @@ def check_address(address: IPAddress, allow: Sequence[IPNetwork] = ()) -> None:
     """Raise MediaError(InvalidURL) unless `address` is allowed or on the allow-list."""
     reason = _refusal(address, allow)
     if reason:
-        raise MediaError(f"address {address} is {reason}; fetching from it is forbidden", code="InvalidURL")
+        raise MediaError(f"address {address} is {reason}; {_how_to_allow(address)}", code="InvalidURL")
 
 
 async def resolve(host: str, port: int, *, timeout: float) -> list[IPAddress]:
@@ -100,7 +100,7 @@ async def resolve_allowed(
         reason = _refusal(address, allow)
         if reason:
             what = f"address {address}" if _is_literal(host, address) else f"host {host!r} resolves to {address}, which"
-            raise MediaError(f"{what} is {reason}; fetching from it is forbidden", code="InvalidURL")
+            raise MediaError(f"{what} is {reason}; {_how_to_allow(address)}", code="InvalidURL")
     return addresses
 
 
@@ -181,6 +181,14 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.
         server, client = address.teredo
         found += [("Teredo server", server), ("Teredo client", client)]
     return found
+
+
+def _how_to_allow(address: IPAddress) -> str:
+    """The second half of a refusal: that it is refused, and the setting that allows it (a
+    self-hosting user's first local media server is the common case)."""
+    host = f"{address}/{address.max_prefixlen}"
+    return (f"fetching from it is forbidden unless the operator allows it with the fetch_allow setting "
+            f"(for example REF2VIDEO_FETCH_ALLOW={host})")
 
 
 def _refusal(address: IPAddress, allow: Sequence[IPNetwork]) -> str | None:
