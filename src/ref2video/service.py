@@ -99,9 +99,12 @@ class Service:
         self.signer = UrlSigner(secret, self.settings.url_ttl_seconds)
         self.policy = PolicySigner(keys.server_secret(self.db, "upload_policy"))
 
-    def start(self) -> None:
+    def start(self, *, api: bool = True) -> None:
+        """Migrate, then run this process's workers and relay. `api=False` for a worker
+        process, which serves no HTTP and so makes no first key."""
         self.prepare()
-        self.ensure_first_key()
+        if api:
+            self.ensure_first_key()
         self.pool.start()
         if self.relay is not None:
             self.relay.start()

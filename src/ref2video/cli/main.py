@@ -74,9 +74,12 @@ def worker(config: ConfigOpt = None, workers: Annotated[Optional[int], typer.Opt
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    service.prepare()
-    service.pool.start()
-    console.print(f"ref2video worker: {settings.workers} slot(s) for {', '.join(service.models)}")
+    service.start(api=False)
+    local = service.registry.models
+    relayed = sorted(settings.relay_models) if service.relay is not None else []
+    parts = [f"{settings.workers} slot(s) for {', '.join(local)}"] if local else []
+    parts += [f"the dashscope relay for {', '.join(relayed)}"] if relayed else []
+    console.print(f"ref2video worker: {'; '.join(parts) or 'nothing to run (workers = 0)'}")
     stop.wait()
     service.stop()
 
