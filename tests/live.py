@@ -19,10 +19,10 @@ from ref2video.service import Service
 from ref2video.store import keys
 
 from tests.http_server import Server
-from tests.media.media_files import make_image, make_video
+from tests.media.media_files import make_image, make_video, make_voice
 
 SCRIPTED = "tests.fixtures.engines:ScriptedEngine"
-TEST_MODELS = {"wan2.6-r2v": SCRIPTED, "wan2.6-r2v-flash": SCRIPTED}
+TEST_MODELS = {"wan2.6-r2v": SCRIPTED, "wan2.6-r2v-flash": SCRIPTED, "wan2.7-r2v": SCRIPTED}
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -39,7 +39,9 @@ _refs_lock = threading.Lock()
 def reference_server() -> Server:
     """One loopback server for the whole run, serving real sample references:
     /a.png (320x240), /b.jpg (400x600), /c.mp4 (2 s with sound), /role1.mp4, /role2.mp4,
-    /object4.png and /background5.png (the seed document's four, made here)."""
+    /object4.png and /background5.png (the seed document's four, made here); for the media form,
+    /tall.png (360x640), /voice.wav (2 s at 230 Hz), /voice.mp3 (2 s at 110 Hz) and
+    /long-voice.mp3 (12 s, too long for a voice)."""
     global _refs
     with _refs_lock:
         if _refs is None:
@@ -54,6 +56,10 @@ def reference_server() -> Server:
                 "/role2.mp4": (make_video(root / "role2.mp4", 2, size=(480, 640), audio=True), "video/mp4"),
                 "/object4.png": (make_image(root / "object4.png", "PNG", size=(400, 400), mode="RGBA"), "image/png"),
                 "/background5.png": (make_image(root / "bg5.png", "PNG", size=(1280, 720)), "image/png"),
+                "/tall.png": (make_image(root / "tall.png", "PNG", size=(360, 640)), "image/png"),
+                "/voice.wav": (make_voice(root / "voice.wav", 2.0, 230.0), "audio/wav"),
+                "/voice.mp3": (make_voice(root / "voice.mp3", 2.0, 110.0, fmt="mp3"), "audio/mpeg"),
+                "/long-voice.mp3": (make_voice(root / "long.mp3", 12.0, fmt="mp3"), "audio/mpeg"),
             }
             server = Server()
             for path, (file, kind) in files.items():
@@ -142,6 +148,16 @@ class LiveServer:
             client.close()
         self._server.should_exit = True
         self._thread.join(20)
+
+
+def media_body(prompt: str = "Image 1 waves", media: list[dict[str, Any]] | None = None, model: str = "wan2.7-r2v",
+               **parameters: Any) -> dict[str, Any]:
+    """A create body of the media form (wan2.7-r2v)."""
+    return {
+        "model": model,
+        "input": {"prompt": prompt, "media": media or [{"type": "reference_image", "url": ref_url("a.png")}]},
+        "parameters": {"resolution": "720P", "ratio": "16:9", "duration": 5, **parameters},
+    }
 
 
 def make_body(prompt: str = "character1 waves", urls: list[str] | None = None, model: str = "wan2.6-r2v-flash",

@@ -14,7 +14,7 @@ def test_defaults_are_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
     assert s.database_url == "sqlite:///ref2video-data/ref2video.db"
     assert s.results_dir == Path("ref2video-data/results")
-    assert s.models == {"wan2.6-r2v": "preview", "wan2.6-r2v-flash": "preview"}
+    assert s.models == {"wan2.6-r2v": "preview", "wan2.6-r2v-flash": "preview", "wan2.7-r2v": "preview"}
     assert s.engine_target("wan2.6-r2v") == "ref2video.engines.preview.engine:PreviewEngine"
     assert s.retention_hours == 24 and s.url_ttl_seconds == 86400
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ref2video.errors import InvalidParameter, InvalidURL, ModelNotFound
-from ref2video.spec import parse_spec, reference_kind
+from ref2video.spec import TaskSpec, parse_spec, reference_kind
 
 MODELS = ("wan2.6-r2v", "wan2.6-r2v-flash")
 SEED_BODY: dict[str, Any] = {
@@ -149,3 +149,51 @@ def test_reference_kind_reads_the_path_only() -> None:
     assert reference_kind("https://x.test/a/B.PNG?x=1.mp4") == "image"
     assert reference_kind("https://x.test/clip.mov") == "video"
     assert reference_kind("https://x.test/blob") is None
+
+
+MEDIA = ("wan2.7-r2v",)
+
+
+def media_spec(prompt: str, *types: str, **parameters: Any):  # type: ignore[no-untyped-def]
+    media = [{"type": kind, "url": f"https://x.test/{i}.{'mp4' if 'video' in kind else 'png'}"}
+             for i, kind in enumerate(types)]
+    return parse_spec({"model": "wan2.7-r2v", "input": {"prompt": prompt, "media": media},
+                       "parameters": parameters}, MEDIA)
+
+
+def test_the_media_form_defaults_as_the_provider() -> None:
+    spec = media_spec("Image 1 waves", "reference_image")
+    assert (spec.form, spec.resolution, spec.ratio, spec.size) == ("media", "1080P", "16:9", "1920*1080")
+    assert spec.duration == 5 and spec.audio is True and spec.prompt_extend is True
+    assert media_spec("x", "reference_image", resolution="720P", ratio="4:3").size == "1104*832"
+
+
+def test_the_media_forms_names_become_character_numbers() -> None:
+    """Images and videos are counted apart (Image 1, Video 1); characterN counts them all."""
+    spec = media_spec("Video 1 hands image 2 to 图1, then 视频2 and 图片 2 bow", "reference_image",
+                      "reference_video", "first_frame", "reference_image", "reference_video")
+    assert spec.reference_urls == ("https://x.test/0.png", "https://x.test/1.mp4", "https://x.test/3.png",
+                                   "https://x.test/4.mp4")
+    assert spec.first_frame == "https://x.test/2.png"
+    assert spec.prompt_with_character_names() == (
+        "character2 hands character3 to character1, then character4 and character3 bow")
+    assert spec.prompt.startswith("Video 1")  # what the task keeps and answers as orig_prompt
+    lone = media_spec("参考视频 dances; Image 3 is not there", "reference_video")
+    assert lone.prompt_with_character_names() == "character1 dances; Image 3 is not there"
+
+
+def test_a_first_frame_sets_the_ratio() -> None:
+    spec = media_spec("Image 1", "reference_image", resolution="720P", ratio="16:9")
+    assert spec.fitted_to(360, 640).ratio == "9:16" and spec.fitted_to(360, 640).size == "720*1280"
+    assert spec.fitted_to(1000, 760).ratio == "4:3" and spec.fitted_to(500, 500).size == "960*960"
+
+
+def test_shots_come_from_the_prompt_in_the_media_form() -> None:
+    assert media_spec("镜头1 [0-3s]: 图1 走来", "reference_image").shot_type == "multi"
+    assert media_spec("Shot 1: Image 1 waves. Shot 2: it bows", "reference_image").shot_type == "multi"
+    assert media_spec("Image 1 waves", "reference_image", shot_type="multi").shot_type == "single"
+
+
+def test_a_media_spec_survives_the_table() -> None:
+    spec = media_spec("Image 1", "reference_image", "first_frame")
+    assert TaskSpec.from_json(spec.to_json()) == spec

@@ -1,4 +1,4 @@
-"""Usage of a finished task, as the provider reports it (PROTOCOL.md sections 3 and 5)."""
+"""Usage of a finished task, as the provider reports it (PROTOCOL.md sections 3, 5 and 8)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,17 @@ def make_usage(spec: TaskSpec, result: GenerationResult) -> dict[str, Any]:
     billed_input = min(math.ceil(result.input_video_seconds - 1e-6), MAX_BILLED_INPUT_SECONDS)
     billed_input = max(billed_input, 0)
     output = int(result.output_seconds)
-    return {
+    usage: dict[str, Any] = {
         "duration": billed_input + output,
         "input_video_duration": billed_input,
         "output_video_duration": output,
         "video_count": 1,
         "SR": tier_of(spec.size),
-        "size": spec.size,
-        "audio": bool(result.has_audio),
     }
+    # The media form reports its ratio where the urls form reports its size (PROTOCOL.md 8).
+    if spec.form == "media":
+        usage["ratio"] = spec.ratio
+    else:
+        usage["size"] = spec.size
+    usage["audio"] = bool(result.has_audio)
+    return usage

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from ref2video.client import Client, InvalidRequest, Task, TaskFailed, TaskSummary, Usage, WaitTimeout
+from ref2video.client import Client, ClientError, InvalidRequest, Task, TaskFailed, TaskSummary, Usage, WaitTimeout
 from ref2video.store.models import Task as TaskRow
 from tests.client.conftest import QUICK, assert_mp4, make_png
 from tests.http_server import Server
@@ -185,3 +185,18 @@ def test_wait_times_out_with_the_last_state(client: Client) -> None:
 def test_an_unknown_id_is_unknown_and_done(client: Client) -> None:
     task = client.wait("no-such-task", timeout=5)
     assert task.status == "UNKNOWN" and task.done and task.id == "no-such-task"
+
+
+def test_wan27_sends_the_media_form(client: Client, png: Path, server: LiveServer) -> None:
+    """Each reference's type from its file name; the prompt names them Image 1, Video 1."""
+    task = client.create("Image 1 greets Video 1 refs=image,video steps=2", [png, ref_url("c.mp4")],
+                         model="wan2.7-r2v", resolution="720P", ratio="9:16", duration=4)
+    done = client.wait(task, timeout=60)
+    assert done.status == "SUCCEEDED", done.raw
+    assert done.usage is not None and (done.usage.ratio, done.usage.SR, done.usage.size) == ("9:16", 720, "")
+    with server.service.db.connect() as conn:
+        spec = conn.execute(select(TaskRow.spec).where(TaskRow.id == task.id)).scalar_one()
+    assert [item["type"] for item in spec["media"]] == ["reference_image", "reference_video"]
+    assert spec["media"][0]["url"].startswith("oss://")
+    with pytest.raises(ClientError, match="image or a video"):
+        client.create("Image 1", ["https://example.com/picture"], model="wan2.7-r2v")

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from ref2video.engines.preview.voice import Speech, Voice, language_of, resample, voices_for
+from ref2video.engines.preview.voice import Speech, Voice, language_of, median_pitch, resample, voice_like, voices_for
 from ref2video.errors import EngineError
 
 MAN = Voice("en-us", "m3", gender=1, pitch=35, rate=170, pitch_range=50)
@@ -184,3 +184,25 @@ def test_resample_to_the_same_rate_is_a_copy() -> None:
 
     assert np.array_equal(out, samples) and out is not samples
     assert resample(np.zeros(0, np.float32), 22050, 48000).size == 0
+
+
+def buzz(pitch: float, seconds: float = 1.5, rate: int = 16000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (sum(np.sin(2 * np.pi * pitch * k * t) / k for k in range(1, 8)) * 0.2).astype(np.float32)
+
+
+def test_the_pitch_of_a_recording() -> None:
+    assert abs(median_pitch(buzz(110), 16000) - 110) < 3  # type: ignore[operator]
+    assert abs(median_pitch(buzz(240), 16000) - 240) < 6  # type: ignore[operator]
+    assert median_pitch(np.zeros(16000, np.float32), 16000) is None
+    rng = np.random.default_rng(1)
+    assert median_pitch(rng.normal(0, 0.3, 32000).astype(np.float32), 16000) is None  # noise is not a voice
+
+
+def test_a_voice_like_the_recording() -> None:
+    base = Voice("en-us", "m3", gender=1, pitch=40)
+    high = voice_like(buzz(240), 16000, base)
+    assert high.gender == 2 and high.variant in ("f3", "f1", "anika", "f4", "belinda", "f2", "steph", "f5")
+    low = voice_like(buzz(95), 16000, base)
+    assert low.gender == 1 and low.variant == "m3" and low.pitch < 50
+    assert voice_like(np.zeros(16000, np.float32), 16000, base) == base

@@ -87,3 +87,26 @@ def png_header_only(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+def make_voice(path: Path, seconds: float, pitch: float = 120.0, *, fmt: str = "wav") -> Path:
+    """A voice-like recording: a buzz at `pitch` Hz with falling harmonics (what speech's
+    voiced sounds are), in WAV (16-bit PCM) or MP3, 16 kHz mono."""
+    rate = 16000
+    t = np.arange(round(seconds * rate)) / rate
+    buzz = sum(np.sin(2 * np.pi * pitch * k * t) / k for k in range(1, 8)) * 0.2
+    codec = {"wav": "pcm_s16le", "mp3": "libmp3lame"}[fmt]
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono")
+        samples = buzz.astype(np.float32)[None, :]
+        sample_format = "s16" if fmt == "wav" else "fltp"
+        pcm = (samples * 32767).astype(np.int16) if fmt == "wav" else samples
+        for start in range(0, pcm.shape[1], 1152):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, start:start + 1152]),
+                                               format=sample_format, layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ref2video.media.sniff import BMP, JPEG, MOV, MP4, PNG, SNIFF_BYTES, WEBP, Format, sniff
+from ref2video.media.sniff import BMP, JPEG, MOV, MP3, MP4, PNG, SNIFF_BYTES, WAV, WEBP, Format, refusal, sniff
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,11 @@ def ftyp(major: bytes, *compatible: bytes) -> bytes:
         (ftyp(b"mif1", b"mif1", b"iso8"), None),  # an image brand wins over iso8
         (ftyp(b"XYZW", b"XYZW"), None),
         (b"\0\0\0\x08wide\0\0\0\x10mdat", MOV),  # QuickTime before ftyp existed
-        (b"RIFF\x24\0\0\0WAVEfmt ", None),
+        (b"RIFF\x24\0\0\0WAVEfmt ", WAV),  # a voice of the media form
+        (b"ID3\x04\0\0\0\0\0\x21", MP3),
+        (b"\xff\xfb\x90\x64" + b"\0" * 12, MP3),  # MPEG-1 layer III, 128 kbit/s
+        (b"\xff\xf1\x50\x80" + b"\0" * 12, None),  # ADTS AAC shares the sync, not the layer
+        (b"\xff\xfb\xf0\x64" + b"\0" * 12, None),  # a bad bitrate index
         (b"BM" + b"\0" * 16, None),  # "BM" without a real info header
         (b"GIF89a" + b"\0" * 20, None),
         (b"%PDF-1.7\n", None),
@@ -55,3 +59,12 @@ def test_kinds_and_decoders() -> None:
     assert {f.kind for f in (JPEG, PNG, BMP, WEBP)} == {"image"}
     assert {f.kind for f in (MP4, MOV)} == {"video"}
     assert PNG.decoder == "PNG" and MP4.decoder == MOV.decoder == "mov"
+
+
+def test_what_each_place_accepts() -> None:
+    assert refusal(PNG, None) is None and refusal(MP4, None) is None
+    assert refusal(WAV, None) == "unsupported format: a WAV audio file is not a JPEG, PNG, BMP or WEBP image, nor an MP4 or MOV video"
+    assert refusal(MP3, "audio") is None
+    assert refusal(PNG, "audio") == "expected a voice recording (WAV or MP3), got a PNG image"
+    assert refusal(MP4, "image") == "expected an image, got a MP4 video"
+    assert refusal(None, "audio") == "unsupported format: not a WAV or MP3 file"

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from ref2video.store.models import Task
 from tests.live import LiveServer, settings_for, start_server
 
-RELAYED = {"wan2.6-r2v-flash": "dashscope", "wan2.6-r2v": "dashscope"}
+RELAYED = {"wan2.6-r2v-flash": "dashscope", "wan2.6-r2v": "dashscope", "wan2.7-r2v": "dashscope"}
 QUICK = "character1 waves steps=3 step_ms=50"
 
 

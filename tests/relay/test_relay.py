@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from ref2video.config import Settings
 from tests.conftest import database_url  # noqa: F401  the relay's own database: SQLite and PostgreSQL again
-from tests.live import LiveServer, make_body, ref_url
+from tests.live import LiveServer, make_body, media_body, ref_url
 from tests.relay.proxy import FaultProxy, Rule
 from tests.relay.relays import QUICK, provider_tasks, row, start_provider, start_relay, wait_for
 
@@ -231,3 +231,24 @@ def test_a_cancel_the_provider_refuses_still_ends_canceled(tmp_path: Path, datab
         relay.stop()
         proxy.close()
         provider.stop()
+
+
+def test_the_media_form_is_passed_on_as_sent(relay: LiveServer, provider: LiveServer) -> None:
+    """wan2.7-r2v through the relay: the provider gets input.media (our upload sent on to its
+    storage first, with its voice) and the resolution and ratio, and its usage comes back."""
+    image = httpx.get(ref_url("b.jpg")).content
+    ours = relay.client().post("/api/v1/uploads", files={"file": ("hero.jpg", image, "image/jpeg")}).json()["output"]["url"]
+    body = media_body("Image 1 waves at Video 1 steps=3 step_ms=50 refs=image,video",
+                      [{"type": "reference_image", "url": ours, "reference_voice": ref_url("voice.wav")},
+                       {"type": "reference_video", "url": ref_url("c.mp4")}], resolution="720P", ratio="3:4")
+    task_id = relay.create(body)
+    done = relay.wait(task_id, timeout=30)
+    assert done["output"]["task_status"] == "SUCCEEDED", done
+    (upstream,) = provider_tasks(provider)
+    sent = upstream.spec
+    assert sent["form"] == "media" and (sent["resolution"], sent["ratio"]) == ("720P", "3:4")
+    first, second = sent["media"]
+    assert first["type"] == "reference_image" and first["url"].startswith("oss://") and first["url"] != ours
+    assert first["reference_voice"] == ref_url("voice.wav")
+    assert second == {"type": "reference_video", "url": ref_url("c.mp4"), "reference_voice": None}
+    assert done["usage"] == provider.get(upstream.id)["usage"] and done["usage"]["ratio"] == "3:4"

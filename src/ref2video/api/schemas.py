@@ -13,25 +13,44 @@ from pydantic import BaseModel, Field
 __all__ = ["CreateBody", "TaskCreated", "TaskAnswer", "ErrorBody", "TaskList", "CancelAnswer"]
 
 
+class MediaItemBody(BaseModel):
+    type: Literal["reference_image", "reference_video", "first_frame"]
+    url: str = Field(description="http(s):// or oss://")
+    reference_voice: str | None = Field(
+        None, description="WAV or MP3, 1 to 10 s: the voice of this reference's subject (not on a first_frame)"
+    )
+
+
 class InputBody(BaseModel):
-    prompt: str = Field(description="at most 1500 characters; character1..5 name the references in order")
+    prompt: str = Field(
+        description="wan2.6: at most 1500 characters, character1..5 name reference_urls in order; "
+        "wan2.7: at most 5000, Image 1 / Video 1 (图1 / 视频1) name the media items, counted apart"
+    )
     negative_prompt: str | None = Field(None, description="at most 500 characters")
-    reference_urls: list[str] = Field(
-        min_length=1, max_length=5, description="http(s):// or oss:// URLs; at most 5 images and 3 videos"
+    reference_urls: list[str] | None = Field(
+        None, min_length=1, max_length=5,
+        description="the urls form (wan2.6): http(s):// or oss:// URLs; at most 5 images and 3 videos",
+    )
+    media: list[MediaItemBody] | None = Field(
+        None, min_length=1, max_length=6,
+        description="the media form (wan2.7): 1 to 5 references and at most one first_frame; never with reference_urls",
     )
 
 
 class ParametersBody(BaseModel):
-    size: str = Field("1920*1080", description="exact W*H from the 720P or 1080P tier")
-    duration: int = Field(5, ge=2, le=10)
-    shot_type: Literal["single", "multi"] = "single"
-    audio: bool = Field(True, description="wan2.6-r2v always has sound")
+    size: str | None = Field(None, description="the urls form: exact W*H from the 720P or 1080P tier; default 1920*1080")
+    resolution: Literal["720P", "1080P"] | None = Field(None, description="the media form; default 1080P")
+    ratio: Literal["16:9", "9:16", "1:1", "4:3", "3:4"] | None = Field(None, description="the media form; default 16:9")
+    duration: int = Field(5, ge=2, le=15, description="2 to 10 s; the media form without a reference video: to 15")
+    shot_type: Literal["single", "multi"] = Field("single", description="the urls form")
+    audio: bool = Field(True, description="the urls form; wan2.6-r2v and the media form always have sound")
+    prompt_extend: bool = Field(True, description="the media form")
     watermark: bool = False
     seed: int | None = Field(None, ge=0, le=2147483647, description="random when absent")
 
 
 class CreateBody(BaseModel):
-    model: str = Field(examples=["wan2.6-r2v-flash"])
+    model: str = Field(examples=["wan2.6-r2v-flash", "wan2.7-r2v"])
     input: InputBody
     parameters: ParametersBody = ParametersBody()
 
@@ -68,7 +87,8 @@ class Usage(BaseModel):
     output_video_duration: int
     video_count: int
     SR: int
-    size: str
+    size: str | None = Field(None, description="the urls form")
+    ratio: str | None = Field(None, description="the media form")
     audio: bool | None = None
 
 

@@ -52,8 +52,10 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="what happens; name references character1, character2, ...")],
     reference: Annotated[list[str], typer.Option("--reference", "-r", help="image or video: URL or local file (1 to 5, in character order)")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="where to save the video (default <task id>.mp4)")] = None,
-    model: Annotated[str, typer.Option(help="wan2.6-r2v-flash or wan2.6-r2v")] = "wan2.6-r2v-flash",
-    size: Annotated[Optional[str], typer.Option(help="W*H, e.g. 1280*720")] = None,
+    model: Annotated[str, typer.Option(help="wan2.6-r2v-flash, wan2.6-r2v or wan2.7-r2v")] = "wan2.6-r2v-flash",
+    size: Annotated[Optional[str], typer.Option(help="W*H, e.g. 1280*720 (wan2.6)")] = None,
+    resolution: Annotated[Optional[str], typer.Option(help="720P or 1080P (wan2.7)")] = None,
+    ratio: Annotated[Optional[str], typer.Option(help="16:9, 9:16, 1:1, 4:3 or 3:4 (wan2.7)")] = None,
     duration: Annotated[Optional[int], typer.Option(help="seconds, 2 to 10")] = None,
     shot: Annotated[Optional[str], typer.Option(help="single or multi")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
@@ -67,7 +69,7 @@ def generate(
 ) -> None:
     """Create a task, show its progress, and save the video."""
     params = dict(model=model, size=size, duration=duration, shot_type=shot, seed=seed, audio=audio,
-                  watermark=watermark, negative_prompt=negative)
+                  watermark=watermark, negative_prompt=negative, resolution=resolution, ratio=ratio)
     with _errors(), _connect(server, key, in_process_ok=True) as client:
         task = client.create(prompt, reference, **{k: v for k, v in params.items() if v is not None})
         task = _watch(client, task, timeout, quiet=as_json)

@@ -19,12 +19,13 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeAlias
 from urllib.parse import quote
 from urllib.request import url2pathname
+from zoneinfo import ZoneInfo
 
 import httpx
 
@@ -40,6 +41,8 @@ Reference: TypeAlias = "str | os.PathLike[str]"
 TaskRef: TypeAlias = "str | Task"
 
 DEFAULT_MODEL = "wan2.6-r2v-flash"
+# Models that take the media form (`input.media`, `resolution`, `ratio`) instead of reference_urls.
+MEDIA_MODELS = frozenset({"wan2.7-r2v"})
 _CREATE_PATH = "/api/v1/services/aigc/video-generation/video-synthesis"
 _UPLOAD_PATH = "/api/v1/uploads"
 _MAX_BACKOFF = 10.0
@@ -62,8 +65,9 @@ class _BaseClient:
     """Configuration, request building, answer parsing and the retry policy; no I/O."""
 
     def __init__(self, base_url: str | None, api_key: str | None, *, timeout: float,
-                 max_retries: int, backoff: float) -> None:
+                 max_retries: int, backoff: float, server_timezone: str = "Asia/Shanghai") -> None:
         self.base_url = _resolve_base_url(base_url)
+        self.server_timezone = ZoneInfo(server_timezone)  # the zone the server reads list times in
         self.api_key = _resolve_api_key(api_key)
         if max_retries < 0 or backoff < 0 or timeout <= 0:
             raise ClientError("max_retries and backoff must be >= 0 and timeout > 0")
@@ -91,7 +95,7 @@ class _BaseClient:
         return headers
 
     def _create_request(self, http: httpx.Client | httpx.AsyncClient, body: dict[str, Any]) -> httpx.Request:
-        urls = body["input"]["reference_urls"]
+        urls = body["input"].get("reference_urls") or [item["url"] for item in body["input"].get("media", [])]
         extra = {"X-DashScope-Async": "enable"}
         if any(url.startswith("oss://") for url in urls):
             extra["X-DashScope-OssResourceResolve"] = "enable"
@@ -112,15 +116,19 @@ class _BaseClient:
 
     @staticmethod
     def _create_body(prompt: str, urls: Sequence[str], *, model: str, negative_prompt: str | None,
-                     parameters: dict[str, Any]) -> dict[str, Any]:
-        inputs: dict[str, Any] = {"prompt": prompt, "reference_urls": builtins.list(urls)}
+                     parameters: dict[str, Any], media_types: Sequence[str] | None = None) -> dict[str, Any]:
+        """The urls form, or with `media_types` (one per URL) the media form."""
+        inputs: dict[str, Any] = {"prompt": prompt}
+        if media_types is None:
+            inputs["reference_urls"] = builtins.list(urls)
+        else:
+            inputs["media"] = [{"type": kind, "url": url} for kind, url in zip(media_types, urls)]
         if negative_prompt is not None:
             inputs["negative_prompt"] = negative_prompt
         chosen = {name: value for name, value in parameters.items() if value is not None}
         return {"model": model, "input": inputs, "parameters": chosen}
 
-    @staticmethod
-    def _list_params(*, page_no: int, page_size: int, status: str | Sequence[str] | None, model: str | None,
+    def _list_params(self, *, page_no: int, page_size: int, status: str | Sequence[str] | None, model: str | None,
                      start: datetime | None, end: datetime | None) -> dict[str, str | int]:
         params: dict[str, str | int] = {"page_no": page_no, "page_size": page_size}
         if status:
@@ -129,9 +137,9 @@ class _BaseClient:
         if model:
             params["model_name"] = model
         if start is not None:
-            params["start_time"] = _server_time(start)
+            params["start_time"] = _server_time(start, self.server_timezone)
         if end is not None:
-            params["end_time"] = _server_time(end)
+            params["end_time"] = _server_time(end, self.server_timezone)
         return params
 
     @staticmethod
@@ -149,6 +157,14 @@ class _BaseClient:
         if isinstance(references, (str, os.PathLike)):
             references = [references]
         return [_reference(ref) for ref in references]
+
+    @staticmethod
+    def _media_types(model: str, references: Sequence[str | Path], parameters: dict[str, Any]) -> builtins.list[str] | None:
+        """For a media-form model (or when resolution or ratio is given): each reference's
+        `type`, from its file name; None for the urls form."""
+        if model not in MEDIA_MODELS and parameters.get("resolution") is None and parameters.get("ratio") is None:
+            return None
+        return [_media_type(ref) for ref in references]
 
     @staticmethod
     def _local_file(path: str | os.PathLike[str]) -> Path:
@@ -309,10 +325,20 @@ def _file_url_path(url: str) -> Path:
     return decoded if decoded.exists() or not Path(rest).exists() else Path(rest)
 
 
-def _server_time(moment: datetime) -> str:
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc)
-    return moment.strftime(_TIME_FORMAT)
+def _media_type(reference: str | Path) -> str:
+    name = reference.name if isinstance(reference, Path) else httpx.URL(reference).path
+    kind = (mimetypes.guess_type(name)[0] or "").partition("/")[0]
+    if kind not in ("image", "video"):
+        raise ClientError(f"cannot tell whether {str(reference)[:200]!r} is an image or a video; "
+                          "give it a file name with its extension (.png, .jpg, .mp4, ...)")
+    return f"reference_{kind}"
+
+
+def _server_time(moment: datetime, zone: tzinfo) -> str:
+    """`moment` (naive: UTC) as the server reads list times: in its zone, without an offset."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(zone).strftime(_TIME_FORMAT)
 
 
 def _retry_after(response: httpx.Response) -> float | None:

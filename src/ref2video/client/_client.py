@@ -50,8 +50,10 @@ class Client(_BaseClient):
     """
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 30.0,
-                 max_retries: int = 4, backoff: float = 0.5, transport: httpx.BaseTransport | None = None) -> None:
-        super().__init__(base_url, api_key, timeout=timeout, max_retries=max_retries, backoff=backoff)
+                 max_retries: int = 4, backoff: float = 0.5, transport: httpx.BaseTransport | None = None,
+                 server_timezone: str = "Asia/Shanghai") -> None:
+        super().__init__(base_url, api_key, timeout=timeout, max_retries=max_retries, backoff=backoff,
+                         server_timezone=server_timezone)
         self._http = httpx.Client(transport=transport, **self._http_options())
 
     def __enter__(self) -> Client:
@@ -69,12 +71,18 @@ class Client(_BaseClient):
     def create(self, prompt: str, references: Sequence[Reference], *, model: str = DEFAULT_MODEL,
                negative_prompt: str | None = None, size: str | None = None, duration: int | None = None,
                shot_type: str | None = None, audio: bool | None = None, watermark: bool | None = None,
-               seed: int | None = None) -> Task:
-        """Create a task (PENDING); local files among `references` are uploaded first, in order."""
-        urls = [ref if isinstance(ref, str) else self.upload(ref) for ref in self._references(references)]
+               seed: int | None = None, resolution: str | None = None, ratio: str | None = None) -> Task:
+        """Create a task (PENDING); local files among `references` are uploaded first, in order.
+
+        wan2.7-r2v (or `resolution`/`ratio`) sends the media form: each reference's type comes
+        from its file name, and the prompt names them Image 1, Video 1, ..."""
+        refs = self._references(references)
         parameters = dict(size=size, duration=duration, shot_type=shot_type, audio=audio, watermark=watermark,
-                          seed=seed)
-        body = self._create_body(prompt, urls, model=model, negative_prompt=negative_prompt, parameters=parameters)
+                          seed=seed, resolution=resolution, ratio=ratio)
+        types = self._media_types(model, refs, parameters)
+        urls = [ref if isinstance(ref, str) else self.upload(ref) for ref in refs]
+        body = self._create_body(prompt, urls, model=model, negative_prompt=negative_prompt, parameters=parameters,
+                                 media_types=types)
         return self._created(self._send(lambda: self._create_request(self._http, body), idempotent=False))
 
     def upload(self, path: str | os.PathLike[str]) -> str:
@@ -218,8 +226,9 @@ class AsyncClient(_BaseClient):
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 30.0,
                  max_retries: int = 4, backoff: float = 0.5,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        super().__init__(base_url, api_key, timeout=timeout, max_retries=max_retries, backoff=backoff)
+                 transport: httpx.AsyncBaseTransport | None = None, server_timezone: str = "Asia/Shanghai") -> None:
+        super().__init__(base_url, api_key, timeout=timeout, max_retries=max_retries, backoff=backoff,
+                         server_timezone=server_timezone)
         self._http = httpx.AsyncClient(transport=transport, **self._http_options())
 
     async def __aenter__(self) -> AsyncClient:
@@ -237,12 +246,16 @@ class AsyncClient(_BaseClient):
     async def create(self, prompt: str, references: Sequence[Reference], *, model: str = DEFAULT_MODEL,
                      negative_prompt: str | None = None, size: str | None = None, duration: int | None = None,
                      shot_type: str | None = None, audio: bool | None = None, watermark: bool | None = None,
-                     seed: int | None = None) -> Task:
-        """Create a task (PENDING); local files among `references` are uploaded first, concurrently."""
-        urls = await self._upload_all(self._references(references))
+                     seed: int | None = None, resolution: str | None = None, ratio: str | None = None) -> Task:
+        """Create a task (PENDING); local files among `references` are uploaded first, concurrently.
+        wan2.7-r2v (or `resolution`/`ratio`) sends the media form, as `Client.create` does."""
+        refs = self._references(references)
         parameters = dict(size=size, duration=duration, shot_type=shot_type, audio=audio, watermark=watermark,
-                          seed=seed)
-        body = self._create_body(prompt, urls, model=model, negative_prompt=negative_prompt, parameters=parameters)
+                          seed=seed, resolution=resolution, ratio=ratio)
+        types = self._media_types(model, refs, parameters)
+        urls = await self._upload_all(refs)
+        body = self._create_body(prompt, urls, model=model, negative_prompt=negative_prompt, parameters=parameters,
+                                 media_types=types)
         return self._created(await self._send(lambda: self._create_request(self._http, body), idempotent=False))
 
     async def upload(self, path: str | os.PathLike[str]) -> str:

@@ -25,8 +25,9 @@ class Usage:
     output_video_duration: int
     video_count: int
     SR: int
-    size: str
+    size: str  # the urls form's; "" for the media form
     audio: bool | None = None
+    ratio: str | None = None  # the media form's
 
     @classmethod
     def from_json(cls, usage: dict[str, Any]) -> Usage:
@@ -39,6 +40,7 @@ class Usage:
             SR=_whole(usage.get("SR")),
             size=str(usage.get("size") or ""),
             audio=audio if isinstance(audio, bool) else None,
+            ratio=_optional_str(usage.get("ratio")),
         )
 
 

@@ -19,6 +19,7 @@ and raises `ref2video.errors.EngineError` (or `RetryableEngineError`) to fail.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,13 +30,18 @@ __all__ = ["Engine", "GenerationRequest", "GenerationResult", "JobContext"]
 
 @dataclasses.dataclass(frozen=True)
 class GenerationRequest:
-    """What an engine is asked to make."""
+    """What an engine is asked to make: the checked request, and its media fetched and checked
+    (`ref2video.media.Reference`s). `references[N - 1]` is what the prompt calls characterN
+    (`spec.prompt_with_character_names()` writes the media form's names so too); the media
+    form may add a `first_frame` to open on and a voice per reference number."""
 
     task_id: str
     spec: TaskSpec
     scratch_dir: Path
     attempt: int = 1
     references: tuple[Any, ...] = ()
+    first_frame: Any | None = None
+    voices: Mapping[int, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

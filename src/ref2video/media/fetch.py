@@ -33,7 +33,7 @@ import httpx
 
 from ..errors import MediaError
 from .netguard import IPAddress, IPNetwork, parse_allow_list, resolve_allowed
-from .sniff import SNIFF_BYTES, Format, Kind, sniff
+from .sniff import SNIFF_BYTES, Format, Kind, refusal, sniff
 
 __all__ = ["FetchPolicy", "Fetched", "NotModified", "Validators", "fetch", "fetch_if_modified"]
 
@@ -56,6 +56,7 @@ class FetchPolicy:
     max_redirects: int = 5
     max_image_bytes: int = 20 * MB
     max_video_bytes: int = 100 * MB
+    max_audio_bytes: int = 15 * MB
     allow: tuple[str, ...] = ()  # CIDR strings exempt from the address policy
     verify: ssl.SSLContext | bool = True
     user_agent: str = "ref2video-fetch/0.1"
@@ -67,7 +68,7 @@ class FetchPolicy:
 
     def cap(self, kind: Kind | None) -> int:
         """The byte cap for a file of `kind`; the larger one while the kind is unknown."""
-        caps = {"image": self.max_image_bytes, "video": self.max_video_bytes}
+        caps = {"image": self.max_image_bytes, "video": self.max_video_bytes, "audio": self.max_audio_bytes}
         return caps[kind] if kind else max(caps.values())
 
 
@@ -330,10 +331,9 @@ class _Download:
         if not self.head:
             raise MediaError("the file is empty")
         fmt = sniff(self.head)
-        if fmt is None:
-            raise MediaError("unsupported format: not a JPEG, PNG, BMP or WEBP image, nor an MP4 or MOV video")
-        if self.kind_hint and fmt.kind != self.kind_hint:
-            raise MediaError(f"expected a {self.kind_hint}, got a {fmt.name.upper()} {fmt.kind}")
+        if (why := refusal(fmt, self.kind_hint)) is not None:
+            raise MediaError(why)
+        assert fmt is not None
         self.format = fmt
         self.cap = self.policy.cap(fmt.kind)
         self._check_declared()

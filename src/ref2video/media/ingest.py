@@ -29,9 +29,10 @@ from .cache import CacheEntry, MediaCache
 from .fetch import Fetched, FetchPolicy, fetch, fetch_if_modified
 from .probe import Limits, probe
 from .reference import Reference
-from .sniff import SNIFF_BYTES, Format, Kind, sniff
+from .sniff import SNIFF_BYTES, Format, Kind, refusal, sniff
 
 __all__ = [
+    "Wanted",
     "MAX_REFERENCES",
     "MAX_IMAGES",
     "MAX_VIDEOS",
@@ -41,11 +42,25 @@ __all__ = [
 ]
 
 MAX_REFERENCES, MAX_IMAGES, MAX_VIDEOS = 5, 5, 3
+MAX_FILES = 11  # the media form's 5 references, their 5 voices and a first frame
 T = TypeVar("T")
 
 
+@dataclasses.dataclass(frozen=True)
+class Wanted:
+    """One file a task is made from: its URL, the kind it must be (None: an image or a video,
+    as a reference of the urls form), and what messages call it.
+
+    Wanted("https://example.com/v.mp3", "audio", "input.media[1].reference_voice")
+    """
+
+    url: str
+    kind: Kind | None = None
+    label: str = ""
+
+
 async def fetch_references(
-    urls: Sequence[str],
+    urls: Sequence[str | Wanted],
     *,
     work_dir: Path,
     policy: FetchPolicy = FetchPolicy(),
@@ -54,25 +69,33 @@ async def fetch_references(
     kind_hint: Kind | None = None,
     local: Callable[[str], Path | None] | None = None,
 ) -> list[Reference]:
-    """Fetch, check and probe every URL into `work_dir`, as `reference{N}.{ext}`.
+    """Fetch, check and probe every URL into `work_dir`, as `reference{N}.{ext}`; the N-th
+    `Reference` has index N.
 
     `local` resolves `oss://` URLs (uploads) to files on this machine, or None when unknown.
 
-    `kind_hint="video"` requires every reference to be a video (the deprecated
-    `reference_video_urls`). Files already written stay in `work_dir` when the set fails;
+    A plain URL is a reference of either kind, named "reference N" in messages;
+    `kind_hint="video"` requires every plain URL to be a video (the deprecated
+    `reference_video_urls`). A `Wanted` says its own kind and name. Plain URLs together hold
+    at most 5 images and 3 videos. Files already written stay in `work_dir` when the set fails;
     the caller owns that directory.
     """
-    if not 1 <= len(urls) <= MAX_REFERENCES:
-        raise MediaError(f"{len(urls)} references given; 1 to {MAX_REFERENCES} are allowed")
+    plain = sum(isinstance(url, str) for url in urls)
+    if plain == len(urls) and not 1 <= plain <= MAX_REFERENCES:
+        raise MediaError(f"{plain} references given; 1 to {MAX_REFERENCES} are allowed")
+    if not 1 <= len(urls) <= MAX_FILES:
+        raise MediaError(f"{len(urls)} files given; 1 to {MAX_FILES} are allowed")
+    wanted = [url if isinstance(url, Wanted) else Wanted(url, kind_hint) for url in urls]
+    wanted = [dataclasses.replace(w, label=w.label or f"reference {i}") for i, w in enumerate(wanted, 1)]
     work_dir.mkdir(parents=True, exist_ok=True)
-    ingest = _Ingest(work_dir, policy, cache, limits, kind_hint, local)
-    references = await _all_or_nothing([ingest.one(index, url) for index, url in enumerate(urls, 1)])
-    _check_counts(references)
+    ingest = _Ingest(work_dir, policy, cache, limits, local)
+    references = await _all_or_nothing([ingest.one(index, w) for index, w in enumerate(wanted, 1)])
+    _check_counts([ref for ref, url in zip(references, urls) if isinstance(url, str)])
     return references
 
 
 def fetch_references_sync(
-    urls: Sequence[str],
+    urls: Sequence[str | Wanted],
     *,
     work_dir: Path,
     policy: FetchPolicy = FetchPolicy(),
@@ -115,45 +138,45 @@ class _Ingest:
     policy: FetchPolicy
     cache: MediaCache | None
     limits: Limits
-    kind_hint: Kind | None
     local: Callable[[str], Path | None] | None = None
 
-    async def one(self, index: int, url: str) -> Reference:
+    async def one(self, index: int, wanted: Wanted) -> Reference:
+        url = wanted.url
         try:
-            obtained = await self._obtain(index, url)
+            obtained = await self._obtain(index, url, wanted.kind)
             info = await asyncio.to_thread(probe, obtained.path, obtained.format, self.limits)
             if self.cache and obtained.fetched:  # cached only once it has passed every check
                 await asyncio.to_thread(self.cache.store, url, obtained.fetched)
         except MediaError as exc:
-            raise MediaError(f"reference {index}: {exc.message}", exc.code) from exc.__cause__ or exc
+            raise MediaError(f"{wanted.label}: {exc.message}", exc.code) from exc.__cause__ or exc
         return Reference.from_info(index, url, obtained.path, info, size=obtained.size, sha256=obtained.sha256)
 
-    async def _obtain(self, index: int, url: str) -> _Obtained:
+    async def _obtain(self, index: int, url: str, kind: Kind | None) -> _Obtained:
         name = f"reference{index}"
         if url.startswith("oss://"):
-            return await asyncio.to_thread(self._uploaded, url, name)
+            return await asyncio.to_thread(self._uploaded, url, name, kind)
         entry = await asyncio.to_thread(self.cache.lookup, url) if self.cache else None
         if entry and entry.is_fresh():
-            if reused := await self._reuse(entry, name):
+            if reused := await self._reuse(entry, name, kind):
                 return reused
         elif entry and entry.validators:
             result = await fetch_if_modified(
-                url, self.work_dir, entry.validators, kind_hint=self.kind_hint, policy=self.policy, name=name
+                url, self.work_dir, entry.validators, kind_hint=kind, policy=self.policy, name=name
             )
             if isinstance(result, Fetched):
                 return _from_download(result)
             assert self.cache is not None
             refreshed = await asyncio.to_thread(self.cache.refresh, url, result.headers)
-            if refreshed and (reused := await self._reuse(refreshed, name)):
+            if refreshed and (reused := await self._reuse(refreshed, name, kind)):
                 return reused
-        fetched = await fetch(url, self.work_dir, kind_hint=self.kind_hint, policy=self.policy, name=name)
+        fetched = await fetch(url, self.work_dir, kind_hint=kind, policy=self.policy, name=name)
         return _from_download(fetched)
 
-    async def _reuse(self, entry: CacheEntry, name: str) -> _Obtained | None:
+    async def _reuse(self, entry: CacheEntry, name: str, kind: Kind | None) -> _Obtained | None:
         """The cached copy in the work dir, held to today's rules; None if it was evicted."""
         assert self.cache is not None
-        if self.kind_hint and entry.format.kind != self.kind_hint:
-            raise MediaError(f"expected a {self.kind_hint}, got a {entry.format.name.upper()} {entry.format.kind}")
+        if (why := refusal(entry.format, kind)) is not None:
+            raise MediaError(why)
         cap = self.policy.cap(entry.format.kind)
         if entry.size > cap:
             raise MediaError(f"the file is larger than {cap / (1024 * 1024):g} MB (the limit for {entry.format.kind}s)")
@@ -162,17 +185,16 @@ class _Ingest:
         return _Obtained(path, entry.size, entry.sha256, entry.format, None) if path else None
 
 
-    def _uploaded(self, url: str, name: str) -> _Obtained:
+    def _uploaded(self, url: str, name: str, kind: Kind | None) -> _Obtained:
         """An uploaded file, linked into the work dir and held to the same rules as downloads."""
         source = self.local(url) if self.local else None
         if source is None or not source.is_file():
             raise MediaError(f"the uploaded file {url[:200]!r} is unknown or has expired", "InvalidURL")
         with open(source, "rb") as f:
             fmt = sniff(f.read(SNIFF_BYTES))
-        if fmt is None:
-            raise MediaError("the uploaded file is not a JPEG, PNG, BMP, WEBP, MP4 or MOV file")
-        if self.kind_hint and fmt.kind != self.kind_hint:
-            raise MediaError(f"expected a {self.kind_hint}, got a {fmt.name.upper()} {fmt.kind}")
+        if (why := refusal(fmt, kind)) is not None:
+            raise MediaError(f"the uploaded file: {why}")
+        assert fmt is not None
         size = source.stat().st_size
         cap = self.policy.cap(fmt.kind)
         if size > cap:
@@ -222,8 +244,8 @@ async def _cancellable(job: Awaitable[T], should_cancel: Callable[[], bool], int
 
 def _check_counts(references: Sequence[Reference]) -> None:
     """At most 5 images and 3 videos, known only now that the bytes were sniffed."""
-    seen = {"image": 0, "video": 0}
-    limits = {"image": MAX_IMAGES, "video": MAX_VIDEOS}
+    seen = {"image": 0, "video": 0, "audio": 0}
+    limits = {"image": MAX_IMAGES, "video": MAX_VIDEOS, "audio": 0}
     for ref in references:
         seen[ref.kind] += 1
         if seen[ref.kind] > limits[ref.kind]:

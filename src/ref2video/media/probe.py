@@ -29,7 +29,8 @@ from PIL import Image
 from ..errors import MediaError
 from .sniff import SNIFF_BYTES, Format, sniff
 
-__all__ = ["Limits", "ImageInfo", "VideoInfo", "probe", "probe_image", "probe_video", "open_video"]
+__all__ = ["Limits", "ImageInfo", "VideoInfo", "AudioInfo", "probe", "probe_image", "probe_video", "probe_audio",
+           "open_video"]
 
 # Open options for every video: read local files only; never follow a `dref` to another file.
 _VIDEO_OPTIONS = {"protocol_whitelist": "file", "enable_drefs": "0"}
@@ -45,9 +46,14 @@ class Limits:
     max_side: int = 8000
     min_seconds: float = 1.0
     max_seconds: float = 30.0
-    # Not in the protocol: sanity bounds so decoding a video stays affordable.
+    # Not in the urls form's rules: sanity bounds so decoding a video stays affordable. The
+    # media form states its own (240 to 4096 px per side).
+    min_video_side: int = 0
     max_video_side: int = 8000
     max_fps: float = 240.0
+    # A voice of the media form (PROTOCOL.md section 8).
+    min_audio_seconds: float = 1.0
+    max_audio_seconds: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +76,19 @@ class VideoInfo:
     frames: int  # video packets in the file
 
 
-def probe(path: Path, fmt: Format | None = None, limits: Limits = Limits()) -> ImageInfo | VideoInfo:
+@dataclasses.dataclass(frozen=True)
+class AudioInfo:
+    format: Format
+    duration: float  # seconds
+    sample_rate: int
+    channels: int
+
+
+def probe(path: Path, fmt: Format | None = None, limits: Limits = Limits()) -> ImageInfo | VideoInfo | AudioInfo:
     """Measure and check `path`; `fmt` is sniffed from the file when not given."""
     fmt = fmt or _sniff_file(path)
+    if fmt.kind == "audio":
+        return probe_audio(path, fmt, limits)
     return probe_image(path, fmt, limits) if fmt.kind == "image" else probe_video(path, fmt, limits)
 
 
@@ -106,9 +122,27 @@ def probe_video(path: Path, fmt: Format, limits: Limits = Limits()) -> VideoInfo
     return info
 
 
+def probe_audio(path: Path, fmt: Format, limits: Limits = Limits()) -> AudioInfo:
+    """A WAV or MP3 voice: its length within the limits, whole, its first frame decodable."""
+    with decoding_errors("audio", path), open_video(path, fmt) as container:
+        if not container.streams.audio:
+            raise MediaError("the file has no audio stream")
+        stream = container.streams.audio[0]
+        seconds = round(_duration(container, stream), 3)
+        if not limits.min_audio_seconds <= seconds <= limits.max_audio_seconds:
+            raise MediaError(f"the recording is {seconds:g} s long; a voice must be "
+                             f"{limits.min_audio_seconds:g} to {limits.max_audio_seconds:g} s")
+        info = AudioInfo(fmt, seconds, stream.codec_context.sample_rate, stream.codec_context.layout.nb_channels)
+        _check_complete(container)
+        container.seek(0)
+        if next(container.decode(stream), None) is None:
+            raise MediaError("the recording has no decodable audio")
+    return info
+
+
 @contextlib.contextmanager
 def open_video(path: Path, fmt: Format) -> Iterator[av.container.InputContainer]:
-    """Open a sniffed video with only its own demuxer and only local file access."""
+    """Open a sniffed video (or voice) with only its own demuxer and only local file access."""
     container = av.open(str(path), format=fmt.decoder, options=_VIDEO_OPTIONS)
     try:
         yield container
@@ -172,7 +206,7 @@ def _check_image_sides(width: int, height: int, limits: Limits) -> None:
         raise MediaError(f"the image is {width}x{height} px, above {limits.max_side} px per side")
 
 
-def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
+def _duration(container: av.container.InputContainer, stream: av.stream.Stream) -> float:
     if container.duration:
         return container.duration / av.time_base
     if stream.duration and stream.time_base:
@@ -183,6 +217,8 @@ def _duration(container: av.container.InputContainer, stream: av.video.stream.Vi
 def _check_video(width: int, height: int, duration: float, fps: float, limits: Limits) -> None:
     if not (0 < width <= limits.max_video_side and 0 < height <= limits.max_video_side):
         raise MediaError(f"the video is {width}x{height} px, above {limits.max_video_side} px per side")
+    if min(width, height) < limits.min_video_side:
+        raise MediaError(f"the video is {width}x{height} px, below {limits.min_video_side} px per side")
     seconds = round(duration, 3)
     if seconds < limits.min_seconds:
         raise MediaError(f"the video is {seconds:g} s long, below {limits.min_seconds:g} s")

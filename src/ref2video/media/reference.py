@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import MediaError
-from .probe import ImageInfo, VideoInfo, decoding_errors, open_video
+from .probe import AudioInfo, ImageInfo, VideoInfo, decoding_errors, open_video
 from .sniff import Format, Kind
 
 __all__ = ["Reference"]
@@ -44,7 +44,7 @@ class Reference:
     path: Path
     width: int
     height: int
-    duration: float | None = None  # seconds, videos only
+    duration: float | None = None  # seconds, videos and voices only
     fps: float | None = None  # videos only
     has_audio: bool = False
     has_alpha: bool = False
@@ -53,9 +53,13 @@ class Reference:
 
     @classmethod
     def from_info(
-        cls, index: int, url: str, path: Path, info: ImageInfo | VideoInfo, *, size: int = 0, sha256: str = ""
+        cls, index: int, url: str, path: Path, info: ImageInfo | VideoInfo | AudioInfo, *, size: int = 0,
+        sha256: str = "",
     ) -> Reference:
         """Build from a probe result."""
+        if isinstance(info, AudioInfo):  # a voice: no pixels
+            return cls(index, url, "audio", info.format, path, 0, 0, duration=info.duration, has_audio=True,
+                       size=size, sha256=sha256)
         ref = cls(index, url, info.format.kind, info.format, path, info.width, info.height, size=size, sha256=sha256)
         if isinstance(info, VideoInfo):
             return dataclasses.replace(ref, duration=info.duration, fps=info.fps, has_audio=info.has_audio)
@@ -97,7 +101,7 @@ class Reference:
     def audio(self, sample_rate: int = 48000) -> np.ndarray | None:
         """The first audio stream as float32 PCM (channels, samples), mono or stereo, at
         `sample_rate`, at most `duration` long; None for an image or a video without sound."""
-        if self.kind != "video" or not self.has_audio:
+        if self.kind == "image" or not self.has_audio:
             return None
         # As long as the container says (encoders pad the last AAC frame), which the probe bounded.
         limit = math.ceil((self.duration or 0) * sample_rate)

@@ -1,7 +1,7 @@
 """The format of a reference, from its first bytes (never from its Content-Type or name).
 
-Only the formats PROTOCOL.md section 2 accepts are recognised: JPEG, PNG, BMP and WEBP images,
-MP4 and MOV videos. Both videos are ISO base media files that open with an `ftyp` box; its
+Only the formats the protocol accepts are recognised: JPEG, PNG, BMP and WEBP images, MP4 and
+MOV videos (PROTOCOL.md section 2), and WAV and MP3 for the media form's voices (section 8). Both videos are ISO base media files that open with an `ftyp` box; its
 major brand `qt  ` marks QuickTime (MOV), the MP4 brands mark MP4. HEIF and AVIF images use
 the same box layout with their own brands and are refused, as is everything else.
 
@@ -15,9 +15,12 @@ import dataclasses
 import struct
 from typing import Literal
 
-__all__ = ["Kind", "Format", "JPEG", "PNG", "BMP", "WEBP", "MP4", "MOV", "FORMATS", "SNIFF_BYTES", "sniff"]
+__all__ = [
+    "Kind", "Format", "JPEG", "PNG", "BMP", "WEBP", "MP4", "MOV", "WAV", "MP3", "FORMATS", "SNIFF_BYTES",
+    "sniff", "refusal",
+]
 
-Kind = Literal["image", "video"]
+Kind = Literal["image", "video", "audio"]
 
 # Enough for every signature below, including an `ftyp` box with a few compatible brands.
 SNIFF_BYTES = 64
@@ -39,7 +42,17 @@ BMP = Format("bmp", "image", "bmp", "BMP")
 WEBP = Format("webp", "image", "webp", "WEBP")
 MP4 = Format("mp4", "video", "mp4", "mov")  # FFmpeg's one ISO-BMFF demuxer is named "mov"
 MOV = Format("mov", "video", "mov", "mov")
-FORMATS = (JPEG, PNG, BMP, WEBP, MP4, MOV)
+WAV = Format("wav", "audio", "wav", "wav")
+MP3 = Format("mp3", "audio", "mp3", "mp3")
+FORMATS = (JPEG, PNG, BMP, WEBP, MP4, MOV, WAV, MP3)
+
+# What each expectation accepts; None is a reference of either kind (the urls form).
+_WANTED: dict[Kind | None, str] = {
+    None: "a JPEG, PNG, BMP or WEBP image, nor an MP4 or MOV video",
+    "image": "a JPEG, PNG, BMP or WEBP image",
+    "video": "an MP4 or MOV video",
+    "audio": "a WAV or MP3 file",
+}
 
 _MP4_BRANDS = frozenset(
     {b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"iso7", b"iso8", b"iso9",
@@ -62,6 +75,10 @@ def sniff(head: bytes) -> Format | None:
         return PNG
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return WEBP
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return WAV
+    if head[:3] == b"ID3" or _mpeg_audio_frame(head):
+        return MP3
     if head[:2] == b"BM" and len(head) >= 18 and struct.unpack_from("<I", head, 14)[0] in _BMP_HEADER_SIZES:
         return BMP
     if head[4:8] == b"ftyp":
@@ -87,3 +104,27 @@ def _sniff_ftyp(head: bytes) -> Format | None:
     if compatible & _MP4_BRANDS:
         return MP4
     return None
+
+
+def refusal(fmt: Format | None, kind_hint: Kind | None) -> str | None:
+    """Why a file of `fmt` cannot be used where a `kind_hint` is wanted (None: an image or a
+    video, as a reference of the urls form is), or None when it can."""
+    if fmt is None:
+        return f"unsupported format: not {_WANTED[kind_hint]}"
+    if kind_hint is None and fmt.kind == "audio":
+        return f"unsupported format: a {fmt.name.upper()} audio file is not {_WANTED[None]}"
+    if kind_hint is not None and fmt.kind != kind_hint:
+        return f"expected {_A[kind_hint]}, got a {fmt.name.upper()} {fmt.kind}"
+    return None
+
+
+_A = {"image": "an image", "video": "a video", "audio": "a voice recording (WAV or MP3)"}
+
+
+def _mpeg_audio_frame(head: bytes) -> bool:
+    """An MPEG audio frame header: 11 sync bits, a known version and layer (ADTS AAC, which
+    shares the sync, has layer 0), a bitrate index that is neither free nor bad."""
+    if len(head) < 4 or head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
+        return False
+    version, layer, bitrate = (head[1] >> 3) & 3, (head[1] >> 1) & 3, head[2] >> 4
+    return version != 1 and layer != 0 and bitrate not in (0, 15)

@@ -19,8 +19,8 @@ from typing import Any
 from ..engines.base import GenerationRequest
 from ..engines.registry import EngineRegistry
 from ..errors import EngineError, RetryableEngineError, TaskCanceled
-from ..media.reference import Reference
 from ..protocol import Status
+from ..references import TaskMedia
 from ..spec import TaskSpec
 from ..storage.base import Storage
 from ..usage import make_usage
@@ -63,7 +63,7 @@ class WorkerPool:
         size: int = 1,
         poll_interval: float = 5.0,
         reap_interval: float = 5.0,
-        load_references: Callable[[TaskSpec, str, Path, Callable[[], bool]], list[Reference]] | None = None,
+        load_references: Callable[[TaskSpec, str, Path, Callable[[], bool]], TaskMedia] | None = None,
         sweep: Callable[[], int] | None = None,
         sweep_interval: float = 300.0,
         reaps: bool | None = None,
@@ -76,7 +76,7 @@ class WorkerPool:
         self.size = size
         self.poll_interval = poll_interval
         self.reap_interval = reap_interval
-        self.load_references = load_references or (lambda *_: [])
+        self.load_references = load_references or (lambda *_: TaskMedia(()))
         self.sweep = sweep or (lambda: 0)
         self.sweep_interval = sweep_interval
         # Only a process that runs tasks reaps: on SQLite the wake-up it sends reaches its
@@ -153,9 +153,12 @@ class WorkerPool:
             spec = TaskSpec.from_json(task.spec)
             engine = self.registry.get(task.model)
             engine_name = engine.name
-            refs = self.load_references(spec, task.owner, scratch / "references", context.should_cancel)
+            media = self.load_references(spec, task.owner, scratch / "references", context.should_cancel)
             context.raise_if_canceled()
-            request = GenerationRequest(task.id, spec, scratch, attempt=task.attempt, references=tuple(refs))
+            if media.first_frame is not None:  # the media form's ratio yields to the first frame's
+                spec = spec.fitted_to(media.first_frame.width, media.first_frame.height)
+            request = GenerationRequest(task.id, spec, scratch, attempt=task.attempt, references=media.references,
+                                        first_frame=media.first_frame, voices=media.voices)
             result = engine.generate(request, context)
             context.raise_if_canceled()
             key = f"{task.id}-{claim.lease_token[:8]}.mp4"  # one file per attempt

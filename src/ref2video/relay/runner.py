@@ -28,7 +28,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -65,17 +65,27 @@ def account_of(api_key: str) -> str:
     return hashlib.sha256(api_key.strip().encode()).hexdigest()[:16]
 
 
-def provider_body(spec: TaskSpec, model: str, reference_urls: list[str]) -> dict[str, Any]:
-    """The create body the provider expects (PROTOCOL.md section 2), from a checked spec."""
-    inputs: dict[str, Any] = {"prompt": spec.prompt, "reference_urls": reference_urls}
+def provider_body(spec: TaskSpec, model: str, resolve: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The create body the provider expects, in the form the client sent (PROTOCOL.md sections
+    2 and 8), from a checked spec; `resolve` replaces URLs (our uploads, sent on to the
+    provider's storage) by the provider's own."""
+    url = (lambda u: (resolve or {}).get(u, u))
+    inputs: dict[str, Any] = {"prompt": spec.prompt}
     if spec.negative_prompt:
         inputs["negative_prompt"] = spec.negative_prompt
-    return {
-        "model": model,
-        "input": inputs,
-        "parameters": {"size": spec.size, "duration": spec.duration, "shot_type": spec.shot_type,
-                       "audio": spec.audio, "watermark": spec.watermark, "seed": spec.seed},
-    }
+    if spec.form == "media":
+        inputs["media"] = [
+            {"type": item.type, "url": url(item.url),
+             **({"reference_voice": url(item.reference_voice)} if item.reference_voice else {})}
+            for item in spec.media
+        ]
+        parameters: dict[str, Any] = {"resolution": spec.resolution, "ratio": spec.ratio,
+                                      "prompt_extend": spec.prompt_extend}
+    else:
+        inputs["reference_urls"] = [url(u) for u in spec.reference_urls]
+        parameters = {"size": spec.size, "shot_type": spec.shot_type, "audio": spec.audio}
+    parameters.update(duration=spec.duration, watermark=spec.watermark, seed=spec.seed)
+    return {"model": model, "input": inputs, "parameters": parameters}
 
 
 class Relay:
@@ -253,14 +263,14 @@ class Relay:
         model = self.models[task.model]
         k = self.provider.next_key()
         try:
-            urls, uploaded = await self._references(task, spec, model, k)
+            resolved, uploaded = await self._references(task, spec, model, k)
         except ProviderError as exc:
             await self._end(task.id, self.manager.fail, exc.code, exc.message)
             return
         except ProviderTransient as exc:
             await self._retry(task, exc)
             return
-        if urls is None:
+        if resolved is None:
             return
         if task.id in self._cancel_asked:
             await self._end(task.id, self.manager.canceled)
@@ -273,7 +283,7 @@ class Relay:
             self._held.discard(task.id)  # no longer ours
             return
         try:
-            upstream = await self.provider.submit(provider_body(spec, model, urls), oss=uploaded, key_index=k)
+            upstream = await self.provider.submit(provider_body(spec, model, resolved), oss=uploaded, key_index=k)
         except ProviderError as exc:
             await self._end(task.id, self.manager.fail, exc.code, exc.message)
             return
@@ -293,26 +303,24 @@ class Relay:
             return
         self._watch(task, k, upstream.task_id, intent, upstream.status, None)
 
-    async def _references(self, task: RelayTask, spec: TaskSpec, model: str, k: int) -> tuple[list[str] | None, bool]:
-        """The reference URLs to send: public URLs as they are (the provider fetches and checks
-        them), our own uploads sent on to the provider's storage as `oss://` keys."""
+    async def _references(self, task: RelayTask, spec: TaskSpec, model: str, k: int) -> tuple[dict[str, str] | None, bool]:
+        """Our own uploads among the task's files, sent on to the provider's storage: our
+        `oss://` URL -> the provider's. Public URLs go as they are (the provider fetches and
+        checks them). None when a file is not the owner's (the task has failed)."""
         assert self.provider is not None
-        urls: list[str] = []
-        uploaded = False
-        for i, url in enumerate(spec.reference_urls, 1):
+        resolved: dict[str, str] = {}
+        for what, url in spec.all_urls:
             key = oss_key(url)
-            if not key:
-                urls.append(url)
+            if not key or url in resolved:
                 continue
             path = await self._call(self.resolve_upload, task.owner, key)
             if path is None:
                 await self._end(task.id, self.manager.fail, "InvalidURL",
-                                f"reference {i}: {url} is not one of your uploads, or it has expired")
+                                f"{what}: {url} is not one of your uploads, or it has expired")
                 return None, False
             await self.submit_limiters[k].acquire()
-            urls.append(await self.provider.upload(path, model, key_index=k, name=PurePosixPath(key).name))
-            uploaded = True
-        return urls, uploaded
+            resolved[url] = await self.provider.upload(path, model, key_index=k, name=PurePosixPath(key).name)
+        return resolved, bool(resolved)
 
     async def _retry(self, task: RelayTask, exc: ProviderTransient) -> None:
         self._held.discard(task.id)

@@ -55,9 +55,9 @@ def _create_blocking(service: Service, key: str, body: Any) -> store.TaskRecord:
     if principal is None:
         raise InvalidApiKey("Invalid API-key provided.")
     spec = parse_spec(body, service.models)
-    keys = {oss_key(url): i for i, url in enumerate(spec.reference_urls, start=1) if oss_key(url)}
+    keys = {oss_key(url): what for what, url in reversed(spec.all_urls) if oss_key(url)}
     for key in uploads.unknown_keys(service.db, principal.owner, keys, service.retention_ms):
-        raise InvalidURL(f"reference {keys[key]}: unknown oss:// key {key[:200]!r}; upload the file first")
+        raise InvalidURL(f"{keys[key]}: unknown oss:// key {key[:200]!r}; upload the file first")
     with service.write_lock:
         return store.create_task(service.db, spec, principal, on_insert=service.wakeup.notify_in)
 

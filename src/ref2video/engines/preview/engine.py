@@ -7,10 +7,12 @@ voice per character, and encodes an exact-length H.264 MP4. No model weights, no
 
 from __future__ import annotations
 
+import numpy as np
+
 from ...engines.base import GenerationRequest, GenerationResult, JobContext
 from ...errors import EngineError
 from ...media.reference import Reference
-from .mix import mix, speak_lines
+from .mix import VOICE_RATE, mix, speak_lines
 from .plan import RefShape, make_plan
 from .render import render
 from .script import read_prompt
@@ -38,15 +40,17 @@ class PreviewEngine:
         if not refs:
             raise EngineError("the preview engine needs at least one fetched reference", code="InvalidParameter")
 
-        # 2. Read the prompt; a wide picture that nobody acts as may be the scene.
+        # 2. Read the prompt (in characterN words, whichever form named the references); a
+        #    wide picture that nobody acts as may be the scene.
         hints = {r.index: r.kind == "image" and not r.has_alpha and r.width > r.height * 1.2 for r in refs.values()}
-        script = read_prompt(spec.prompt, len(refs), scene_hints=hints)
+        script = read_prompt(spec.prompt_with_character_names(), len(refs), scene_hints=hints)
 
-        # 3. Speak the lines first, so the plan can time the subtitles to the speech.
+        # 3. Speak the lines first, so the plan can time the subtitles to the speech. Each
+        #    speaker speaks at the height of their own voice, when the request gave one.
         spoken = []
         if spec.audio and script.lines:
             assert self._speech is not None
-            spoken = speak_lines(script.lines, len(refs), spec.seed, self._speech)
+            spoken = speak_lines(script.lines, len(refs), spec.seed, self._speech, self._recordings(request))
         context.raise_if_canceled()
 
         # 4. Plan the shots.
@@ -58,14 +62,15 @@ class PreviewEngine:
         )
 
         # 5. Mix the sound, draw and encode.
-        track = mix(plan, spoken, refs) if spec.audio else None
+        track = mix(plan, spoken, refs, voiced=request.voices.keys()) if spec.audio else None
         out = request.scratch_dir / "preview.mp4"
 
         def on_frame(number: int) -> None:
             context.raise_if_canceled()  # both only touch the context's attributes: cheap
             context.report_step(number + 1, plan.frames)
 
-        render(plan, refs, out, audio=track, watermark=spec.watermark, on_frame=on_frame)
+        opening = request.first_frame.image().convert("RGB") if request.first_frame is not None else None
+        render(plan, refs, out, audio=track, watermark=spec.watermark, on_frame=on_frame, opening=opening)
         videos = [r for r in refs.values() if r.kind == "video"]
         return GenerationResult(
             video_path=out,
@@ -74,3 +79,15 @@ class PreviewEngine:
             has_audio=spec.audio,
             extra={"shots": len(plan.shots), "cuts": plan.cuts},
         )
+
+    @staticmethod
+    def _recordings(request: GenerationRequest) -> dict[int, np.ndarray]:
+        """Each character's own voice, mono at VOICE_RATE: the media form's reference_voice,
+        else a video reference's sound (a video reference gives its character's voice)."""
+        found = {}
+        for ref in request.references:
+            source = request.voices.get(ref.index) or (ref if ref.kind == "video" and ref.has_audio else None)
+            pcm = source.audio(VOICE_RATE) if source is not None else None
+            if pcm is not None and pcm.shape[1]:
+                found[ref.index] = pcm.mean(axis=0)
+        return found

@@ -30,6 +30,7 @@ __all__ = ["render", "Encoder", "PALETTE"]
 # A colour per character, for subtitle names and the generated backdrop's tint.
 PALETTE = [(255, 196, 61), (102, 204, 255), (255, 128, 170), (140, 230, 140), (200, 160, 255)]
 _AUDIO_RATE = 48000
+_OPENING_FRAMES = 15  # half a second from the first frame into the storyboard
 
 
 def render(
@@ -40,10 +41,14 @@ def render(
     audio: np.ndarray | None,
     watermark: bool,
     on_frame: Callable[[int], None],
+    opening: Image.Image | None = None,
 ) -> None:
     """Write `plan` to `out`. `on_frame(i)` is called after each frame; it may raise to stop.
-    `audio` is float32 (2, samples) at 48 kHz, exactly the video's length, or None for silence."""
+    `audio` is float32 (2, samples) at 48 kHz, exactly the video's length, or None for silence.
+    `opening` (the media form's first frame) is the first frame, dissolving into the first shot."""
     overlays = _Overlays(plan, watermark)
+    first = np.asarray(_cover(opening, plan.width, plan.height), np.float32) if opening is not None else None
+    fade = min(_OPENING_FRAMES, plan.frames)
     with Encoder(out, plan.width, plan.height, plan.fps, audio) as encoder:
         for shot in plan.shots:
             painter = _ShotPainter(shot, plan, refs)
@@ -51,6 +56,9 @@ def render(
                 number = shot.start + i
                 canvas = encoder.canvas()
                 painter.paint(i, canvas)
+                if first is not None and number < fade:
+                    keep = 1.0 - number / fade
+                    canvas[...] = (first * keep + canvas * (1.0 - keep)).astype(np.uint8)
                 overlays.draw(canvas, number / plan.fps)
                 encoder.submit()
                 on_frame(number)

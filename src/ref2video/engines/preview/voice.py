@@ -29,7 +29,7 @@ import numpy as np
 
 from ...errors import EngineError
 
-__all__ = ["Voice", "Speech", "voices_for", "language_of", "resample"]
+__all__ = ["Voice", "Speech", "voices_for", "voice_like", "median_pitch", "language_of", "resample"]
 
 # From espeak-ng's speak_lib.h.
 _AUDIO_OUTPUT_SYNCHRONOUS = 2  # espeak_Synth returns when done; the callback runs on our thread
@@ -109,6 +109,50 @@ def voices_for(count: int, seed: int, language: str = "en-us") -> list[Voice]:
             pitch_range=rng.randint(35, 75),
         ))
     return voices
+
+
+# The fundamental frequency eSpeak's variants speak at with pitch 50, roughly, by gender.
+_NATURAL_F0 = {1: 110.0, 2: 205.0}
+_FEMALE_F0 = 165.0  # above this median pitch a recording is taken for a higher, female voice
+
+
+def voice_like(recording: np.ndarray, rate: int, base: Voice) -> Voice:
+    """`base` moved as near a recording's timbre as eSpeak can follow: the gender and pitch of
+    its median fundamental frequency. A recording with no voiced sound leaves `base` as it is.
+
+    The media form's `reference_voice` (and a video reference's own sound) gives a subject's
+    voice; a storyboard cannot clone it, but it can speak at its height."""
+    f0 = median_pitch(recording, rate)
+    if f0 is None:
+        return base
+    gender = 2 if f0 >= _FEMALE_F0 else 1
+    pitch = round(50 + 50 * math.log2(f0 / _NATURAL_F0[gender]))
+    variant = base.variant if gender == base.gender else (_FEMALE if gender == 2 else _MALE)[0]
+    return dataclasses.replace(base, gender=gender, variant=variant, pitch=min(100, max(0, pitch)))
+
+
+def median_pitch(samples: np.ndarray, rate: int, low: float = 70.0, high: float = 400.0) -> float | None:
+    """The median fundamental frequency (Hz) of the voiced 40 ms frames of a mono recording,
+    by normalised autocorrelation; None when fewer than five frames are voiced."""
+    x = np.asarray(samples, np.float32)
+    if x.ndim != 1:
+        raise ValueError(f"median_pitch takes mono samples, got shape {x.shape}")
+    frame, shortest, longest = int(rate * 0.04), int(rate / high), int(rate / low)
+    if x.size < frame + longest:
+        return None
+    loudness = float(np.sqrt(np.mean(x**2))) * 0.5
+    found = []
+    for start in range(0, x.size - frame - longest, frame // 2):
+        window = x[start : start + frame + longest] - x[start : start + frame + longest].mean()
+        energy = float(np.sqrt(np.mean(window[:frame] ** 2)))
+        if energy < max(loudness, _SILENCE):
+            continue
+        spectrum = np.fft.rfft(window, 2 * window.size)
+        corr = np.fft.irfft(spectrum * np.conj(spectrum))[: longest + 1]
+        lag = shortest + int(np.argmax(corr[shortest : longest + 1]))
+        if corr[lag] > 0.5 * corr[0]:
+            found.append(rate / lag)
+    return float(np.median(found)) if len(found) >= 5 else None
 
 
 def language_of(text: str) -> str:
