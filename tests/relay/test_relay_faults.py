@@ -131,11 +131,14 @@ def test_many_tasks_on_one_account_are_followed_through_the_task_list(tmp_path: 
     """Past 50 tasks in flight on an account, the poller reads the provider's task list (100 a
     page) and counts each task seen there as polled; single queries are left for tasks that
     ended, so the account's budget covers far more tasks than one query each every 15 s would."""
-    provider = start_provider(tmp_path, workers=2)  # a queue builds up at the provider
+    provider = start_provider(tmp_path, workers=2)
     proxy = FaultProxy(provider.url)
     relay = start_relay(tmp_path, f"sqlite:///{tmp_path / 'relay.db'}", proxy.url, [provider.key])
+    gate = tmp_path / "gate"  # the provider's tasks wait for it: 70 are in flight at once
     try:
-        ids = [relay.create(make_body(f"character1 counts {i} steps=5 step_ms=60")) for i in range(70)]
+        ids = [relay.create(make_body(f"character1 counts {i} steps=5 step_ms=20 gate={gate}")) for i in range(70)]
+        wait_for(lambda: any("/api/v1/tasks?" in h.path for h in proxy.hits), timeout=60, what="a list scan")
+        gate.touch()
         for task_id in ids:
             assert relay.wait(task_id, timeout=120)["output"]["task_status"] == "SUCCEEDED"
         pages = [h for h in proxy.hits if h.method == "GET" and "/api/v1/tasks?" in h.path]
