@@ -11,6 +11,7 @@
     │   ├── NotFound             404  no such route or resource
     │   ├── MethodNotAllowed     405
     │   ├── UnsupportedOperation 400  cancel of a task that is not PENDING or RUNNING
+    │   ├── ServiceUnavailable   503  the database (or another part) is away for now; Retry-After
     │   └── InternalError        500  never for bad input
     └── EngineError              raised by an engine; fails the task with its code and message
         ├── RetryableEngineError the attempt is given back to the queue (attempt + 1)
@@ -22,6 +23,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "clip",
     "Ref2VideoError",
     "ApiError",
     "InvalidParameter",
@@ -33,12 +35,20 @@ __all__ = [
     "NotFound",
     "MethodNotAllowed",
     "UnsupportedOperation",
+    "ServiceUnavailable",
     "InternalError",
     "EngineError",
     "RetryableEngineError",
     "TaskCanceled",
     "MediaError",
 ]
+
+
+def clip(value: object, limit: int = 80) -> str:
+    """`repr(value)`, cut to about `limit` characters: messages name what was sent, but never
+    echo a huge parameter back whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
 
 
 class Ref2VideoError(Exception):
@@ -108,6 +118,13 @@ class UnsupportedOperation(ApiError):
     """Failed to cancel the task, please confirm if the task exists or its status is PENDING."""
 
     status_code, code = 400, "UnsupportedOperation"
+
+
+class ServiceUnavailable(ApiError):
+    """The service is temporarily unavailable, please try again later."""
+
+    status_code, code = 503, "ServiceUnavailable"
+    retry_after = 2  # seconds; clients that honour Retry-After come back then
 
 
 class InternalError(ApiError):

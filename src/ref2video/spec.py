@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import protocol as p
-from .errors import InvalidParameter, InvalidURL, ModelNotFound
+from .errors import InvalidParameter, InvalidURL, ModelNotFound, clip
 
 __all__ = ["TaskSpec", "MediaItem", "parse_spec", "reference_kind", "oss_key"]
 
@@ -181,7 +181,7 @@ def parse_spec(body: Any, models: Collection[str]) -> TaskSpec:
         raise InvalidParameter("the request body must be a JSON object")
     model = _required_str(body, "model", "model")
     if model not in models:
-        raise ModelNotFound(f"Model not exist: {model!r} is not served here")
+        raise ModelNotFound(f"Model not exist: {clip(model)} is not served here")
     inputs = _object(body, "input", required=True)
     params = _object(body, "parameters", required=False)
 

@@ -14,6 +14,7 @@ from .. import __version__
 from ..config import Settings
 from ..service import Service
 from .errors import install_error_handlers
+from .guard import RequestGuard
 from .routes import health, results, tasks, uploads, web
 from .schemas import CreateBody
 
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     )
     app.state.service = service
     install_error_handlers(app)
+    app.add_middleware(RequestGuard)
     for module in (tasks, uploads, results, health, web):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

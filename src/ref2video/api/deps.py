@@ -13,7 +13,10 @@ from ..errors import InvalidApiKey, InvalidParameter, RequestTooLarge
 from ..service import Service
 from ..store.keys import Principal, authenticate
 
-__all__ = ["service_of", "bearer_key", "principal_of", "read_json", "in_thread", "base_url_of"]
+__all__ = [
+    "service_of", "bearer_key", "principal_of", "read_json", "in_thread", "base_url_of", "is_text", "text_param",
+    "declared_length",
+]
 
 T = TypeVar("T")
 
@@ -45,9 +48,10 @@ async def principal_of(request: Request) -> Principal:
 
 
 async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, refusing more than `limit` bytes before reading them all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    """The body as JSON, refusing more than `limit` bytes before reading them all, and any
+    string that is not text (a NUL, or half of a UTF-16 pair, which no database can store)."""
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
         raise RequestTooLarge(f"the request body is {declared} bytes; the limit is {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -59,9 +63,60 @@ async def read_json(request: Request, limit: int) -> Any:
     if not raw.strip():
         raise InvalidParameter("the request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidParameter(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidParameter("the request body is nested too deeply") from None
+    except ValueError as exc:  # a number of thousands of digits: int() refuses it
+        raise InvalidParameter(f"the request body holds a number that cannot be read: {str(exc)[:100]}") from None
+    if (where := _not_text(body)) is not None:
+        raise InvalidParameter(f"{where} holds a NUL character or an unpaired surrogate, which is not text")
+    return body
+
+
+def is_text(value: str) -> bool:
+    """Storable text: no NUL, and valid Unicode (JSON's `\\ud800` escapes can make half a pair)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def text_param(request: Request, name: str) -> str | None:
+    """A query parameter, refused (InvalidParameter) when it is not text."""
+    value = request.query_params.get(name)
+    if value is not None and not is_text(value):
+        raise InvalidParameter(f"{name} holds a NUL character or an unpaired surrogate, which is not text")
+    return value
+
+
+def declared_length(request: Request) -> int | None:
+    """The Content-Length header as a number, or None when absent or not one (only ASCII digits
+    count: `str.isdigit` also takes "²")."""
+    value = request.headers.get("content-length", "").strip()
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
+
+
+def _not_text(body: Any) -> str | None:
+    """The path of the first string (or key) in `body` that is not text, or None."""
+    stack: list[tuple[str, Any]] = [("the request body", body)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if not is_text(value):
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if not is_text(key):
+                    return f"a key in {path}"
+                stack.append((key if path == "the request body" else f"{path}.{key}", item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+    return None
 
 
 def base_url_of(request: Request) -> str:

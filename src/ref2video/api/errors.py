@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
+from contextvars import ContextVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
-from ..errors import ApiError, InternalError, InvalidParameter, MethodNotAllowed, NotFound
+from ..errors import ApiError, InvalidParameter, MethodNotAllowed, NotFound, ServiceUnavailable
 
-__all__ = ["install_error_handlers", "error_response"]
+__all__ = ["install_error_handlers", "error_response", "request_id", "REQUEST_ID"]
 
-log = logging.getLogger(__name__)
+# Set by RequestGuard (guard.py) for the request being answered.
+REQUEST_ID: ContextVar[str | None] = ContextVar("ref2video_request_id", default=None)
+
+
+def request_id() -> str:
+    """The id of the request being answered (a fresh one outside any request)."""
+    return REQUEST_ID.get() or str(uuid.uuid4())
 
 # Starlette's own errors (unknown route, wrong method), in our vocabulary.
 _HTTP_STATUS = {404: NotFound, 405: MethodNotAllowed}
 
 
 def error_response(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"request_id": str(uuid.uuid4()), "code": error.code, "message": error.message}
+    body = {"request_id": request_id(), "code": error.code, "message": error.message}
+    if isinstance(error, ServiceUnavailable):
+        headers = {"Retry-After": str(error.retry_after), **(headers or {})}
     return JSONResponse(body, status_code=error.status_code, headers=headers)
 
 
@@ -43,8 +51,4 @@ def install_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {}
         field = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
         return error_response(InvalidParameter(f"{field}: {first.get('msg', 'invalid value')}"))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return error_response(InternalError())
+    # Anything else is RequestGuard's (guard.py): one answer, one traceback, the connection kept.

@@ -25,7 +25,11 @@ class UrlSigner:
         return f"{base_url.rstrip('/')}/v1/results/{key}?{query}"
 
     def verify(self, key: str, expires: str, sig: str) -> bool:
-        """True when `sig` is ours for `key` and `expires` has not passed."""
-        if not expires.isdigit() or int(expires) < time.time():
+        """True when `sig` is ours for `key` and `expires` has not passed. Anything else a
+        stranger can put in a link (other digits than ASCII, thousands of them, non-ASCII
+        signatures, which compare_digest refuses) is simply not a valid link."""
+        if not (expires.isascii() and expires.isdigit() and len(expires) <= 12) or int(expires) < time.time():
+            return False
+        if not sig.isascii():
             return False
         return hmac.compare_digest(self._sig(key, int(expires)), sig)

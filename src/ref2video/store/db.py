@@ -8,10 +8,14 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, insert, text, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
-__all__ = ["make_engine", "migrate", "now_ms", "is_postgres"]
+from .models import HealthProbe
+
+__all__ = ["make_engine", "migrate", "now_ms", "is_postgres", "probe", "unavailable"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x72327600  # advisory lock id held while PostgreSQL migrates
@@ -71,3 +75,39 @@ def migrate(engine: Engine) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def probe(engine: Engine, name: str) -> str | None:
+    """None when the database answers and takes a write; else "unreachable" or "not writable"
+    (a full disk or a read-only file: reads still work there, every write fails)."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except DBAPIError:
+        return "unreachable"
+    try:
+        with engine.begin() as conn:
+            values = {"name": name, "at": now_ms()}
+            if conn.execute(update(HealthProbe).where(HealthProbe.name == name).values(at=values["at"])).rowcount == 0:
+                conn.execute(insert(HealthProbe).values(**values))
+    except DBAPIError:
+        return "not writable"
+    return None
+
+
+# SQLite's ways of saying "not now": a lock held too long, a full or failing disk, a file that
+# cannot be opened or written. Its OperationalError also means plain bugs ("no such table").
+_SQLITE_AWAY = ("locked", "busy", "disk i/o error", "disk is full", "unable to open", "readonly")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database is away for now (worth a retry), not that a statement
+    is wrong: connections refused, lost or timed out, a pool with no connection free, and
+    SQLite's locked or full database."""
+    if isinstance(exc, SATimeoutError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if type(exc.orig).__module__.startswith("sqlite3"):
+        return isinstance(exc, OperationalError) and any(p in str(exc.orig).lower() for p in _SQLITE_AWAY)
+    return isinstance(exc, (OperationalError, InterfaceError)) or exc.connection_invalidated

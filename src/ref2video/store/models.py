@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Task", "ApiKey", "ServerSecret", "Upload"]
+__all__ = ["Base", "Task", "ApiKey", "ServerSecret", "Upload", "HealthProbe"]
 
 
 class Base(DeclarativeBase):
@@ -94,3 +94,12 @@ class Upload(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (Index("ix_uploads_created", "created_at"),)
+
+
+class HealthProbe(Base):
+    """One row per process, rewritten by `/health`: proof that the database still takes writes."""
+
+    __tablename__ = "health_probes"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    at: Mapped[int] = mapped_column(BigInteger)

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import math
-import uuid
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
-from ...errors import AccessDenied, InvalidApiKey, InvalidParameter, InvalidURL, UnsupportedOperation
+from ...errors import AccessDenied, InvalidApiKey, InvalidParameter, InvalidURL, UnsupportedOperation, clip
 from ...protocol import Status
 from ...service import Service
 from ...spec import oss_key, parse_spec
 from ...store import tasks as store
 from ...store import uploads
 from ...store.keys import authenticate
-from ..deps import base_url_of, bearer_key, in_thread, principal_of, read_json, service_of
+from ..deps import base_url_of, bearer_key, in_thread, principal_of, read_json, service_of, text_param
+from ..errors import request_id
 from ..schemas import CancelAnswer, ErrorBody, TaskAnswer, TaskCreated, TaskList
 from ..views import list_item, task_output, unknown_output
 
@@ -35,10 +35,17 @@ _CREATE_DOC: dict[str, Any] = {
     }
 }
 _MAX_TASK_ID = 64
+_MAX_ECHO = 1000  # an UNKNOWN answer repeats the id asked for, up to this
 
 
 def _ok(body: dict[str, Any]) -> JSONResponse:
-    return JSONResponse({"request_id": str(uuid.uuid4()), **body})
+    return JSONResponse({"request_id": request_id(), **body})
+
+
+def _plausible(task_id: str) -> bool:
+    """Could be one of our ids (printable ASCII, not too long); anything else is UNKNOWN
+    without asking the database, which could not even store a NUL."""
+    return len(task_id) <= _MAX_TASK_ID and task_id.isascii() and task_id.isprintable()
 
 
 async def _create(request: Request) -> JSONResponse:
@@ -85,9 +92,9 @@ async def create_native(request: Request) -> JSONResponse:
 async def _query(request: Request, task_id: str) -> JSONResponse:
     service = service_of(request)
     key = bearer_key(request)
-    if len(task_id) > _MAX_TASK_ID:
+    if not _plausible(task_id):
         await principal_of(request)
-        return _ok(unknown_output(task_id))
+        return _ok(unknown_output(task_id[:_MAX_ECHO]))
     principal, task = await in_thread(store.get_task_as, service.db, key, task_id, service.retention_ms)
     if principal is None:
         raise InvalidApiKey("Invalid API-key provided.")
@@ -115,7 +122,7 @@ async def query_native(request: Request, task_id: str) -> JSONResponse:
 async def cancel(request: Request, task_id: str) -> JSONResponse:
     service = service_of(request)
     principal = await principal_of(request)
-    done = await in_thread(store.cancel_task, service.db, principal.owner, task_id[:_MAX_TASK_ID])
+    done = await in_thread(store.cancel_task, service.db, principal.owner, task_id) if _plausible(task_id) else None
     if done is None:
         raise UnsupportedOperation()
     return _ok({})
@@ -133,7 +140,7 @@ async def list_tasks(request: Request) -> JSONResponse:
         page_no=page_no, page_size=page_size, status=_statuses(q.get("status")),
         start_ms=_time_param(q.get("start_time"), "start_time", service),
         end_ms=_time_param(q.get("end_time"), "end_time", service),
-        model=q.get("model_name") or None,
+        model=text_param(request, "model_name") or None,
     )
     page = await in_thread(
         lambda: store.list_tasks(service.db, principal.owner, retention_ms=service.retention_ms, **filters)
@@ -150,18 +157,22 @@ async def list_tasks(request: Request) -> JSONResponse:
 def _int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:
     if raw is None or raw == "":
         return default
-    if not raw.strip().isdigit() or not low <= int(raw) <= high:
-        raise InvalidParameter(f"{name} must be an integer from {low} to {high}, not {raw!r}")
-    return int(raw)
+    digits = raw.strip()
+    # ASCII digits only (isdigit() takes "²"), and few enough that int() takes them.
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 9) or not low <= int(digits) <= high:
+        raise InvalidParameter(f"{name} must be an integer from {low} to {high}, not {clip(raw)}")
+    return int(digits)
 
 
 def _time_param(raw: str | None, name: str, service: Service) -> int | None:
     if not raw:
         return None
     try:
+        if not (raw.isascii() and raw.isdigit() and len(raw) == 14):
+            raise ValueError(raw)
         moment = datetime.strptime(raw, "%Y%m%d%H%M%S").replace(tzinfo=service.tz)
     except ValueError:
-        raise InvalidParameter(f"{name} must be YYYYMMDDhhmmss, not {raw!r}") from None
+        raise InvalidParameter(f"{name} must be YYYYMMDDhhmmss, not {clip(raw)}") from None
     return int(moment.timestamp() * 1000)
 
 
@@ -172,6 +183,6 @@ def _statuses(raw: str | None) -> list[str] | None:
     allowed = {s.value for s in Status} - {Status.UNKNOWN.value}
     for name in names:
         if name not in allowed:
-            raise InvalidParameter(f"status must be one of {', '.join(sorted(allowed))}, not {name!r}")
+            raise InvalidParameter(f"status must be one of {', '.join(sorted(allowed))}, not {clip(name)}")
     return names
 

@@ -1,0 +1,26 @@
+"""A table `/health` writes to, so a database that answers reads but cannot store anything (a
+full disk, a read-only file) is reported as such.
+
+Revision ID: 0005
+Revises: 0004
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "health_probes",
+        sa.Column("name", sa.String(128), primary_key=True),
+        sa.Column("at", sa.BigInteger(), nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("health_probes")
