@@ -68,3 +68,12 @@ def test_list_and_table_settings_from_the_environment(monkeypatch: pytest.Monkey
     monkeypatch.setenv("REF2VIDEO_MODELS", "wan2.6-r2v")
     with pytest.raises(ValueError, match="name=value"):
         Settings()
+
+
+def test_results_dir_must_be_a_folder_of_its_own(tmp_path: Path) -> None:
+    """The orphan sweep removes files in it that no task names: the database's among them."""
+    data = tmp_path / "data"
+    for shared in (data, data / "uploads", data / "scratch", data / "cache", tmp_path / "db"):
+        with pytest.raises(ValueError, match="results_dir"):
+            Settings(data_dir=data, results_dir=shared, database_url=f"sqlite:///{tmp_path / 'db' / 'r.db'}")
+    assert Settings(data_dir=data, results_dir=tmp_path / "videos").orphan_grace_seconds == 3600

@@ -23,6 +23,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from .protocol import DEFAULT_MODELS
 
@@ -66,6 +68,9 @@ class Settings(BaseSettings):
 
     retention_hours: float = Field(24.0, gt=0, description="tasks and their files are removed after this")
     sweep_interval: float = Field(300.0, gt=0, description="seconds between retention sweeps")
+    orphan_grace_seconds: float = Field(
+        3600.0, gt=0, description="age after which a stored file no task or upload names is removed"
+    )
     url_ttl_seconds: int = Field(86400, gt=0, description="lifetime of a signed video_url")
     signing_secret: str = Field("", description="HMAC secret for video URLs; default: generated once and kept in the database")
 
@@ -162,6 +167,19 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'ref2video.db'}"
         if self.results_dir is None:
             self.results_dir = self.data_dir / "results"
+        # The orphan sweep removes files in results_dir that no task names: sharing a folder
+        # with the database or another store would delete their files.
+        shared = [self.data_dir, self.data_dir / "uploads", self.scratch_dir, self.cache_dir]
+        try:
+            url = make_url(self.database_url)
+        except ArgumentError:
+            pass  # make_engine reports it
+        else:
+            if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+                shared.append(Path(url.database).parent)
+        if self.results_dir.resolve() in {path.resolve() for path in shared}:
+            raise ValueError(f"results_dir {str(self.results_dir)!r} must be a folder of its own, not one that holds "
+                             "the database, uploads, scratch or cache files: files in it that no task names are removed")
         return self
 
     @property

@@ -70,7 +70,8 @@ class Service:
         )
         self.uploads: Storage = uploads or LocalStorage(settings.data_dir / "uploads")
         self.references = ReferenceLoader.from_settings(settings, self.db, self.uploads, self.retention_ms)
-        self.sweeper = Sweeper(self.db, self.storage, self.uploads, settings.scratch_dir, self.retention_ms)
+        self.sweeper = Sweeper(self.db, self.storage, self.uploads, settings.scratch_dir, self.retention_ms,
+                               orphan_grace_seconds=settings.orphan_grace_seconds)
         local_workers = settings.workers if self.registry.models else 0
         self.pool = WorkerPool(
             self.manager, self.registry, self.storage, self.wakeup,

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-__all__ = ["Storage"]
+__all__ = ["Storage", "StoredObject"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredObject:
+    """One entry of `Storage.listing()`. A backend may subclass it to carry what it needs to
+    remove the object (an S3 backend: the upload id of an unfinished multipart upload)."""
+
+    name: str  # the key; for a partial, the backend's own name for the leftover
+    modified: float  # epoch seconds of the last write
+    partial: bool = False  # an unfinished `put` (a crash mid-write), never readable by key
 
 
 class Storage(Protocol):
@@ -28,3 +40,11 @@ class Storage(Protocol):
 
     def response(self, key: str, request: Request) -> Response:
         """An HTTP answer for the stored file, honouring Range requests."""
+
+    def listing(self) -> Iterator[StoredObject]:
+        """Every object kept, complete or partial, in no particular order. Objects put or
+        removed while it runs may or may not appear; the orphan sweep relies on no more."""
+
+    def discard(self, item: StoredObject) -> None:
+        """Remove what `listing` reported as `item`, partial or not; no error if it is
+        already gone."""

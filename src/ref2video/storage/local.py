@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from ..errors import NotFound
+from .base import StoredObject
 
 __all__ = ["LocalStorage"]
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+# `.<key>.<random>.partial`: the leading dot makes it a name no key can have (an upload blob
+# may well end in `.partial`), the random part keeps two puts of one key apart.
+_PARTIAL = re.compile(r"^\.[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.[0-9a-f]{8}\.partial$")
 
 
 class LocalStorage:
-    """`LocalStorage(Path("results"))` keeps `key` at `results/key`."""
+    """`LocalStorage(Path("results"))` keeps `key` at `results/key`.
+
+    The folder must be the storage's own: the orphan sweep removes any file in it, named like a
+    key, that no row names.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -31,11 +41,14 @@ class LocalStorage:
 
     def put(self, key: str, source: Path) -> None:
         target = self.path(key)
-        partial = target.with_name(target.name + ".partial")
-        shutil.copyfile(source, partial)
-        with open(partial, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(partial, target)
+        partial = self.root / f".{key}.{secrets.token_hex(4)}.partial"
+        try:
+            shutil.copyfile(source, partial)
+            with open(partial, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)  # a failed copy leaves nothing; a crash leaves it to the sweep
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
@@ -52,3 +65,28 @@ class LocalStorage:
         if not path.is_file():
             raise NotFound("the result has expired or does not exist")
         return FileResponse(path, media_type="video/mp4", filename=key, content_disposition_type="inline")
+
+    def listing(self) -> Iterator[StoredObject]:
+        """The folder's files named like a key or like one of our partials; anything else
+        (sub-folders, links, hidden files) is not ours and is never reported. A `<key>.partial`
+        left by an earlier version is a valid key that no row names, so it is swept too."""
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                partial = bool(_PARTIAL.match(entry.name))
+                if not partial and (not _SAFE_KEY.match(entry.name) or ".." in entry.name):
+                    continue
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    modified = entry.stat(follow_symlinks=False).st_mtime
+                except FileNotFoundError:  # renamed into place or removed since the scan
+                    continue
+                yield StoredObject(entry.name, modified, partial)
+
+    def discard(self, item: StoredObject) -> None:
+        if item.partial:
+            if not _PARTIAL.match(item.name):
+                raise NotFound(f"no partial file named {item.name!r}")
+            (self.root / item.name).unlink(missing_ok=True)
+        else:
+            self.delete(item.name)

@@ -55,6 +55,7 @@ class Task(Base):
         Index("ux_tasks_upstream", "upstream_id", unique=True),
         Index("ix_tasks_lease", "lease_token"),  # a relay renews all its tasks at once
         Index("ix_tasks_intent", "upstream_account", "upstream_submit_at"),
+        Index("ix_tasks_result_key", "result_key"),  # the orphan sweep asks who owns a file
     )
 
 
@@ -93,7 +94,7 @@ class Upload(Base):
     content_type: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[int] = mapped_column(BigInteger)
 
-    __table_args__ = (Index("ix_uploads_created", "created_at"),)
+    __table_args__ = (Index("ix_uploads_created", "created_at"), Index("ix_uploads_blob", "blob"))
 
 
 class HealthProbe(Base):

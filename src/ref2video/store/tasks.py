@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
@@ -30,6 +30,7 @@ __all__ = [
     "cancel_task",
     "expired_tasks",
     "delete_tasks",
+    "owned_result_keys",
 ]
 
 
@@ -206,6 +207,14 @@ def expired_tasks(engine: Engine, retention_ms: int, limit: int = 500) -> list[t
 def delete_tasks(engine: Engine, task_ids: Sequence[str]) -> None:
     with engine.begin() as conn:
         conn.execute(delete(Task).where(Task.id.in_(list(task_ids))))
+
+
+def owned_result_keys(engine: Engine, keys: Collection[str]) -> set[str]:
+    """Those of `keys` that some task names as its result: one query, so pass a batch."""
+    if not keys:
+        return set()
+    with engine.connect() as conn:
+        return set(conn.execute(select(Task.result_key).where(Task.result_key.in_(list(keys)))).scalars())
 
 
 class _Row:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -12,7 +12,8 @@ from .db import now_ms
 from .keys import Principal
 from .models import Upload
 
-__all__ = ["UploadRecord", "record_upload", "find_upload", "unknown_keys", "expired_uploads", "delete_uploads"]
+__all__ = ["UploadRecord", "record_upload", "find_upload", "unknown_keys", "expired_uploads", "delete_uploads",
+           "owned_blobs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,3 +74,11 @@ def expired_uploads(engine: Engine, retention_ms: int, limit: int = 500) -> list
 def delete_uploads(engine: Engine, keys: list[str]) -> None:
     with engine.begin() as conn:
         conn.execute(delete(Upload).where(Upload.key.in_(keys)))
+
+
+def owned_blobs(engine: Engine, blobs: Collection[str]) -> set[str]:
+    """Those of `blobs` that some upload keeps its bytes in: one query, so pass a batch."""
+    if not blobs:
+        return set()
+    with engine.connect() as conn:
+        return set(conn.execute(select(Upload.blob).where(Upload.blob.in_(list(blobs)))).scalars())

@@ -1,15 +1,15 @@
 """A table `/health` writes to, so a database that answers reads but cannot store anything (a
 full disk, a read-only file) is reported as such.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
