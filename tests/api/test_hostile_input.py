@@ -199,3 +199,13 @@ def test_huge_parameters_are_cut_in_messages(make_server) -> None:  # type: igno
     body = assert_envelope(client.post(GATEWAY, json={**make_body(), "model": "m" * 50_000}), 404, "ModelNotFound")
     assert len(body["message"]) < 300
     assert ref_url("a.png")  # the reference server stays up for the suite
+
+
+def test_a_range_header_that_cannot_be_read_is_ignored(server: LiveServer) -> None:
+    url = server.wait(server.create())["output"]["video_url"]
+    whole = httpx.get(url).content
+    for value in ("bytes=abc", "bytes=5-2", "items=0-1"):
+        r = httpx.get(url, headers={"Range": value})
+        assert (r.status_code, r.headers["content-type"], r.content) == (200, "video/mp4", whole)
+    past = httpx.get(url, headers={"Range": f"bytes={len(whole) + 10}-"})
+    assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{len(whole)}"

@@ -15,6 +15,7 @@ from ..config import Settings
 from ..service import Service
 from .errors import install_error_handlers
 from .guard import RequestGuard
+from .openapi import BEARER
 from .routes import health, results, tasks, uploads, web
 from .schemas import CreateBody
 
@@ -53,8 +54,14 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
         body = CreateBody.model_json_schema(ref_template="#/components/schemas/{model}")
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(body.pop("$defs", {}))
-        components["CreateBody"] = body
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {}).update(body.pop("$defs", {}))
+        components["schemas"]["CreateBody"] = body
+        components["securitySchemes"] = BEARER
+        # Validation errors are answered 400 in the provider's envelope (errors.py), never 422.
+        for operation in (op for ops in schema["paths"].values() for op in ops.values()):
+            operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            components["schemas"].pop(name, None)
         app.openapi_schema = schema
     return app.openapi_schema

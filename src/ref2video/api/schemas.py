@@ -10,7 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-__all__ = ["CreateBody", "TaskCreated", "TaskAnswer", "ErrorBody", "TaskList", "CancelAnswer"]
+__all__ = ["CreateBody", "TaskCreated", "TaskAnswer", "ErrorBody", "TaskList", "CancelAnswer", "Health",
+           "Unhealthy"]
 
 
 class MediaItemBody(BaseModel):
@@ -124,3 +125,15 @@ class TaskList(BaseModel):
     total_page: int
     page_no: int
     page_size: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: Literal["ok"]
+    workers: int
+    running: int
+
+
+class Unhealthy(BaseModel):
+    status: Literal["unavailable"]
+    database: Literal["unreachable", "not writable"]

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, MalformedRangeHeader, Response
 
 from ..errors import NotFound
 from .base import StoredObject
@@ -64,7 +64,7 @@ class LocalStorage:
         path = self.path(key)
         if not path.is_file():
             raise NotFound("the result has expired or does not exist")
-        return FileResponse(path, media_type="video/mp4", filename=key, content_disposition_type="inline")
+        return VideoFile(path, media_type="video/mp4", filename=key, content_disposition_type="inline")
 
     def listing(self) -> Iterator[StoredObject]:
         """The folder's files named like a key or like one of our partials; anything else
@@ -90,3 +90,16 @@ class LocalStorage:
             (self.root / item.name).unlink(missing_ok=True)
         else:
             self.delete(item.name)
+
+
+class VideoFile(FileResponse):
+    """Starlette's file answer, except that a Range header it cannot read is ignored, as RFC 9110
+    (section 14.2) allows, and the whole file is sent: players retry with a good one, and a
+    plain-text 400 is not an answer any client of this API expects."""
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except MalformedRangeHeader:
+            return []

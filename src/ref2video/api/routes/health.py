@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse
 
 from ...store.db import probe
 from ..deps import in_thread, service_of
+from ..schemas import Health, Unhealthy
 
 __all__ = ["router"]
 
@@ -19,7 +20,8 @@ router = APIRouter()
 _PROBE = f"{socket.gethostname()}:{os.getpid()}"[:128]
 
 
-@router.get("/health", tags=["health"], summary="Is the service up, and can it read and write its database?")
+@router.get("/health", tags=["health"], summary="Is the service up, and can it read and write its database?",
+            response_model=Health, responses={503: {"model": Unhealthy, "description": "the database is away"}})
 async def health(request: Request) -> JSONResponse:
     service = service_of(request)
     problem = await in_thread(probe, service.db, _PROBE)

@@ -7,6 +7,7 @@ from starlette.responses import Response
 
 from ...errors import AccessDenied
 from ..deps import service_of
+from ..openapi import RANGE_PAST_END, VIDEO, VIDEO_PART, errors
 
 __all__ = ["router"]
 
@@ -14,7 +15,9 @@ router = APIRouter()
 
 
 @router.head("/v1/results/{key}", include_in_schema=False)
-@router.get("/v1/results/{key}", tags=["results"], summary="Download a result (supports Range)")
+@router.get("/v1/results/{key}", tags=["results"], summary="Download a result (supports Range)",
+            response_class=Response,
+            responses={200: VIDEO, 206: VIDEO_PART, 416: RANGE_PAST_END, **errors(403, 404)})
 async def result(request: Request, key: str, expires: str = "", sig: str = "") -> Response:
     service = service_of(request)
     assert service.signer is not None

@@ -18,22 +18,14 @@ from ...store import uploads
 from ...store.keys import authenticate
 from ..deps import base_url_of, bearer_key, in_thread, principal_of, read_json, service_of, text_param
 from ..errors import request_id
-from ..schemas import CancelAnswer, ErrorBody, TaskAnswer, TaskCreated, TaskList
+from ..openapi import GATEWAY_CREATE, LIST_PARAMETERS, NATIVE_CREATE, SECURITY, errors
+from ..schemas import CancelAnswer, TaskAnswer, TaskCreated, TaskList
 from ..views import list_item, task_output, unknown_output
 
 __all__ = ["router"]
 
 router = APIRouter()
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413)
-}
-_CREATE_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateBody"}}},
-    }
-}
 _MAX_TASK_ID = 64
 _MAX_ECHO = 1000  # an UNKNOWN answer repeats the id asked for, up to this
 
@@ -71,7 +63,7 @@ def _create_blocking(service: Service, key: str, body: Any) -> store.TaskRecord:
 
 @router.post(
     "/task/bailian/ref2video", tags=["gateway"], summary="Create a task (gateway form)",
-    response_model=TaskCreated, responses=_ERRORS, openapi_extra=_CREATE_DOC,
+    response_model=TaskCreated, responses=errors(400, 401, 404, 413), openapi_extra=GATEWAY_CREATE,
 )
 async def create_gateway(request: Request) -> JSONResponse:
     return await _create(request)
@@ -80,7 +72,7 @@ async def create_gateway(request: Request) -> JSONResponse:
 @router.post(
     "/api/v1/services/aigc/video-generation/video-synthesis", tags=["native"],
     summary="Create a task (needs X-DashScope-Async: enable)",
-    response_model=TaskCreated, responses=_ERRORS, openapi_extra=_CREATE_DOC,
+    response_model=TaskCreated, responses=errors(400, 401, 403, 404, 413), openapi_extra=NATIVE_CREATE,
 )
 async def create_native(request: Request) -> JSONResponse:
     if request.headers.get("x-dashscope-async", "").strip().lower() != "enable":
@@ -105,20 +97,20 @@ async def _query(request: Request, task_id: str) -> JSONResponse:
 
 
 @router.get("/task/{task_id}", tags=["gateway"], summary="Query a task (gateway form)",
-            response_model=TaskAnswer, responses=_ERRORS)
+            response_model=TaskAnswer, responses=errors(401), openapi_extra={"security": SECURITY})
 async def query_gateway(request: Request, task_id: str) -> JSONResponse:
     return await _query(request, task_id)
 
 
 @router.get("/api/v1/tasks/{task_id}", tags=["native"], summary="Query a task",
-            response_model=TaskAnswer, responses=_ERRORS)
+            response_model=TaskAnswer, responses=errors(401), openapi_extra={"security": SECURITY})
 async def query_native(request: Request, task_id: str) -> JSONResponse:
     return await _query(request, task_id)
 
 
 @router.post("/api/v1/tasks/{task_id}/cancel", tags=["native"],
              summary="Cancel a PENDING task (or ask a RUNNING one to stop)",
-             response_model=CancelAnswer, responses=_ERRORS)
+             response_model=CancelAnswer, responses=errors(400, 401), openapi_extra={"security": SECURITY})
 async def cancel(request: Request, task_id: str) -> JSONResponse:
     service = service_of(request)
     principal = await principal_of(request)
@@ -129,7 +121,7 @@ async def cancel(request: Request, task_id: str) -> JSONResponse:
 
 
 @router.get("/api/v1/tasks", tags=["native"], summary="List your tasks, newest first",
-            response_model=TaskList, responses=_ERRORS)
+            response_model=TaskList, responses=errors(400, 401), openapi_extra={**LIST_PARAMETERS, "security": SECURITY})
 async def list_tasks(request: Request) -> JSONResponse:
     service = service_of(request)
     principal = await principal_of(request)
