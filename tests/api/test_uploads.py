@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import selectors
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dashscope
@@ -13,6 +16,8 @@ from dashscope import VideoSynthesis
 from PIL import Image
 from sqlalchemy import select
 
+from ref2video.storage.policy import PolicySigner
+from ref2video.store.keys import authenticate, revoke_key
 from ref2video.store.models import Task, Upload
 from tests.live import LiveServer, make_body
 
@@ -160,3 +165,193 @@ def test_oversized_uploads_are_cut_off(make_server) -> None:  # type: ignore[no-
     assert r.status_code == 413 and r.json()["code"] == "RequestTooLarge"
     assert time.monotonic() - started < 30
     assert not list((server.service.settings.data_dir / "uploads").glob("*"))
+
+
+BOUNDARY = "r2vtestboundary"
+
+
+def certificate_fields(cert: dict, name: str, **overrides: str) -> dict[str, str]:
+    """The SDK's fields for an upload with `cert`, in the SDK's order."""
+    return {
+        "OSSAccessKeyId": cert["oss_access_key_id"], "Signature": cert["signature"], "policy": cert["policy"],
+        "key": f"{cert['upload_dir']}/{name}", "x-oss-object-acl": cert["x_oss_object_acl"],
+        "x-oss-forbid-overwrite": cert["x_oss_forbid_overwrite"], "success_action_status": "200",
+        "x-oss-content-type": "image/png", **overrides,
+    }
+
+
+def multipart_fields(fields: dict[str, str]) -> bytes:
+    return b"".join(
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items())
+
+
+def file_head(name: str) -> bytes:
+    return (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+
+
+END = f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def send_until_answered(server: LiveServer, prefix: bytes, file_size: int) -> tuple[int, bytes]:
+    """POST a multipart body (`prefix`, then `file_size` zero bytes, then the closing boundary) to
+    the certificate route over a raw socket, sending only while the server takes it in and
+    stopping as soon as an answer arrives: (file bytes sent, the answer)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    length = len(prefix) + file_size + len(END)
+    head = (f"POST /api/v1/uploads/oss HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n").encode()
+    chunk = b"\0" * (64 << 10)
+    sent = 0
+    with socket.create_connection((host, int(port)), timeout=30) as sock, selectors.DefaultSelector() as sel:
+        # A small send buffer, so what counts as sent here is close to what the server took in.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+        sock.sendall(head + prefix)
+        sock.setblocking(False)
+        sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        while sent < file_size:
+            events = sel.select(30)
+            assert events, f"the server neither answered nor read on after {sent} bytes of the file"
+            if events[0][1] & selectors.EVENT_READ:
+                break
+            try:
+                sent += sock.send(chunk[:file_size - sent])
+            except BlockingIOError:
+                pass
+        sock.setblocking(True)
+        if sent == file_size:
+            sock.sendall(END)
+        answer = b""
+        while not (b"\r\n\r\n" in answer and answer.endswith(b"}")):
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    return sent, answer
+
+
+def scratch_files(server: LiveServer) -> list[Path]:
+    scratch = server.service.settings.scratch_dir
+    return [p for p in scratch.rglob("*") if p.is_file()] if scratch.exists() else []
+
+
+def test_a_bogus_certificate_is_refused_before_the_file_is_read(make_server) -> None:  # type: ignore[no-untyped-def]
+    """No key is needed to post to the certificate route, so nothing of the file may be taken in
+    (or spooled to disk) before the certificate is checked."""
+    server = make_server(workers=0)
+    cert = policy(server)
+    bogus = dict(cert, policy=cert["policy"][:-8] + "AAAAAAA=")
+    size = 100 << 20
+    prefix = multipart_fields(certificate_fields(bogus, "big.mp4")) + file_head("big.mp4")
+    sent, answer = send_until_answered(server, prefix, size)
+    assert answer.startswith(b"HTTP/1.1 403") and b"AccessDenied" in answer, answer[:300]
+    assert sent < 8 << 20, f"the client sent {sent} bytes of {size} before the answer"
+    assert not scratch_files(server)
+
+
+def small_certificate(server: LiveServer, max_bytes: int) -> dict:
+    """A genuine certificate for the server's key that allows files of at most `max_bytes`."""
+    principal = authenticate(server.service.db, server.key)
+    assert principal is not None and server.service.policy is not None
+    signed, signature, grant = server.service.policy.issue(principal.owner, principal.key_id, "wan2.6-r2v-flash",
+                                                           max_bytes)
+    return dict(policy(server), policy=signed, signature=signature, upload_dir=grant.upload_dir)
+
+
+def stored_blobs(server: LiveServer) -> list[Path]:
+    return list((server.service.settings.data_dir / "uploads").glob("*"))
+
+
+def test_a_certificate_bounds_the_file_size(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(workers=0)
+    cert = small_certificate(server, 1000)
+    assert post_with_policy(cert, "fits.bin", b"x" * 1000).status_code == 200
+    over = post_with_policy(cert, "over.bin", b"x" * 1001)
+    assert over.status_code == 413 and over.json()["code"] == "RequestTooLarge"
+    declared = post_with_policy(cert, "declared.bin", b"x" * (1 << 20))  # refused from Content-Length
+    assert declared.status_code == 413 and declared.json()["code"] == "RequestTooLarge"
+
+    def streamed() -> Iterator[bytes]:  # no Content-Length: cut off by counting
+        yield multipart_fields(certificate_fields(cert, "streamed.bin")) + file_head("streamed.bin")
+        for _ in range(20):
+            yield b"x" * (1 << 20)
+        yield END
+
+    r = httpx.post(cert["upload_host"], content=streamed(),
+                   headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    assert r.status_code == 413 and r.json()["code"] == "RequestTooLarge"
+    assert len(stored_blobs(server)) == 1 and not scratch_files(server)
+    with server.service.db.connect() as conn:
+        assert conn.execute(select(Upload.key, Upload.content_type)).all() == [
+            (f"{cert['upload_dir']}/fits.bin", "image/png")]  # the x-oss-content-type field
+
+
+def test_a_revoked_keys_certificates_stop_working_at_once(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(workers=0)
+    key = server.new_key()
+    cert = policy(server, key)
+    assert revoke_key(server.service.db, cert["oss_access_key_id"])
+    r = post_with_policy(cert, "a.png", png_bytes())
+    assert r.status_code == 403 and r.json()["code"] == "AccessDenied" and "revoked" in r.json()["message"]
+    assert not stored_blobs(server) and not scratch_files(server)
+
+
+def test_junk_certificates_are_refused_not_errors(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(workers=0)
+    cert = policy(server)
+    for junk in ({"Signature": "é" * 44}, {"Signature": "签名"}, {"Signature": "x" * 5000}, {"Signature": ""},
+                 {"policy": "%%% not base64 %%%"}, {"policy": "é" + cert["policy"]}, {"policy": ""}):
+        r = post_with_policy(cert, "a.png", png_bytes(), **junk)
+        assert r.status_code == 403 and r.json()["code"] == "AccessDenied", (junk, r.text)
+    assert not stored_blobs(server)
+
+
+def test_the_signer_refuses_any_junk() -> None:
+    signer = PolicySigner("secret")
+    signed, signature, grant = signer.issue("default", "k1", "wan2.6-r2v", 1000)
+    assert signer.verify(signed, signature) == grant
+    for policy_text, signature_text in ((signed, "é" * 44), (signed, "\udcff"), ("\udcff", signature),
+                                        (signed, "A" * 1_000_000), ("A" * 1_000_000, signature),
+                                        ("not base64!", signature), (signed, None), (None, signature),
+                                        (signed.encode(), signature)):
+        assert signer.verify(policy_text, signature_text) is None
+    # Signed, but not the JSON `issue` makes: still no grant, and no exception.
+    for body in (b"[]", b"{}", b"not json", b'{"owner": 1}', "\u00e9".encode("latin-1")):
+        forged = base64.b64encode(body).decode()
+        assert signer.verify(forged, signer._sign(forged)) is None
+
+
+def test_the_file_must_come_after_the_certificate(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(workers=0)
+    cert = policy(server)
+    body = (file_head("a.png") + png_bytes() + b"\r\n" + multipart_fields(certificate_fields(cert, "a.png"))
+            + f"--{BOUNDARY}--\r\n".encode())
+    r = httpx.post(cert["upload_host"], content=body,
+                   headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    assert r.status_code == 403 and r.json()["code"] == "AccessDenied" and "before the file" in r.json()["message"]
+    assert not stored_blobs(server)
+
+
+def test_malformed_forms_are_invalid_parameters(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(workers=0)
+    cert = policy(server)
+    fields = certificate_fields(cert, "a.png")
+    multipart = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    bodies = {
+        "garbage": b"this is not a multipart body at all",
+        "no closing boundary": multipart_fields(fields),
+        "cut in the file": multipart_fields(fields) + file_head("a.png") + b"half a file",
+        "a part without a name": f"--{BOUNDARY}\r\nContent-Disposition: form-data\r\n\r\nx\r\n".encode() + END[2:],
+        "too many fields": multipart_fields({f"f{i}": "x" for i in range(21)}) + END[2:],
+        "a huge field": multipart_fields({"policy": "A" * (64 << 10)}) + END[2:],
+        "a field twice": multipart_fields(fields) + multipart_fields({"key": "other"}) + END[2:],
+    }
+    for what, body in bodies.items():
+        r = httpx.post(cert["upload_host"], content=body, headers=multipart)
+        assert r.status_code == 400 and r.json()["code"] == "InvalidParameter", (what, r.text)
+    no_boundary = httpx.post(cert["upload_host"], content=b"x", headers={"Content-Type": "multipart/form-data"})
+    assert no_boundary.status_code == 400
+    plain = server.client().post("/api/v1/uploads", content=b"--nope\r\n\r\n", headers=multipart)
+    assert plain.status_code == 400 and plain.json()["code"] == "InvalidParameter"
+    assert not stored_blobs(server) and not scratch_files(server)

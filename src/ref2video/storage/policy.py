@@ -19,6 +19,10 @@ import time
 
 __all__ = ["UploadGrant", "PolicySigner"]
 
+# Far above what `issue` makes (a few hundred characters; 44 for a signature), far below harm.
+_MAX_POLICY = 4096
+_MAX_SIGNATURE = 128
+
 
 @dataclasses.dataclass(frozen=True)
 class UploadGrant:
@@ -43,14 +47,21 @@ class PolicySigner:
         policy = base64.b64encode(json.dumps(body, separators=(",", ":")).encode()).decode()
         return policy, self._sign(policy), grant
 
-    def verify(self, policy: str, signature: str) -> UploadGrant | None:
-        """The grant of a genuine, unexpired certificate, else None."""
-        if not hmac.compare_digest(self._sign(policy), signature or ""):
+    def verify(self, policy: object, signature: object) -> UploadGrant | None:
+        """The grant of a genuine, unexpired certificate, else None, whatever junk it is given
+        (not text, not ASCII, huge, not base64, not the JSON we sign)."""
+        if not isinstance(policy, str) or not isinstance(signature, str):
+            return None
+        if len(policy) > _MAX_POLICY or len(signature) > _MAX_SIGNATURE or not (policy + signature).isascii():
+            return None  # compare_digest raises TypeError on non-ASCII text
+        if not hmac.compare_digest(self._sign(policy), signature):
             return None
         try:
             body = json.loads(base64.b64decode(policy, validate=True))
             grant = UploadGrant(**{f.name: body[f.name] for f in dataclasses.fields(UploadGrant)})
         except (binascii.Error, ValueError, KeyError, TypeError):
+            return None
+        if not (isinstance(grant.max_bytes, int) and isinstance(grant.expires, int)):
             return None
         return grant if grant.expires >= time.time() else None
 

@@ -26,6 +26,7 @@ __all__ = [
     "parse_key",
     "check_secret",
     "authenticate",
+    "is_live",
     "count_keys",
     "server_secret",
 ]
@@ -126,6 +127,16 @@ def authenticate(engine: Engine, key: str) -> Principal | None:
         return None
     assert row is not None
     return Principal(key_id=key_id, owner=row.owner)
+
+
+def is_live(engine: Engine, key_id: str) -> bool:
+    """Whether `key_id` names a key that is not revoked: what a credential issued to that key
+    (an upload certificate) checks on each use, so a revocation ends it at once."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        ).first()
+    return row is not None
 
 
 def server_secret(engine: Engine, name: str) -> str:

@@ -8,29 +8,25 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
-import shutil
 import tempfile
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
-from starlette.types import Message
 
-from ...errors import AccessDenied, InvalidParameter, ModelNotFound, RequestTooLarge, UnsupportedOperation
+from ...errors import AccessDenied, InvalidParameter, ModelNotFound, UnsupportedOperation
 from ...protocol import MAX_UPLOAD_BYTES
 from ...service import Service
 from ...store import uploads as store
-from ...store.keys import Principal
+from ...store.keys import Principal, is_live
 from ..deps import base_url_of, in_thread, principal_of, service_of
+from ..multipart import FormStream
 
 __all__ = ["router"]
 
 router = APIRouter()
 
-_FORM_OVERHEAD = 64 * 1024  # the multipart fields around the file
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._ ()+-]{1,200}$")
 
 
@@ -63,17 +59,28 @@ async def get_policy(request: Request, action: str = "", model: str = "") -> JSO
 
 @router.post("/api/v1/uploads/oss", tags=["uploads"], summary="Multipart upload with a certificate (the SDK's flow)")
 async def upload_with_policy(request: Request) -> Response:
+    """No API key comes with this post, so the certificate in the fields before the file is
+    checked before a byte of the file is read (OSS's rule: the file part comes last)."""
     service = service_of(request)
     assert service.policy is not None
-    form = await _read_form(request)
-    grant = service.policy.verify(str(form.get("policy", "")), str(form.get("Signature", "")))
-    if grant is None:
-        raise AccessDenied("the upload certificate is invalid or has expired; ask for a new one")
-    key = str(form.get("key", ""))
-    if posixpath.dirname(key) != grant.upload_dir or not _SAFE_NAME.match(posixpath.basename(key)):
-        raise AccessDenied("the key must be <upload_dir>/<file name> of this certificate")
-    principal = Principal(key_id=grant.key_id, owner=grant.owner)
-    await _store(service, principal, key, _file_of(form), str(form.get("x-oss-content-type", "")))
+    async with FormStream(request) as form:
+        form.refuse_declared_over(MAX_UPLOAD_BYTES)
+        fields, file = await form.fields()
+        if file is not None and "policy" not in fields:
+            raise AccessDenied("the certificate fields (policy, Signature) must come before the file")
+        grant = service.policy.verify(fields.get("policy", ""), fields.get("Signature", ""))
+        if grant is None:
+            raise AccessDenied("the upload certificate is invalid or has expired; ask for a new one")
+        # The certificate is only as good as the key it was issued to: a revocation ends it now.
+        if not await in_thread(is_live, service.db, grant.key_id):
+            raise AccessDenied("the key this upload certificate was issued to has been revoked")
+        key = fields.get("key", "")
+        if posixpath.dirname(key) != grant.upload_dir or not _SAFE_NAME.match(posixpath.basename(key)):
+            raise AccessDenied("the key must be <upload_dir>/<file name> of this certificate")
+        if file is None:
+            raise InvalidParameter("the form has no file field named 'file'")
+        principal = Principal(key_id=grant.key_id, owner=grant.owner)
+        await _receive(service, principal, key, form, grant.max_bytes, fields.get("x-oss-content-type", ""))
     return Response(status_code=200)
 
 
@@ -81,65 +88,40 @@ async def upload_with_policy(request: Request) -> Response:
 async def upload(request: Request) -> JSONResponse:
     service = service_of(request)
     principal = await principal_of(request)
-    form = await _read_form(request)
-    file = _file_of(form)
-    name = PurePosixPath(file.filename or "file").name
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:100] or "file"
-    key = f"ref2video-uploads/{principal.key_id}/{uuid.uuid4().hex}/{name}"
-    size = await _store(service, principal, key, file, file.content_type or "")
+    async with FormStream(request) as form:
+        form.refuse_declared_over(MAX_UPLOAD_BYTES)
+        _, file = await form.fields()
+        if file is None:
+            raise InvalidParameter("the form has no file field named 'file'")
+        name = PurePosixPath(file.filename or "file").name
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:100] or "file"
+        key = f"ref2video-uploads/{principal.key_id}/{uuid.uuid4().hex}/{name}"
+        size = await _receive(service, principal, key, form, MAX_UPLOAD_BYTES, file.content_type)
     return JSONResponse({
         "request_id": str(uuid.uuid4()),
         "output": {"url": f"oss://{key}", "key": key, "size": size},
     })
 
 
-async def _read_form(request: Request) -> Any:
-    """The multipart form, refusing bodies over the upload limit as they stream in."""
-    limit = MAX_UPLOAD_BYTES + _FORM_OVERHEAD
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise RequestTooLarge(f"the upload is {declared} bytes; the limit is {MAX_UPLOAD_BYTES}")
-    received = 0
-
-    async def receive() -> Message:
-        nonlocal received
-        message = await request.receive()
-        received += len(message.get("body", b""))
-        if received > limit:
-            raise RequestTooLarge(f"the upload is over the limit of {MAX_UPLOAD_BYTES} bytes")
-        return message
-
-    try:
-        return await Request(request.scope, receive).form(max_files=1, max_fields=20)
-    except RequestTooLarge:
-        raise
-    except Exception as exc:  # python-multipart's and Starlette's parse errors
-        raise InvalidParameter(f"the upload is not a valid multipart form: {exc}") from None
-
-
-def _file_of(form: Any) -> UploadFile:
-    file = form.get("file")
-    if not isinstance(file, UploadFile):
-        raise InvalidParameter("the form has no file field named 'file'")
-    return file
-
-
-async def _store(service: Service, principal: Principal, key: str, file: UploadFile, content_type: str) -> int:
+async def _receive(service: Service, principal: Principal, key: str, form: FormStream, limit: int,
+                   content_type: str) -> int:
+    """Stream the file part to a scratch file and store it under `key`; its size. The scratch
+    file is gone afterwards however this ends (too large, cut off, a lost race for the key)."""
     blob = hashlib.sha256(key.encode()).hexdigest()[:40] + Path(key).suffix.lower()[:8]
-    return await in_thread(_store_blocking, service, principal, key, blob, file, content_type)
-
-
-def _store_blocking(service: Service, principal: Principal, key: str, blob: str, file: UploadFile,
-                    content_type: str) -> int:
     service.settings.scratch_dir.mkdir(parents=True, exist_ok=True)
+    # Created and removed here rather than in a thread: removal must happen even when the
+    # request is cancelled, and both are single quick system calls.
     with tempfile.NamedTemporaryFile(dir=service.settings.scratch_dir, suffix=".upload") as tmp:
-        file.file.seek(0)
-        shutil.copyfileobj(file.file, tmp)
-        tmp.flush()
-        size = tmp.tell()
+        size = await form.save_file(tmp, limit)
         if size == 0:
             raise InvalidParameter("the uploaded file is empty")
-        service.uploads.put(blob, Path(tmp.name))
+        await in_thread(tmp.flush)
+        return await in_thread(_store_blocking, service, principal, key, blob, Path(tmp.name), size, content_type)
+
+
+def _store_blocking(service: Service, principal: Principal, key: str, blob: str, source: Path, size: int,
+                    content_type: str) -> int:
+    service.uploads.put(blob, source)
     if not store.record_upload(service.db, principal, key=key, blob=blob, size=size,
                                content_type=content_type[:128] or "application/octet-stream"):
         service.uploads.delete(blob)  # lost the race for the key: keep the first
