@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 __all__ = ["CreateBody", "TaskCreated", "TaskAnswer", "ErrorBody", "TaskList", "CancelAnswer", "Health",
-           "Unhealthy"]
+           "Unhealthy", "CertificateAnswer", "UploadAnswer"]
 
 
 class MediaItemBody(BaseModel):
@@ -137,3 +137,34 @@ class Health(BaseModel):
 class Unhealthy(BaseModel):
     status: Literal["unavailable"]
     database: Literal["unreachable", "not writable"]
+
+
+class Certificate(BaseModel):
+    policy: str
+    signature: str
+    upload_dir: str
+    upload_host: str
+    expire_in_seconds: int
+    max_file_size_mb: int
+    capacity_limit_mb: int
+    oss_access_key_id: str
+    x_oss_object_acl: str
+    x_oss_forbid_overwrite: str
+
+
+class CertificateAnswer(BaseModel):
+    """The provider's shape: the certificate under `data`."""
+
+    request_id: str
+    data: Certificate
+
+
+class Uploaded(BaseModel):
+    url: str = Field(description="oss://<key>, a reference for this key's owner")
+    key: str
+    size: int
+
+
+class UploadAnswer(BaseModel):
+    request_id: str
+    output: Uploaded

@@ -12,7 +12,7 @@ from .db import now_ms
 from .keys import Principal
 from .models import Upload
 
-__all__ = ["UploadRecord", "record_upload", "find_upload", "unknown_keys", "expired_uploads", "delete_uploads",
+__all__ = ["UploadRecord", "record_upload", "key_taken", "find_upload", "unknown_keys", "expired_uploads", "delete_uploads",
            "owned_blobs"]
 
 
@@ -37,6 +37,12 @@ def record_upload(engine: Engine, principal: Principal, *, key: str, blob: str, 
     except IntegrityError:
         return False
     return True
+
+
+def key_taken(engine: Engine, key: str) -> bool:
+    """Whether anyone already uploaded under `key` (uploads never overwrite)."""
+    with engine.connect() as conn:
+        return conn.execute(select(Upload.key).where(Upload.key == key)).first() is not None
 
 
 def find_upload(engine: Engine, owner: str, key: str, retention_ms: int) -> UploadRecord | None:

@@ -5,39 +5,53 @@ Files become `oss://<key>` references that resolve only for the uploading key's 
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import re
 import tempfile
 import uuid
 from pathlib import Path, PurePosixPath
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import JSONResponse, Response
 
-from ...errors import AccessDenied, InvalidParameter, ModelNotFound, UnsupportedOperation
+from ...errors import AccessDenied, InvalidParameter, ModelNotFound, UnsupportedOperation, clip
 from ...protocol import MAX_UPLOAD_BYTES
 from ...service import Service
 from ...store import uploads as store
 from ...store.keys import Principal, is_live
 from ..deps import base_url_of, in_thread, principal_of, service_of
+from ..errors import request_id
 from ..multipart import FormStream
+from ..openapi import SECURITY, errors, form_body
+from ..schemas import CertificateAnswer, UploadAnswer
 
 __all__ = ["router"]
 
 router = APIRouter()
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._ ()+-]{1,200}$")
+_CERTIFICATE_FIELDS = {
+    "OSSAccessKeyId": "oss_access_key_id of the certificate", "Signature": "its signature",
+    "policy": "its policy", "key": "upload_dir/<file name>", "x-oss-object-acl": "private",
+    "x-oss-forbid-overwrite": "true", "success_action_status": "200", "x-oss-content-type": "the file's type",
+}
 
 
-@router.get("/api/v1/uploads", tags=["uploads"], summary="Upload certificate (action=getPolicy)")
-async def get_policy(request: Request, action: str = "", model: str = "") -> JSONResponse:
+@router.get("/api/v1/uploads", tags=["uploads"], summary="Upload certificate (action=getPolicy)",
+            response_model=CertificateAnswer, responses=errors(400, 401, 404),
+            openapi_extra={"security": SECURITY})
+async def get_policy(
+    request: Request,
+    action: Annotated[str, Query(description="getPolicy")] = "",
+    model: Annotated[str, Query(description="the model the file is for")] = "",
+) -> JSONResponse:
     service = service_of(request)
     principal = await principal_of(request)
     if action != "getPolicy":
-        raise InvalidParameter(f"action must be 'getPolicy', not {action!r}")
+        raise InvalidParameter(f"action must be 'getPolicy', not {clip(action)}")
     if model not in service.models:
-        raise ModelNotFound(f"Model not exist: {model!r} is not served here")
+        raise ModelNotFound(f"Model not exist: {clip(model)} is not served here")
     assert service.policy is not None
     policy, signature, grant = service.policy.issue(principal.owner, principal.key_id, model, MAX_UPLOAD_BYTES)
     certificate = {
@@ -54,10 +68,12 @@ async def get_policy(request: Request, action: str = "", model: str = "") -> JSO
     }
     # The provider answers the certificate under `data` (clients read data["upload_host"]);
     # the official SDK reads `data` too when there is no `output`.
-    return JSONResponse({"request_id": str(uuid.uuid4()), "data": certificate})
+    return JSONResponse({"request_id": request_id(), "data": certificate})
 
 
-@router.post("/api/v1/uploads/oss", tags=["uploads"], summary="Multipart upload with a certificate (the SDK's flow)")
+@router.post("/api/v1/uploads/oss", tags=["uploads"], summary="Multipart upload with a certificate (the SDK's flow)",
+             response_class=Response, responses={200: {"description": "stored"}, **errors(400, 403, 413)},
+             openapi_extra=form_body(_CERTIFICATE_FIELDS, required=["policy", "Signature", "key"]))
 async def upload_with_policy(request: Request) -> Response:
     """No API key comes with this post, so the certificate in the fields before the file is
     checked before a byte of the file is read (OSS's rule: the file part comes last)."""
@@ -84,7 +100,9 @@ async def upload_with_policy(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/api/v1/uploads", tags=["uploads"], summary="Upload a reference file (multipart field 'file')")
+@router.post("/api/v1/uploads", tags=["uploads"], summary="Upload a reference file (multipart field 'file')",
+             response_model=UploadAnswer, responses=errors(400, 401, 413),
+             openapi_extra={**form_body({}, required=[]), "security": SECURITY})
 async def upload(request: Request) -> JSONResponse:
     service = service_of(request)
     principal = await principal_of(request)
@@ -98,7 +116,7 @@ async def upload(request: Request) -> JSONResponse:
         key = f"ref2video-uploads/{principal.key_id}/{uuid.uuid4().hex}/{name}"
         size = await _receive(service, principal, key, form, MAX_UPLOAD_BYTES, file.content_type)
     return JSONResponse({
-        "request_id": str(uuid.uuid4()),
+        "request_id": request_id(),
         "output": {"url": f"oss://{key}", "key": key, "size": size},
     })
 
@@ -107,7 +125,10 @@ async def _receive(service: Service, principal: Principal, key: str, form: FormS
                    content_type: str) -> int:
     """Stream the file part to a scratch file and store it under `key`; its size. The scratch
     file is gone afterwards however this ends (too large, cut off, a lost race for the key)."""
-    blob = hashlib.sha256(key.encode()).hexdigest()[:40] + Path(key).suffix.lower()[:8]
+    if await in_thread(store.key_taken, service.db, key):
+        raise UnsupportedOperation(f"the file {clip(key, 200)} already exists and uploads never overwrite")
+    # A name of its own per upload: two racing for one key never write into each other's file.
+    blob = uuid.uuid4().hex + Path(key).suffix.lower()[:8]
     service.settings.scratch_dir.mkdir(parents=True, exist_ok=True)
     # Created and removed here rather than in a thread: removal must happen even when the
     # request is cancelled, and both are single quick system calls.
@@ -124,6 +145,6 @@ def _store_blocking(service: Service, principal: Principal, key: str, blob: str,
     service.uploads.put(blob, source)
     if not store.record_upload(service.db, principal, key=key, blob=blob, size=size,
                                content_type=content_type[:128] or "application/octet-stream"):
-        service.uploads.delete(blob)  # lost the race for the key: keep the first
-        raise UnsupportedOperation(f"the file {key!r} already exists and uploads never overwrite")
+        service.uploads.delete(blob)  # lost the race for the key: the first one stays
+        raise UnsupportedOperation(f"the file {clip(key, 200)} already exists and uploads never overwrite")
     return size
