@@ -14,6 +14,7 @@ import httpx
 import uvicorn
 
 from ref2video.api.app import create_app
+from ref2video.api.server import server_config
 from ref2video.config import Settings
 from ref2video.service import Service
 from ref2video.store import keys
@@ -174,7 +175,7 @@ def start_server(settings: Settings, **parts: Any) -> LiveServer:
     service = Service(settings, **parts)
     app = create_app(service=service)
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = server_config(app, settings, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

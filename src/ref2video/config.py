@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     signing_secret: str = Field("", description="HMAC secret for video URLs; default: generated once and kept in the database")
 
     max_body_bytes: int = Field(1 << 20, gt=0, description="largest accepted request body")
+    http_max_connections: int | None = Field(
+        None, ge=1, description="client connections open at once; default: what the descriptor limit leaves"
+    )
+    http_header_timeout: float = Field(15.0, gt=0, description="seconds a request's headers may take to arrive")
+    http_body_timeout: float = Field(30.0, gt=0, description="seconds a request body may go without a byte")
+    http_keepalive_timeout: float = Field(5.0, gt=0, description="seconds an idle kept-alive connection stays open")
 
     fetch_allow: StrList = Field(
         default_factory=list, description="CIDR ranges reference fetching may reach despite being private"

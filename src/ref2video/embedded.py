@@ -24,10 +24,10 @@ def embedded_server(settings: Settings) -> Iterator[tuple[str, str]]:
     Yields (base URL, API key). The key is the data folder's first key, made if needed.
     """
     from .api.app import create_app
+    from .api.server import server_config
 
     service = Service(settings)
-    config = uvicorn.Config(create_app(service=service), host="127.0.0.1", port=0, log_level="warning",
-                            lifespan="on")
+    config = server_config(create_app(service=service), settings, host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="ref2video-embedded", daemon=True)
     thread.start()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,9 @@ from tests.live import ROOT, TEST_MODELS
 
 
 def env_for(data_dir: Path, database_url: str, **settings: object) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "REF2VIDEO_DATA_DIR": str(data_dir),
+    # This checkout's package first, ahead of any installed copy, then the tests' own modules.
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    env = {**os.environ, "PYTHONPATH": path, "REF2VIDEO_DATA_DIR": str(data_dir),
            "REF2VIDEO_DATABASE_URL": database_url, "REF2VIDEO_MODELS": json.dumps(TEST_MODELS),
            "REF2VIDEO_LOG_LEVEL": "warning", "REF2VIDEO_FETCH_ALLOW": '["127.0.0.0/8"]',
            "REF2VIDEO_CACHE_MAX_BYTES": "0"}
@@ -24,10 +27,12 @@ def env_for(data_dir: Path, database_url: str, **settings: object) -> dict[str, 
     return env
 
 
-def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+def spawn(args: list[str], env: dict[str, str], log: Path,
+          preexec: Callable[[], None] | None = None) -> subprocess.Popen:
+    """`python -m ref2video ARGS`; `preexec` runs in the child before it starts (resource limits)."""
     out = open(log, "ab")
     return subprocess.Popen([sys.executable, "-m", "ref2video", *args], env=env, stdout=out,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:

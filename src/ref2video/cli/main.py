@@ -53,16 +53,18 @@ def serve(
 ) -> None:
     """Run the HTTP API (and, by default, workers in the same process)."""
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     from ..api.app import create_app
+    from ..api.server import server_config
 
     settings = _settings(config, host=host, port=port, workers=workers)
     _logging(settings)
     console.print(f"ref2video on http://{settings.host}:{settings.port}  (docs at /docs, data in {settings.data_dir})")
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port,
-        log_level=settings.log_level.lower(), access_log=False,
-    )
+    server = uvicorn.Server(server_config(create_app(settings), settings))
+    server.run()
+    if not server.started:  # as `uvicorn.run` does: the app or the socket failed to start
+        raise typer.Exit(STARTUP_FAILURE)
 
 
 @app.command()
