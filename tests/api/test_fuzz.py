@@ -32,6 +32,8 @@ from tests.live import LiveServer, settings_for, start_server
 EXAMPLES = int(os.environ.get("REF2VIDEO_FUZZ_EXAMPLES", "25"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 STATUSES: collections.Counter[int] = collections.Counter()
+# All operations run inside one test item: its time limit grows with the examples asked for.
+pytestmark = pytest.mark.timeout(max(300, EXAMPLES * 2))
 
 
 @pytest.fixture(scope="module")
