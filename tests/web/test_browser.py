@@ -1,7 +1,5 @@
-"""The web page at `/`, driven in real headless Chromium (Debian's) through Playwright.
-
-Skipped when /usr/bin/chromium or the `playwright` package is missing, except in CI (env CI set),
-where that is a failure. `R2V_UPDATE_SCREENSHOTS=1` rewrites docs/images/web-ui.png.
+"""The web page at `/`, driven in real headless Chromium (Debian's) through Playwright
+(fixtures in conftest.py). `R2V_UPDATE_SCREENSHOTS=1` rewrites docs/images/web-ui.png.
 """
 
 from __future__ import annotations
@@ -9,65 +7,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from PIL import Image, ImageDraw
 
 from tests.live import ROOT, LiveServer, ref_url
+from tests.web.conftest import TIMEOUT_MS
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SCREENSHOT = ROOT / "docs" / "images" / "web-ui.png"
-TIMEOUT_MS = 20_000
-
-
-def _need(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"the browser test must run in CI: {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        _need(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _need("the playwright package is not installed (pip install playwright)")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    """SQLite only: the page is what is under test here, not the store."""
-    return f"sqlite:///{tmp_path / 'db.sqlite'}"
-
-
-@pytest.fixture
-def page_for(browser: Any) -> Iterator[Callable[..., Any]]:
-    """New pages (each in its own context, so localStorage starts empty), closed at the end."""
-    contexts: list[Any] = []
-
-    def make(width: int = 1280, height: int = 900) -> Any:
-        context = browser.new_context(viewport={"width": width, "height": height})
-        context.set_default_timeout(TIMEOUT_MS)
-        contexts.append(context)
-        page = context.new_page()
-        page.errors = []  # uncaught exceptions in the page's own script
-        page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-        return page
-
-    yield make
-    for context in contexts:
-        context.close()
 
 
 def _open_with_key(page: Any, server: LiveServer, key: str) -> None:
