@@ -49,8 +49,8 @@ def page_for(browser: Any) -> Iterator[Callable[..., Any]]:
     """New pages (each in its own context, so localStorage starts empty), closed at the end."""
     contexts: list[Any] = []
 
-    def make(width: int = 1280, height: int = 900) -> Any:
-        context = browser.new_context(viewport={"width": width, "height": height})
+    def make(width: int = 1280, height: int = 900, **options: Any) -> Any:
+        context = browser.new_context(viewport={"width": width, "height": height}, **options)
         context.set_default_timeout(TIMEOUT_MS)
         contexts.append(context)
         page = context.new_page()
