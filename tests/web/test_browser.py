@@ -254,10 +254,20 @@ def test_phone_sized_screen(server: LiveServer, page_for: Callable[..., Any], tm
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 375
     page.locator("#refs li").first.get_by_role("button", name="Remove").click()
     expect(page.locator("#refs li")).to_have_count(0)
+    # Far below the message bar, an error is also written under the control it is about.
+    page.get_by_role("button", name="Create video").click()
+    note = page.locator("#error-note")
+    expect(note).to_have_text("Add at least one reference (a URL or an uploaded file).")
+    expect(note).to_be_in_viewport()
+    expect(page.get_by_label("Reference URL")).to_be_focused()
+    expect(page.get_by_label("Reference URL")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#error")).to_have_text("Add at least one reference (a URL or an uploaded file).")
     for name in ("a.png", "c.mp4"):
         page.get_by_label("Reference URL").fill(ref_url(name))
         page.get_by_role("button", name="Add URL").click()
     expect(page.locator("#refs li")).to_have_count(2)
+    expect(note).to_have_count(0)
+    expect(page.get_by_label("Reference URL")).not_to_have_attribute("aria-invalid", "true")
     expect(page.locator("#refs li").nth(1).locator(".name")).to_have_text("character2")
     # Reorder: the video becomes character1.
     page.locator("#refs li").nth(1).get_by_role("button", name="Up").click()

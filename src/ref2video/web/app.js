@@ -99,27 +99,45 @@
     return box.top >= 0 && box.bottom <= window.innerHeight;
   }
 
-  // The bar is in the page's flow, so it can be scrolled away: an error that answers what the
-  // user just did is brought into view (background ones, from polling, are not).
-  function showError(text, { reveal = true } = {}) {
+  // The bar is in the page's flow, so it can be scrolled away from what the user is doing. An
+  // error about a control (`near`: an id or an element) is also written under that control,
+  // where the user is looking; any other error that answers what the user just did scrolls the
+  // bar into view (background ones, from polling, do not).
+  let note = null; // {node, control, describedBy}
+  function showError(text, { reveal = true, near = null } = {}) {
     $("error").textContent = text;
     $("error-dismiss").hidden = false;
     const row = $("error").parentElement;
     row.classList.add("has-error");
-    if (reveal && !inView(row)) row.scrollIntoView({ block: "nearest" });
+    clearNote();
+    const control = typeof near === "string" ? $(near) : near;
+    if (control) {
+      const node = el("p", { class: "field-error", id: "error-note", text });
+      (control.closest(".submit-row, .actions") || control).insertAdjacentElement("afterend", node);
+      note = { node, control, describedBy: control.getAttribute("aria-describedby") };
+      if (control.matches("input, textarea, select")) {
+        control.setAttribute("aria-invalid", "true");
+        control.setAttribute("aria-describedby", `error-note ${note.describedBy || ""}`.trim());
+      }
+    } else if (reveal && !inView(row)) {
+      row.scrollIntoView({ block: "nearest" });
+    }
   }
 
-  // Focus a field named by an error without scrolling the error away, when both fit.
-  function focusField(id) {
-    const field = $(id);
-    field.focus({ preventScroll: true });
-    if (!inView(field)) field.scrollIntoView({ block: "nearest" });
+  function clearNote() {
+    if (!note) return;
+    note.node.remove();
+    note.control.removeAttribute("aria-invalid");
+    if (note.describedBy) note.control.setAttribute("aria-describedby", note.describedBy);
+    else note.control.removeAttribute("aria-describedby");
+    note = null;
   }
 
   function clearError() {
     $("error").textContent = "";
     $("error-dismiss").hidden = true;
     $("error").parentElement.classList.remove("has-error");
+    clearNote();
   }
 
   class ApiFailure extends Error {
@@ -305,13 +323,13 @@
   }
   const labelOf = (ref) => refLabels()[refs.indexOf(ref)];
 
-  function roomFor(kind) {
+  function roomFor(kind, near) {
     if (refs.length >= MAX_REFS) {
-      showError(`At most ${MAX_REFS} references: remove one before adding another.`);
+      showError(`At most ${MAX_REFS} references: remove one before adding another.`, { near });
       return false;
     }
     if (kind === "video" && !mediaForm() && refs.filter((r) => r.kind === "video").length >= MAX_VIDEOS) {
-      showError(`At most ${MAX_VIDEOS} of the references may be videos.`);
+      showError(`At most ${MAX_VIDEOS} of the references may be videos.`, { near });
       return false;
     }
     return true;
@@ -321,17 +339,18 @@
     const input = $("ref-url");
     const url = input.value.trim();
     if (!url) {
-      showError("Type or paste a reference URL first.");
+      showError("Type or paste a reference URL first.", { near: input });
       input.focus();
       return;
     }
     if (!/^(https?|oss):\/\/\S+$/i.test(url)) {
-      showError("A reference URL must start with http://, https:// or oss:// (upload local files below).");
+      showError("A reference URL must start with http://, https:// or oss:// (upload local files below).",
+        { near: input });
       input.focus();
       return;
     }
     const kind = kindOfUrl(url);
-    if (!roomFor(kind)) return;
+    if (!roomFor(kind, input)) return;
     clearError();
     const ref = {
       id: nextRefId++, kind, name: url, url,
@@ -355,9 +374,10 @@
     const started = [];
     for (const file of files) {
       const kind = kindOfFile(file);
-      if (!roomFor(kind)) break;
+      if (!roomFor(kind, "file-input")) break;
       if (file.size > MAX_UPLOAD_BYTES) {
-        showError(`${file.name} is ${(file.size / 1048576).toFixed(1)} MB; uploads are limited to 100 MB.`);
+        showError(`${file.name} is ${(file.size / 1048576).toFixed(1)} MB; uploads are limited to 100 MB.`,
+          { near: "file-input" });
         continue;
       }
       const objectUrl = URL.createObjectURL(file);
@@ -385,7 +405,7 @@
     } catch (err) {
       ref.state = "failed";
       ref.error = describe(err);
-      if (refs.includes(ref)) showError(`Upload of ${file.name} failed. ${describe(err)}`);
+      if (refs.includes(ref)) showError(`Upload of ${file.name} failed. ${describe(err)}`, { near: "file-input" });
     }
     renderRefs();
   }
@@ -594,8 +614,8 @@
     clearError();
     const { body, error, focus } = readForm();
     if (error) {
-      showError(error);
-      if (focus) focusField(focus);
+      showError(error, { near: focus || "submit" });
+      if (focus) $(focus).focus();
       return;
     }
     const submit = $("submit");
@@ -623,7 +643,7 @@
       say(`Task ${id} created; it is ${task.status}.`, task);
       await loadTasks();
     } catch (err) {
-      showError(`Could not create the task. ${describe(err)}`);
+      showError(`Could not create the task. ${describe(err)}`, { near: "submit" });
     } finally {
       submit.disabled = false;
       submit.textContent = "Create video";
@@ -771,7 +791,7 @@
       say(`Cancel requested for task ${task.id}.`, task);
       await refreshTask(task.id);
     } catch (err) {
-      showError(`Could not cancel task ${task.id}. ${describe(err)}`);
+      showError(`Could not cancel task ${task.id}. ${describe(err)}`, { near: button });
     } finally {
       button.disabled = false;
     }
@@ -817,7 +837,7 @@
       try {
         await refreshTask(task.id); // a fresh signed link
       } catch (err) {
-        showError(`Could not query task ${task.id}. ${describe(err)}`);
+        showError(`Could not query task ${task.id}. ${describe(err)}`, { near: playButton });
         return;
       }
       play(task, true);
