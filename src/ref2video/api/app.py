@@ -16,7 +16,7 @@ from ..service import Service
 from .errors import install_error_handlers
 from .guard import RequestGuard
 from .openapi import BEARER
-from .routes import health, results, tasks, uploads, web
+from .routes import docs, health, results, tasks, uploads, web
 from .schemas import CreateBody
 
 __all__ = ["create_app"]
@@ -39,11 +39,13 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         version=__version__,
         summary="Reference-to-video tasks, wire-compatible with DashScope wan2.6-r2v.",
         lifespan=lifespan,
+        docs_url=None,  # served offline by routes/docs.py: FastAPI's pages load from a CDN
+        redoc_url=None,
     )
     app.state.service = service
     install_error_handlers(app)
     app.add_middleware(RequestGuard)
-    for module in (tasks, uploads, results, health, web):
+    for module in (tasks, uploads, results, health, web, docs):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -1,4 +1,5 @@
-"""The web page's static files (index.html, app.css, app.js), served by `ref2video.api.routes.web`."""
+"""The web page's static files (index.html, app.css, app.js), served by `ref2video.api.routes.web`,
+and docs.js, which starts Swagger UI on /docs (`ref2video.api.routes.docs`)."""
 
 from __future__ import annotations
 
