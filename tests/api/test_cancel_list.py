@@ -84,7 +84,8 @@ def test_list_is_newest_first_paged_and_filtered(make_server) -> None:  # type: 
     assert body["total"] == 5 and body["total_page"] == 3 and body["page_no"] == 1 and body["page_size"] == 2
     assert [d["task_id"] for d in body["data"]] == [ids[4], ids[3]]
     item = body["data"][0]
-    assert set(item) == {"task_id", "status", "model_name", "gmt_create", "start_time", "end_time"}
+    assert set(item) == {"task_id", "status", "model_name", "gmt_create", "start_time", "end_time", "prompt"}
+    assert item["prompt"] == "character1 waves"  # an extension: the provider lists no prompt
     assert isinstance(item["gmt_create"], int) and item["gmt_create"] > 1_700_000_000_000
     page3 = client.get("/api/v1/tasks", params={"page_size": 2, "page_no": 3}).json()
     assert [d["task_id"] for d in page3["data"]] == [ids[0]]

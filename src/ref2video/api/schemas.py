@@ -116,6 +116,7 @@ class TaskListItem(BaseModel):
     gmt_create: int
     start_time: int | None
     end_time: int | None
+    prompt: str | None = Field(None, description="ref2video's extension: the task's prompt")
 
 
 class TaskList(BaseModel):

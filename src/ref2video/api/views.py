@@ -62,4 +62,5 @@ def list_item(task: TaskRecord) -> dict[str, Any]:
         "gmt_create": task.submitted_at,
         "start_time": task.scheduled_at,
         "end_time": task.ended_at,
+        "prompt": task.spec.get("prompt", ""),  # an extension: whose task is which, at a glance
     }

@@ -694,6 +694,7 @@
       task.model = item.model_name || task.model;
       task.created = item.gmt_create || task.created;
       task.ended = item.end_time || null;
+      if (item.prompt && !task.prompt) task.prompt = item.prompt; // ref2video's extension
       listed.push(task.id);
     }
     order = listed;
