@@ -99,6 +99,9 @@ class Settings(BaseSettings):
         description="model name -> engine name or 'module:Class' import string",
     )
     engines: StrTable = Field(default_factory=dict, description="extra engine names -> import strings")
+    preview_badge: bool = Field(
+        True, description="the preview engine marks every frame with a small 'PREVIEW · storyboard' badge"
+    )
     log_level: str = "info"
 
     # The DashScope relay: models mapped to the engine "dashscope" go to the provider.

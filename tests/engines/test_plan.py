@@ -83,3 +83,47 @@ def test_lines_that_do_not_fit_are_dropped_not_overrun() -> None:
     p = plan(prompt, duration=3)
     assert p.cues and all(c.end <= 3.0 for c in p.cues)
     assert all(a.end <= b.start for a, b in zip(p.cues, p.cues[1:]))
+
+
+def test_a_character_keeps_its_side_in_every_shot() -> None:
+    prompt = ("character1 and character2 talk. character3 and character2 argue. character2, character3 and "
+              "character1 sing. character2 and character1 leave.")
+    for seed in range(8):
+        shots = plan(prompt, seed=seed).shots
+        assert len(shots) == 4 and all(len(s.characters) > 1 for s in shots)
+        for shot in shots:
+            # Left to right in order of first mention, whatever the shot's own order of mention,
+            # from the shot's first frame to its last (drifting, nobody passes a neighbour).
+            for frame in (shot.start, shot.end - 1):
+                xs = {c: shot.box_of(c, frame).x for c in shot.characters}
+                assert sorted(xs, key=xs.__getitem__) == sorted(shot.characters), (seed, shot, frame)
+
+
+def test_a_long_single_shot_never_swaps_sides() -> None:
+    prompt = "character3, character1 and character2 stand together for a long while."
+    for seed in range(20):
+        (shot,) = plan(prompt, shot_type="single", seed=seed, duration=15).shots
+        for frame in range(shot.start, shot.end, FPS):
+            xs = {c: shot.box_of(c, frame).x for c in shot.characters}
+            assert sorted(xs, key=xs.__getitem__) == [3, 1, 2], (seed, frame)
+
+
+def test_the_side_holds_whatever_the_seed_and_the_framing() -> None:
+    for seed in range(8):
+        p = plan(seed=seed)  # character2 is named first, character1 last: 2 stays left of 1
+        for shot in p.shots:
+            left_to_right = [pl.character for pl in sorted(shot.placements, key=lambda pl: pl.box.x)]
+            assert left_to_right == [c for c in (2, 3, 1) if c in shot.characters], (seed, shot)
+
+
+def test_each_shot_is_captioned_with_its_beats_own_words_without_the_quotes() -> None:
+    first, second = plan().shots
+    assert "holding character3" in first.caption and "playing a soothing American country song" in first.caption
+    assert second.caption == "Character1 says to Character2."  # the line itself is a subtitle
+    single = plan(shot_type="single").shots[0]
+    assert "holding" in single.caption and "says to Character2" in single.caption
+    assert "Sounds good" not in single.caption
+    # Two lines in one beat stay two clauses; a beat that is only a quote has no caption.
+    prompt = "Character1 asks: 'Again?' Character2 replies: 'Sure'. 'Yes!'"
+    assert [b.action for b in read_prompt(prompt, 2).beats] == ["Character1 asks; Character2 replies.", ""]
+    assert plan(prompt, shot_type="single").shots[0].caption == "Character1 asks; Character2 replies."

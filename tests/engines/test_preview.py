@@ -1,8 +1,10 @@
 """The preview engine end to end on the CPU: decoded output checked for size, frames, fps,
-duration, sound, shots that show their references, cuts, determinism and cancel."""
+duration, sound, shots that show their references, cuts, determinism and cancel, and what
+is drawn over the picture (the preview badge, captions, the speaker's outline, the mark)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -11,10 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ref2video.config import Settings
 from ref2video.engines.base import GenerationRequest
 from ref2video.engines.preview.engine import PreviewEngine
-from ref2video.engines.preview.plan import RefShape, make_plan
+from ref2video.engines.preview.plan import Plan, RefShape, make_plan
+from ref2video.engines.preview.render import BADGE, PALETTE, WATERMARK, _Overlays, render
 from ref2video.engines.preview.script import read_prompt
+from ref2video.engines.registry import EngineRegistry
 from ref2video.errors import TaskCanceled
 from ref2video.media.probe import probe
 from ref2video.media.reference import Reference
@@ -179,6 +184,12 @@ def test_watermark_and_subtitles_are_drawn(engine: PreviewEngine, refs: list[Ref
     cp.close()
     corner = (slice(620, 720), slice(1080, 1280))
     assert np.abs(fm[0][corner].astype(int) - fp[0][corner]).mean() > 2
+    # The mark is honest: a collage of the user's pictures is not "AI Generated".
+    assert "ai generated" not in WATERMARK.lower() and "preview" in WATERMARK
+    (mark,) = [o for o in _Overlays(the_plan(spec, refs), watermark=True).items if o.end == float("inf")
+               and o.x > 640]
+    text = (slice(mark.y, mark.y + mark.layer.rgb.shape[0]), slice(mark.x, mark.x + mark.layer.rgb.shape[1] // 3))
+    assert all(np.abs(a[text].astype(int) - b[text]).mean() > 2 for a, b in zip(fm, fp))  # on every frame
     assert np.abs(fm[0][:600, :1000].astype(int) - fp[0][:600, :1000]).mean() < 1
     # The line "Sounds good" is on screen during its cue, in the band above the bottom.
     cue = the_plan(spec, refs).cues[0]
@@ -196,3 +207,106 @@ def test_progress_rises_and_cancel_stops_without_leaving_a_file(engine: PreviewE
     with pytest.raises(TaskCanceled):
         generate(engine, refs, tmp_path / "stop", context=stopping, duration=10)
     assert not list((tmp_path / "stop").glob("*.mp4"))
+
+
+# -- what is drawn over the picture ------------------------------------------------------------
+
+TALK = "Character2 says to Character3: 'We should go now'. Character1 and character2 wave."
+BADGE_AREA = (slice(16, 48), slice(16, 200))  # top left, above every character's box
+CAPTION_AREA = (slice(20, 46), slice(230, 420))  # beside the badge
+
+
+def render_plan(plan: Plan, refs: list[Reference], path: Path, *, badge: bool = True) -> list[np.ndarray]:
+    """`plan` through the renderer itself, silent and unmarked, decoded."""
+    render(plan, {r.index: r for r in refs}, path, audio=None, watermark=False, on_frame=lambda i: None, badge=badge)
+    frames, container = decode(path)
+    container.close()
+    return frames
+
+
+def talk_plan(refs: list[Reference], **params) -> Plan:  # type: ignore[no-untyped-def]
+    spec = TaskSpec(model="wan2.6-r2v-flash", prompt=params.pop("prompt", TALK),
+                    reference_urls=tuple(r.url for r in refs),
+                    **{"size": "1280*720", "duration": 2, "shot_type": "multi", "seed": 7, "audio": False, **params})
+    return the_plan(spec, refs)
+
+
+def uncaptioned(plan: Plan) -> Plan:
+    return dataclasses.replace(plan, shots=tuple(dataclasses.replace(s, caption="") for s in plan.shots))
+
+
+def test_the_preview_badge_is_on_every_frame_unless_turned_off(refs: list[Reference], tmp_path: Path) -> None:
+    people = refs[:3]  # no scene: the generated backdrop is one colour along each row
+    plan = uncaptioned(talk_plan(people))
+    on = render_plan(plan, people, tmp_path / "on.mp4")
+    off = render_plan(plan, people, tmp_path / "off.mp4", badge=False)
+    assert len(on) == len(off) == plan.frames
+    assert all(np.abs(a[BADGE_AREA].astype(int) - b[BADGE_AREA]).mean() > 10 for a, b in zip(on, off))
+
+    # Off, nothing is drawn there: the backdrop's rows are flat; on, the badge's text is not.
+    def spread(frame: np.ndarray) -> float:
+        area = frame[BADGE_AREA].astype(int)
+        return float(np.abs(area - np.median(area, axis=1, keepdims=True)).max())
+
+    assert all(spread(f) < 12 for f in off) and all(spread(f) > 60 for f in on)
+    assert BADGE == "PREVIEW · storyboard"
+
+
+def test_the_badge_setting_reaches_the_engine(engine: PreviewEngine, refs: list[Reference], tmp_path: Path) -> None:
+    assert engine.badge is True  # PreviewEngine() keeps the default
+    assert Settings(data_dir=tmp_path).preview_badge is True
+    registry = EngineRegistry.from_settings(Settings(data_dir=tmp_path, preview_badge=False))
+    built = registry.get("wan2.6-r2v")
+    assert isinstance(built, PreviewEngine) and built.badge is False
+    people = refs[:3]
+    _, marked = generate(engine, people, tmp_path / "on", prompt=TALK, duration=1, audio=False)
+    _, bare = generate(built, people, tmp_path / "off", prompt=TALK, duration=1, audio=False)
+    (fm, cm), (fb, cb) = decode(marked.video_path), decode(bare.video_path)
+    cm.close()
+    cb.close()
+    assert all(np.abs(a[BADGE_AREA].astype(int) - b[BADGE_AREA]).mean() > 10 for a, b in zip(fm, fb))
+
+
+def test_each_shot_shows_its_caption(refs: list[Reference], tmp_path: Path) -> None:
+    people = refs[:3]
+    plan = talk_plan(people)
+    assert [s.caption for s in plan.shots] == ["Character2 says to Character3.", "Character1 and character2 wave."]
+    captioned = render_plan(plan, people, tmp_path / "c.mp4")
+    bare = render_plan(uncaptioned(plan), people, tmp_path / "b.mp4")
+    for shot in plan.shots:
+        for frame in (shot.start, shot.end - 1):
+            a, b = captioned[frame].astype(int), bare[frame].astype(int)
+            assert np.abs(a[CAPTION_AREA] - b[CAPTION_AREA]).mean() > 10, (shot, frame)
+            assert np.abs(a[80:] - b[80:]).mean() < 1  # only the header row differs
+    # Other words, other pixels: the two shots' captions differ where they are drawn.
+    repeated = dataclasses.replace(plan.shots[1], caption=plan.shots[0].caption)
+    swapped = dataclasses.replace(plan, shots=(plan.shots[0], repeated))
+    same = render_plan(swapped, people, tmp_path / "s.mp4")
+    last = plan.shots[1].end - 1
+    assert np.abs(same[last][CAPTION_AREA].astype(int) - captioned[last][CAPTION_AREA]).mean() > 5
+
+
+def test_the_speaker_is_outlined_in_their_colour_while_speaking(engine: PreviewEngine, refs: list[Reference],
+                                                                tmp_path: Path) -> None:
+    people = refs[:3]
+    prompt = "Character2 says to Character3: 'We should go now, before it rains'."
+    spec, result = generate(engine, people, tmp_path, prompt=prompt, shot_type="single", duration=4, audio=False)
+    plan = the_plan(spec, people)
+    (cue,) = plan.cues
+    (shot,) = plan.shots
+    assert cue.speaker == 2 and set(shot.characters) == {2, 3}
+    frames, container = decode(result.video_path)
+    container.close()
+
+    def left_edge(frame: int, character: int) -> np.ndarray:
+        """Mean colour of the band just left of the character's box, along its middle half."""
+        box = shot.box_of(character, frame)
+        band = frames[frame][box.y + box.h // 4 : box.y + 3 * box.h // 4, box.x - 4 : box.x - 1]
+        return band.reshape(-1, 3).mean(axis=0)
+
+    inside = int((cue.start + cue.end) / 2 * 30)
+    outside = [2, int(cue.end * 30) + 3, plan.frames - 1]
+    assert np.abs(left_edge(inside, 2) - PALETTE[1]).max() < 40, left_edge(inside, 2)
+    for frame in outside:
+        assert np.abs(left_edge(frame, 2) - PALETTE[1]).max() > 80, (frame, left_edge(frame, 2))
+    assert np.abs(left_edge(inside, 3) - PALETTE[2]).max() > 80  # the listener is not outlined

@@ -3,6 +3,7 @@ so the server starts without the heavy dependencies of engines it is not asked t
 
 from __future__ import annotations
 
+import functools
 import importlib
 import threading
 from collections.abc import Callable
@@ -14,13 +15,19 @@ from .base import Engine
 __all__ = ["EngineRegistry", "import_engine"]
 
 
-def import_engine(target: str) -> Engine:
-    """Build an engine from `module:attribute`; a class is called without arguments."""
+def import_engine(target: str, settings: Settings | None = None) -> Engine:
+    """Build an engine from `module:attribute`. A class is called without arguments, or, when
+    `settings` are given and it has a `from_settings` class method, built by that (so an
+    engine can take operator settings without every engine having to accept them)."""
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise ValueError(f"engine {target!r} is not a 'module:attribute' import string")
     obj = getattr(importlib.import_module(module_name), attr)
-    engine = obj() if isinstance(obj, type) else obj
+    if isinstance(obj, type):
+        build = getattr(obj, "from_settings", None)
+        engine = build(settings) if settings is not None and callable(build) else obj()
+    else:
+        engine = obj
     if not isinstance(engine, Engine):
         raise TypeError(f"{target} is not an engine (it needs name, load() and generate())")
     return engine
@@ -39,7 +46,8 @@ class EngineRegistry:
     def from_settings(cls, settings: Settings) -> EngineRegistry:
         """The models that worker threads run: all but those the relay serves."""
         relayed = settings.relay_models
-        return cls({model: settings.engine_target(model) for model in settings.models if model not in relayed})
+        targets = {model: settings.engine_target(model) for model in settings.models if model not in relayed}
+        return cls(targets, functools.partial(import_engine, settings=settings))
 
     @property
     def models(self) -> list[str]:

@@ -7,6 +7,8 @@ voice per character, and encodes an exact-length H.264 MP4. No model weights, no
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ...engines.base import GenerationRequest, GenerationResult, JobContext
@@ -17,16 +19,30 @@ from .plan import RefShape, make_plan
 from .render import render
 from .script import read_prompt
 
+if TYPE_CHECKING:
+    from ...config import Settings
+
 __all__ = ["PreviewEngine"]
 
 
 class PreviewEngine:
-    """`output.engine = "preview"` on every task it makes."""
+    """`output.engine = "preview"` on every task it makes.
+
+    `badge` (on unless the operator turns off `preview_badge`) marks every frame as a
+    storyboard preview. It is an operator's choice, not a request parameter, so it comes from
+    the settings: the registry builds engines that have a `from_settings` with the service's
+    settings, and a plain `PreviewEngine()` (tests, bench, scripts) keeps the default.
+    """
 
     name = "preview"
 
-    def __init__(self) -> None:
+    def __init__(self, *, badge: bool = True) -> None:
+        self.badge = badge
         self._speech = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PreviewEngine:
+        return cls(badge=settings.preview_badge)
 
     def load(self) -> None:
         from .voice import Speech
@@ -70,7 +86,8 @@ class PreviewEngine:
             context.report_step(number + 1, plan.frames)
 
         opening = request.first_frame.image().convert("RGB") if request.first_frame is not None else None
-        render(plan, refs, out, audio=track, watermark=spec.watermark, on_frame=on_frame, opening=opening)
+        render(plan, refs, out, audio=track, watermark=spec.watermark, on_frame=on_frame, opening=opening,
+               badge=self.badge)
         videos = [r for r in refs.values() if r.kind == "video"]
         return GenerationResult(
             video_path=out,

@@ -2,7 +2,9 @@
 
 `make_plan` turns the read prompt (`script.Script`), the references' shapes and the request
 into shots with framings (close, two-shot, wide), per-character boxes with gentle motion, a
-camera move, and subtitle cues timed to the speech. The renderer only follows the plan, and
+camera move, a caption of the beat's own words, and subtitle cues timed to the speech. Each
+character keeps one side of the frame for the whole video (left to right in order of first
+mention), so a cut never swaps who stands where. The renderer only follows the plan, and
 tests read it to know where each reference must appear.
 """
 
@@ -61,6 +63,9 @@ class Shot:
     placements: tuple[Placement, ...]
     pan: tuple[float, float]  # background pan in px per second
     beat: int | None  # the prompt beat this shot shows
+    # What happens, in the prompt's words without its quotes (`Beat.action`): verbs the plan
+    # cannot act out ("holding", "playing a song") are at least named on screen.
+    caption: str = ""
 
     @property
     def frames(self) -> int:
@@ -125,10 +130,13 @@ def make_plan(
         groups = [(None, _cast(script.named, subjects) or subjects)]
     weights = [script.beats[b].weight if b is not None else 1.0 for b, _ in groups]
     spans = _share(frames, weights)
+    # One left-to-right rank for the whole video: first mentioned stands leftmost.
+    rank = {c: i for i, c in enumerate(dict.fromkeys([*_cast(script.named, subjects), *subjects]))}
     shots = []
     start = 0
     for (beat, cast), length in zip(groups, spans):
-        shots.append(_shot(start, start + length, beat, cast, shapes, width, height, rng))
+        caption = script.beats[beat].action if beat is not None else _summary(script)
+        shots.append(_shot(start, start + length, beat, cast, shapes, width, height, rng, rank, caption))
         start += length
     cues = _cues(script, shots, frames / FPS, speech_seconds or {})
     return Plan(width, height, FPS, frames, tuple(shots), cues, script.scene, seed)
@@ -156,6 +164,13 @@ def _multi_groups(script: Script, subjects: list[int]) -> list[tuple[int | None,
     return groups
 
 
+def _summary(script: Script) -> str:
+    """The caption of a shot that shows no one beat: every beat's action, in order."""
+    parts = [b.action for b in script.beats if b.action]
+    # Clauses split on "then" or "," lost their joint: a semicolon keeps them apart.
+    return " ".join(p if p[-1] in ".!?。！？;；" or i == len(parts) - 1 else f"{p};" for i, p in enumerate(parts))
+
+
 def _acting_first(beat: Beat) -> list[int]:
     return list(dict.fromkeys([*beat.actors, *beat.characters]))
 
@@ -178,21 +193,22 @@ def _share(frames: int, weights: Sequence[float]) -> list[int]:
 
 
 def _shot(start: int, end: int, beat: int | None, cast: list[int], shapes: Mapping[int, RefShape],
-          width: int, height: int, rng: random.Random) -> Shot:
+          width: int, height: int, rng: random.Random, rank: Mapping[int, int], caption: str) -> Shot:
     cast = cast[:5]
     framing = {1: "close", 2: "two"}.get(len(cast), "wide")
-    order = list(cast)
-    if len(order) > 1 and rng.random() < 0.5:
-        order.reverse()  # another seed, another layout
+    order = sorted(cast, key=lambda c: rank.get(c, len(rank) + c))  # the video's one order, never per shot
     slots = _slots(len(order), width, height, rng)
+    # Neighbours drifting apart or together over a long shot must not pass each other: each
+    # moves at most a fifth of a slot's width in the whole shot.
+    sideways = min(0.02 * width, 0.2 * width / len(order) / ((end - start) / FPS))
     placements = []
     for character, (sx, sy, sw, sh) in zip(order, slots):
         shape = shapes[character]
         box = _fit(shape.width, shape.height, sx, sy, sw, sh)
-        drift = (rng.uniform(-0.02, 0.02) * width, rng.uniform(-0.006, 0.006) * height)
+        drift = (rng.uniform(-1.0, 1.0) * sideways, rng.uniform(-0.006, 0.006) * height)
         placements.append(Placement(character, box, drift))
     pan = (rng.choice((-1, 1)) * rng.uniform(0.01, 0.025) * width, 0.0)
-    return Shot(start, end, framing, tuple(cast), tuple(placements), pan, beat)
+    return Shot(start, end, framing, tuple(cast), tuple(placements), pan, beat, caption)
 
 
 def _slots(n: int, width: int, height: int, rng: random.Random) -> list[tuple[int, int, int, int]]:

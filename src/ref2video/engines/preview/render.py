@@ -2,9 +2,10 @@
 
 Speed matters (a 10 s 1080p preview should take well under 10 s on two cores), so the work
 that can be done once is done once per shot: backgrounds are scaled with a margin and panned
-by cropping, image sprites are scaled once and moved by whole pixels, subtitles and the
-watermark are drawn once. Per frame only video references are scaled (by FFmpeg's swscale)
-and pixels copied or blended; the encoder runs on its own thread alongside.
+by cropping, image sprites are scaled once and moved by whole pixels, the badge, captions,
+subtitles, speaker tags and the watermark are drawn once. Per frame only video references are
+scaled (by FFmpeg's swscale) and pixels copied or blended (never a whole-frame blend for an
+overlay); the encoder runs on its own thread alongside.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from PIL import Image, ImageDraw, ImageFont
 from ...media.reference import Reference
 from .plan import Box, Cue, Plan, Shot
 
-__all__ = ["render", "Encoder", "PALETTE"]
+__all__ = ["render", "Encoder", "PALETTE", "BADGE", "WATERMARK"]
 
-# A colour per character, for subtitle names and the generated backdrop's tint.
+# A colour per character, for subtitle names and the speaker's outline and tag.
 PALETTE = [(255, 196, 61), (102, 204, 255), (255, 128, 170), (140, 230, 140), (200, 160, 255)]
+# A preview is a collage of the user's own pictures: it says so, and never claims to be AI output.
+BADGE = "PREVIEW · storyboard"
+WATERMARK = "ref2video storyboard preview"
 _AUDIO_RATE = 48000
 _OPENING_FRAMES = 15  # half a second from the first frame into the storyboard
 
@@ -42,11 +46,14 @@ def render(
     watermark: bool,
     on_frame: Callable[[int], None],
     opening: Image.Image | None = None,
+    badge: bool = True,
 ) -> None:
     """Write `plan` to `out`. `on_frame(i)` is called after each frame; it may raise to stop.
     `audio` is float32 (2, samples) at 48 kHz, exactly the video's length, or None for silence.
-    `opening` (the media form's first frame) is the first frame, dissolving into the first shot."""
-    overlays = _Overlays(plan, watermark)
+    `opening` (the media form's first frame) is the first frame, dissolving into the first shot.
+    `badge` puts the small "PREVIEW · storyboard" pill on every frame."""
+    overlays = _Overlays(plan, watermark, badge)
+    speakers = _Speakers(plan, overlays.tops)
     first = np.asarray(_cover(opening, plan.width, plan.height), np.float32) if opening is not None else None
     fade = min(_OPENING_FRAMES, plan.frames)
     with Encoder(out, plan.width, plan.height, plan.fps, audio) as encoder:
@@ -56,6 +63,7 @@ def render(
                 number = shot.start + i
                 canvas = encoder.canvas()
                 painter.paint(i, canvas)
+                speakers.draw(canvas, shot, number)
                 if first is not None and number < fade:
                     keep = 1.0 - number / fade
                     canvas[...] = (first * keep + canvas * (1.0 - keep)).astype(np.uint8)
@@ -71,12 +79,14 @@ def render(
 class _Layer:
     """Pixels to put on the canvas. With alpha, the partly transparent pixels are found once,
     so each frame copies the opaque ones and blends only the rest (for a cut-out, a thin
-    edge) instead of blending the whole rectangle."""
+    edge) instead of blending the whole rectangle. A mostly translucent layer (a subtitle
+    strip, a caption) is blended whole, from its colour already multiplied by its alpha."""
 
     rgb: np.ndarray
     alpha: np.ndarray | None = None  # (h, w, 1) uint8
     opaque: np.ndarray | None = None  # (h, w, 3) bool: a full mask copies ten times faster than a broadcast one
     edge: tuple[np.ndarray, np.ndarray] | None = None  # rows and columns of partial pixels
+    over: tuple[np.ndarray, np.ndarray] | None = None  # (rgb * alpha, 255 - alpha), (h, w, 3) uint16
 
     @classmethod
     def of(cls, rgb: np.ndarray, alpha: np.ndarray | None) -> _Layer:
@@ -84,7 +94,8 @@ class _Layer:
             return cls(rgb)
         partial = (alpha[..., 0] > 0) & (alpha[..., 0] < 255)
         if partial.mean() > 0.3:  # mostly translucent: blending it all is cheaper
-            return cls(rgb, alpha)
+            a = np.repeat(alpha, 3, axis=2).astype(np.uint16)
+            return cls(rgb, alpha, over=(rgb.astype(np.uint16) * a, 255 - a))
         return cls(rgb, alpha, np.repeat(alpha == 255, 3, axis=2), np.nonzero(partial))
 
 
@@ -99,6 +110,8 @@ def _blit(canvas: np.ndarray, layer: _Layer, x: int, y: int) -> None:
     src, dst = layer.rgb[window], canvas[y0:y1, x0:x1]
     if layer.alpha is None:
         dst[...] = src
+    elif layer.over is not None:
+        _over(dst, layer.over[0][window], layer.over[1][window])
     elif layer.opaque is None or layer.edge is None:
         _blend(dst, src, layer.alpha[window])
     else:
@@ -114,8 +127,19 @@ def _blit(canvas: np.ndarray, layer: _Layer, x: int, y: int) -> None:
 
 
 def _blend(dst: np.ndarray, src: np.ndarray, alpha: np.ndarray) -> None:
-    a = alpha.astype(np.uint16)
-    dst[...] = ((src.astype(np.uint16) * a + dst.astype(np.uint16) * (255 - a) + 127) // 255).astype(np.uint8)
+    a = np.broadcast_to(alpha, src.shape).astype(np.uint16)
+    _over(dst, src.astype(np.uint16) * a, 255 - a)
+
+
+def _over(dst: np.ndarray, premultiplied: np.ndarray, inverse: np.ndarray) -> None:
+    """dst = round((src * a + dst * (255 - a)) / 255), given src * a and 255 - a as full-shape
+    uint16: in place, without broadcasting or integer division, which cost ten times more."""
+    mixed = dst * inverse
+    mixed += premultiplied
+    mixed += 128
+    mixed += mixed >> 8  # with the next shift, (x + 127) // 255 exactly for x <= 255 * 255
+    mixed >>= 8
+    dst[...] = mixed
 
 
 def _layer(image: Image.Image) -> _Layer:
@@ -242,10 +266,29 @@ class _Overlay:
 
 
 class _Overlays:
-    """Subtitles (attributed to their speaker) and the watermark, drawn once, blended per frame."""
+    """What is drawn over the picture, each drawn once and blended per frame: the preview
+    badge (top left, every frame), each shot's caption (beside the badge), subtitles
+    attributed to their speaker, and the watermark (bottom right)."""
 
-    def __init__(self, plan: Plan, watermark: bool) -> None:
-        self.items = [self._subtitle(cue, plan) for cue in plan.cues]
+    def __init__(self, plan: Plan, watermark: bool, badge: bool = True) -> None:
+        self.margin = max(8, round(_unit(plan) * 0.025))
+        self.items: list[_Overlay] = []
+        left = self.margin
+        self.header = self.margin  # bottom of the badge and caption row, per shot below
+        if badge:
+            mark = self._badge(plan)
+            self.items.append(mark)
+            left = mark.x + mark.layer.rgb.shape[1] + self.margin // 2
+            self.header = mark.y + mark.layer.rgb.shape[0]
+        self.tops: dict[int, int] = {}  # shot start -> first row free of the header there
+        for shot in plan.shots:
+            caption = self._caption(shot, plan, left)
+            bottom = self.header
+            if caption is not None:
+                self.items.append(caption)
+                bottom = max(bottom, caption.y + caption.layer.rgb.shape[0])
+            self.tops[shot.start] = bottom + self.margin // 3
+        self.items += [self._subtitle(cue, plan) for cue in plan.cues]
         if watermark:
             self.items.append(self._watermark(plan))
 
@@ -253,6 +296,45 @@ class _Overlays:
         for item in self.items:
             if item.start <= t < item.end:
                 _blit(canvas, item.layer, item.x, item.y)
+
+    def _badge(self, plan: Plan) -> _Overlay:
+        """A small pill that says what this is: modest, but on every frame."""
+        size = max(11, round(_unit(plan) * 0.024))
+        font = ImageFont.load_default(size=size)
+        head, tail = BADGE.split(" ", 1)
+        probe = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
+        head_w = probe.textlength(f"{head} ", font=font)
+        pad = round(size * 0.7)
+        width, height = int(head_w + probe.textlength(tail, font=font)) + 2 * pad, round(size * 1.7)
+        pill = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+        draw = ImageDraw.Draw(pill)
+        draw.rounded_rectangle((0, 0, width - 1, height - 1), height // 2, fill=(15, 15, 20, 150))
+        draw.text((pad, height / 2), head, font=font, fill=(255, 214, 102, 235), anchor="lm")
+        draw.text((pad + head_w, height / 2), tail, font=font, fill=(240, 240, 240, 235), anchor="lm")
+        return _Overlay(0.0, float("inf"), _layer(pill), self.margin, self.margin)
+
+    def _caption(self, shot: Shot, plan: Plan, left: int) -> _Overlay | None:
+        """The shot's caption in at most two lines, from `left` to the right margin."""
+        if not shot.caption:
+            return None
+        size = max(11, round(_unit(plan) * 0.026))
+        font = ImageFont.load_default(size=size)
+        pad = round(size * 0.5)
+        room = plan.width - left - self.margin - 2 * pad
+        if room < size * 4:
+            return None  # a frame too narrow for words
+        lines = _wrap(shot.caption, font, room, 2)
+        probe = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
+        line_h = round(size * 1.3)
+        width = int(max(probe.textlength(line, font=font) for line in lines)) + 2 * pad
+        height = line_h * len(lines) + round(size * 0.4)
+        strip = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+        draw = ImageDraw.Draw(strip)
+        draw.rounded_rectangle((0, 0, width - 1, height - 1), round(size * 0.4), fill=(0, 0, 0, 130))
+        for n, line in enumerate(lines):
+            draw.text((pad, height / 2 + (n - (len(lines) - 1) / 2) * line_h), line, font=font,
+                      fill=(235, 235, 235, 255), anchor="lm")
+        return _Overlay(shot.start / plan.fps, shot.end / plan.fps, _layer(strip), left, self.margin)
 
     @staticmethod
     def _subtitle(cue: Cue, plan: Plan) -> _Overlay:
@@ -266,8 +348,7 @@ class _Overlays:
         height = int(size * 1.8)
         strip = Image.new("RGBA", (width, height), (0, 0, 0, 150))
         draw = ImageDraw.Draw(strip)
-        colour = PALETTE[(cue.speaker - 1) % len(PALETTE)] if cue.speaker else (255, 255, 255)
-        draw.text((size, size * 0.35), name, font=font, fill=(*colour, 255))
+        draw.text((size, size * 0.35), name, font=font, fill=(*_colour(cue.speaker), 255))
         draw.text((size + name_w, size * 0.35), text, font=font, fill=(255, 255, 255, 255))
         x = (plan.width - width) // 2
         y = plan.height - height - int(plan.height * 0.05)
@@ -277,13 +358,106 @@ class _Overlays:
     def _watermark(plan: Plan) -> _Overlay:
         size = max(14, round(plan.height * 0.03))
         font = ImageFont.load_default(size=size)
-        text = "AI Generated"
         probe = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
-        width, height = int(probe.textlength(text, font=font)) + size, int(size * 1.6)
+        width, height = int(probe.textlength(WATERMARK, font=font)) + size, int(size * 1.6)
         mark = Image.new("RGBA", (width, height), (0, 0, 0, 0))
-        ImageDraw.Draw(mark).text((size // 2, size * 0.25), text, font=font, fill=(255, 255, 255, 200))
+        ImageDraw.Draw(mark).text((size // 2, size * 0.25), WATERMARK, font=font, fill=(255, 255, 255, 200))
         margin = int(plan.height * 0.03)
         return _Overlay(0.0, float("inf"), _layer(mark), plan.width - width - margin, plan.height - height - margin)
+
+
+class _Speakers:
+    """While a line is spoken, its speaker (when in the shot) is outlined in their colour,
+    with a name tag on the outline. The tags are drawn once; per frame only the outline's
+    four strips are filled and the tag copied."""
+
+    def __init__(self, plan: Plan, tops: dict[int, int]) -> None:
+        self.plan = plan
+        self.tops = tops
+        self.cues = [cue for cue in plan.cues if cue.speaker]
+        self.width = max(3, round(_unit(plan) * 0.008))
+        self.tags = {cue.speaker: self._tag(cue.speaker) for cue in self.cues if cue.speaker}
+
+    def draw(self, canvas: np.ndarray, shot: Shot, frame: int) -> None:
+        t = frame / self.plan.fps
+        cue = next((c for c in self.cues if c.start <= t < c.end), None)  # cues never overlap
+        if cue is None or cue.speaker not in shot.characters:
+            return
+        box = shot.box_of(cue.speaker, frame)
+        w = self.width
+        edge = max(1, w // 3)  # a dark rim keeps a light colour visible on a light scene
+        _frame_box(canvas, box.x - w - edge, box.y - w - edge, box.w + 2 * (w + edge), box.h + 2 * (w + edge),
+                   edge, (20, 20, 20))
+        _frame_box(canvas, box.x - w, box.y - w, box.w + 2 * w, box.h + 2 * w, w, _colour(cue.speaker))
+        tag = self.tags[cue.speaker]
+        th, tw = tag.rgb.shape[:2]
+        x = min(max(box.x - w, 0), self.plan.width - tw)
+        y = min(max(box.y - w - th, self.tops.get(shot.start, 0)), self.plan.height - th)
+        _blit(canvas, tag, x, y)
+
+    def _tag(self, speaker: int) -> _Layer:
+        size = max(11, round(_unit(self.plan) * 0.024))
+        font = ImageFont.load_default(size=size)
+        text = f"Character {speaker}"
+        probe = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
+        pad = round(size * 0.5)
+        width, height = int(probe.textlength(text, font=font)) + 2 * pad, round(size * 1.6)
+        tag = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+        draw = ImageDraw.Draw(tag)
+        draw.rounded_rectangle((0, 0, width - 1, height - 1), round(size * 0.35), fill=(*_colour(speaker), 255))
+        draw.text((pad, height / 2), text, font=font, fill=(20, 20, 20, 255), anchor="lm")
+        return _layer(tag)
+
+
+def _frame_box(canvas: np.ndarray, x: int, y: int, w: int, h: int, width: int, colour: tuple[int, int, int]) -> None:
+    """A rectangle's outline `width` px thick, inside (x, y, w, h), clipped to the canvas."""
+    rows, cols = canvas.shape[:2]
+    for y0, y1, x0, x1 in ((y, y + width, x, x + w), (y + h - width, y + h, x, x + w),
+                           (y, y + h, x, x + width), (y, y + h, x + w - width, x + w)):
+        y0, y1, x0, x1 = max(y0, 0), min(y1, rows), max(x0, 0), min(x1, cols)
+        if y0 < y1 and x0 < x1:
+            canvas[y0:y1, x0:x1] = colour
+
+
+def _colour(character: int | None) -> tuple[int, int, int]:
+    return PALETTE[(character - 1) % len(PALETTE)] if character else (255, 255, 255)
+
+
+def _unit(plan: Plan) -> int:
+    """What the header and tags scale with: the frame's short side, so that a portrait frame
+    gets the same share of its width as a landscape one of its height."""
+    return min(plan.width, plan.height)
+
+
+def _wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, room: float, most: int) -> list[str]:
+    """`text` in lines no wider than `room`, at most `most` of them, the last cut with an ellipsis."""
+    probe = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
+
+    def fits(line: str) -> bool:
+        return probe.textlength(line, font=font) <= room
+
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        trial = f"{current} {word}" if current else word
+        if fits(trial):
+            current = trial
+            continue
+        if current:
+            lines.append(current)
+        while not fits(word):  # a word (or unspaced CJK) wider than the room: cut it by characters
+            cut = max(1, next((k for k in range(len(word), 0, -1) if fits(word[:k])), 1))
+            lines.append(word[:cut])
+            word = word[cut:]
+        current = word
+    if current:
+        lines.append(current)
+    if len(lines) > most:
+        last = lines[most - 1]
+        while last and not fits(f"{last}…"):
+            last = last.rsplit(" ", 1)[0] if " " in last else last[:-1]
+        lines = [*lines[: most - 1], f"{last.rstrip(' ,;:')}…"]
+    return lines
 
 
 # -- encoding ----------------------------------------------------------------------------

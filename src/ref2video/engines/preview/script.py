@@ -64,6 +64,21 @@ class Beat:
         spoken = sum(max(1.2, 0.4 * len(line.text.split())) for line in self.lines)
         return max(1.0, words / 3 + spoken)
 
+    @property
+    def action(self) -> str:
+        """The beat's words without its quoted lines (they are subtitles): what happens, as the
+        prompt put it, for the shot's caption. Empty when the beat is nothing but a quote."""
+        text = self.text
+        for line in self.lines:
+            text = text.replace(f"'{line.text}'", "\0", 1)
+        # "says to Character2: 'Hi'." -> "says to Character2.": no colon or comma left dangling;
+        # "'Hi?' Character2 replies" -> "; Character2 replies": a new clause stays apart.
+        text = re.sub(r"[\s:：,，]*\0[\s:：,，]*(?=[A-Z]|角色)", "; ", text)
+        text = re.sub(r"[\s:：,，]*\0[\s:：,，]*", " ", text)
+        text = re.sub(r"\s+(?=[.!?。！？;；])", "", text)
+        text = re.sub(r"\s+", " ", text).strip(" ,，:：;；")
+        return text if re.search(r"\w", text) else ""
+
 
 @dataclasses.dataclass(frozen=True)
 class Script:
