@@ -1,14 +1,12 @@
 """The web page at `/`, driven in real headless Chromium (Debian's) through Playwright
-(fixtures in conftest.py). Each test leaves its screenshots in its tmp_path;
-`R2V_UPDATE_SCREENSHOTS=1` also copies the main one to docs/images/web-ui.png.
+(fixtures in conftest.py). Each test leaves its screenshots in its tmp_path. (The README's
+picture is made by scripts/readme_screenshot.py, from a real preview task.)
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -18,10 +16,9 @@ from zoneinfo import ZoneInfo
 import httpx
 from PIL import Image, ImageDraw
 
-from tests.live import ROOT, LiveServer, ref_url
+from tests.live import LiveServer, ref_url
 from tests.web.conftest import TIMEOUT_MS
 
-SCREENSHOT = ROOT / "docs" / "images" / "web-ui.png"
 STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN")
 DATE = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}")
 # Anything that looks like a date or a time, in any of the usual spellings.
@@ -162,9 +159,6 @@ def test_upload_create_and_play(make_server: Callable[..., LiveServer], page_for
     shot = tmp_path / "web-ui.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
-    if os.environ.get("R2V_UPDATE_SCREENSHOTS") == "1":
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, SCREENSHOT)
     assert server.client().post(f"/api/v1/tasks/{running_id}/cancel").status_code == 200
     assert page.errors == []
 
