@@ -21,11 +21,12 @@ __all__ = ["embedded_server"]
 def embedded_server(settings: Settings) -> Iterator[tuple[str, str]]:
     """Run the API and a worker on 127.0.0.1 (any free port) until the block ends.
 
-    Yields (base URL, API key). The key is the data folder's first key, made if needed.
+    Yields (base URL, API key). The key is the data folder's first key, made (silently) if needed:
+    a later `ref2video serve` of the same folder finds it in first-api-key.txt, as the README says.
     """
     from .api.app import create_app
 
-    service = Service(settings)
+    service = Service(settings, announce_first_key=False)
     config = uvicorn.Config(create_app(service=service), host="127.0.0.1", port=0, log_level="warning",
                             lifespan="on")
     server = uvicorn.Server(config)
