@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -25,6 +26,8 @@ from tests.media.media_files import make_image, make_video, make_voice
 SCRIPTED = "tests.fixtures.engines:ScriptedEngine"
 TEST_MODELS = {"wan2.6-r2v": SCRIPTED, "wan2.6-r2v-flash": SCRIPTED, "wan2.7-r2v": SCRIPTED}
 ROOT = Path(__file__).resolve().parent.parent
+# PYTHONPATH for child processes: this checkout's package (src/) before any installed copy, and tests/.
+CHILD_PYTHONPATH = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from dashscope import VideoSynthesis
 
-from tests.live import ROOT, LiveServer, ref_url, seed_body
+from tests.live import CHILD_PYTHONPATH, LiveServer, ref_url, seed_body
 
 
 def refs() -> list[str]:
@@ -119,7 +119,7 @@ print(json.dumps({"status": rsp.status_code, "task_status": rsp.output.task_stat
 
 
 def test_the_sdk_finds_the_server_through_DASHSCOPE_HTTP_BASE_URL(server: LiveServer) -> None:
-    env = {**os.environ, "DASHSCOPE_HTTP_BASE_URL": f"{server.url}/api/v1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "DASHSCOPE_HTTP_BASE_URL": f"{server.url}/api/v1", "PYTHONPATH": CHILD_PYTHONPATH}
     done = subprocess.run([sys.executable, "-c", SCRIPT, server.key, ref_url("a.png")], env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr

@@ -21,12 +21,13 @@ __all__ = ["embedded_server"]
 def embedded_server(settings: Settings) -> Iterator[tuple[str, str]]:
     """Run the API and a worker on 127.0.0.1 (any free port) until the block ends.
 
-    Yields (base URL, API key). The key is the data folder's first key, made if needed.
+    Yields (base URL, API key). The key is the data folder's first key, made (silently) if needed:
+    a later `ref2video serve` of the same folder finds it in first-api-key.txt, as the README says.
     """
     from .api.app import create_app
     from .api.server import server_config
 
-    service = Service(settings)
+    service = Service(settings, announce_first_key=False)
     config = server_config(create_app(service=service), settings, host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="ref2video-embedded", daemon=True)

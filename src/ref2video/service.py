@@ -51,8 +51,11 @@ class Service:
         storage: Storage | None = None,
         uploads: Storage | None = None,
         registry: EngineRegistry | None = None,
+        announce_first_key: bool = True,
     ) -> None:
         self.settings = settings
+        # The first key's log line is for a server's operator; `generate` in-process is not one.
+        self.announce_first_key = announce_first_key
         self.db = make_engine(settings.database_url)
         assert settings.results_dir is not None
         self.storage: Storage = storage or LocalStorage(settings.results_dir)
@@ -126,6 +129,8 @@ class Service:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(key + "\n")
+        if not self.announce_first_key:
+            return path
         log.warning(
             "created the first API key (id %s); it is in %s. Use it as 'Authorization: Bearer <key>', "
             "and manage keys with 'ref2video keys'.", info.id, path.resolve(),

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import httpx
 
-from tests.live import ROOT, TEST_MODELS
+from tests.live import CHILD_PYTHONPATH, TEST_MODELS
 
 
 def env_for(data_dir: Path, database_url: str, **settings: object) -> dict[str, str]:
-    # This checkout's package first, ahead of any installed copy, then the tests' own modules.
-    path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
-    env = {**os.environ, "PYTHONPATH": path, "REF2VIDEO_DATA_DIR": str(data_dir),
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH, "REF2VIDEO_DATA_DIR": str(data_dir),
            "REF2VIDEO_DATABASE_URL": database_url, "REF2VIDEO_MODELS": json.dumps(TEST_MODELS),
            "REF2VIDEO_LOG_LEVEL": "warning", "REF2VIDEO_FETCH_ALLOW": '["127.0.0.0/8"]',
            "REF2VIDEO_CACHE_MAX_BYTES": "0"}

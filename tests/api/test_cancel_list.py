@@ -111,6 +111,41 @@ def test_list_filters_by_time_window(make_server) -> None:  # type: ignore[no-un
     assert [d["task_id"] for d in server.client().get("/api/v1/tasks", params=recent).json()["data"]] == [new]
 
 
+def set_ids(server: LiveServer, ids: dict[str, str]) -> None:
+    """Give tasks chosen ids (old -> new), so prefixes can be made to collide."""
+    with server.service.db.begin() as conn:
+        for old, new in ids.items():
+            conn.execute(Task.__table__.update().where(Task.id == old).values(id=new))
+
+
+def test_list_filters_by_id_prefix(make_server) -> None:  # type: ignore[no-untyped-def]
+    """The ref2video extension `task_id_prefix`: exact case, no wildcards, the caller's own tasks only."""
+    server = make_server(workers=0)
+    made = [server.create() for _ in range(3)]
+    others = server.create(key=server.new_key(owner="someone-else"))
+    set_ids(server, {made[0]: "abcd1111-0000-4000-8000-000000000000", made[1]: "abcd2222-0000-4000-8000-000000000000",
+                     made[2]: "abce3333-0000-4000-8000-000000000000",
+                     others: "abcd9999-0000-4000-8000-000000000000"})
+    client = server.client()
+
+    def found(prefix: str) -> list[str]:
+        r = client.get("/api/v1/tasks", params={"task_id_prefix": prefix})
+        assert r.status_code == 200, r.text
+        assert r.json()["total"] == len(r.json()["data"])
+        return sorted(d["task_id"] for d in r.json()["data"])
+
+    assert found("abcd") == ["abcd1111-0000-4000-8000-000000000000", "abcd2222-0000-4000-8000-000000000000"]
+    assert found("abcd2") == ["abcd2222-0000-4000-8000-000000000000"]
+    assert found("abc") == found("abcd") + ["abce3333-0000-4000-8000-000000000000"]
+    for nothing in ("ABCD", "abc%", "ab_d", "abcd9", "ä" * 3, "a" * 65):
+        assert found(nothing) == [], nothing
+    assert found("") == found("abc")  # empty: no filter
+    r = client.get("/api/v1/tasks", params={"task_id_prefix": "ab\x00"})
+    assert r.status_code == 400 and r.json()["code"] == "InvalidParameter"
+    spec = client.get("/openapi.json").json()["paths"]["/api/v1/tasks"]["get"]["parameters"]
+    assert "task_id_prefix" in [p["name"] for p in spec]
+
+
 def test_list_rejects_bad_parameters(make_server) -> None:  # type: ignore[no-untyped-def]
     server = make_server(workers=0)
     client = server.client()

@@ -10,13 +10,14 @@ from pathlib import Path
 import httpx
 
 from tests.acceptance.procs import env_for
+from tests.cli.procs import child_env
 from tests.live import LiveServer
 from tests.test_spec import SEED_BODY
 
 
-def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def cli(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "ref2video", *args], env=env, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, cwd=cwd)
 
 
 def test_create_list_revoke_round_trip(server: LiveServer, tmp_path: Path) -> None:
@@ -51,3 +52,38 @@ def test_a_bad_configuration_is_one_clear_line(tmp_path: Path) -> None:
     env = env_for(tmp_path, f"sqlite:///{tmp_path / 'x.db'}", workers="many")
     done = cli(["keys", "list"], env)
     assert done.returncode == 2 and "invalid configuration" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_keys_in_another_folder_refuse_to_make_a_database_unless_asked(tmp_path: Path) -> None:
+    """Run where there is no database, `keys` and `worker` say where they looked and make nothing."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = child_env(tmp_path)
+    del env["REF2VIDEO_DATA_DIR"]  # the default: ./ref2video-data, in the current folder
+    database = elsewhere / "ref2video-data" / "ref2video.db"
+    for args in (["keys", "list"], ["keys", "create", "--owner", "acme"], ["keys", "revoke", "abc"], ["worker"]):
+        refused = cli(args, env, cwd=elsewhere)
+        assert refused.returncode == 2, (args, refused.stderr)
+        assert f"database: {database}" in refused.stderr and "no such file" in refused.stderr
+        for hint in ("--config", "REF2VIDEO_DATA_DIR", "REF2VIDEO_DATABASE_URL", "--init"):
+            assert hint in refused.stderr, (args, hint)
+        assert "Traceback" not in refused.stderr and refused.stdout == ""
+        assert not (elsewhere / "ref2video-data").exists(), args
+
+    made = cli(["keys", "create", "--owner", "acme", "--init"], env, cwd=elsewhere)
+    assert made.returncode == 0, made.stderr
+    assert f"database: {database}" in made.stderr and database.is_file()
+    key_id = made.stdout.strip().splitlines()[-1].split("-")[1]
+    listed = cli(["keys", "list"], env, cwd=elsewhere)
+    assert listed.returncode == 0 and key_id in listed.stdout and f"database: {database}" in listed.stderr
+
+
+def test_keys_on_a_postgres_database_without_tables_refuse_and_mask_the_password(pg_url: str, tmp_path: Path) -> None:
+    url = pg_url.replace("postgres@", "postgres:hunter2@", 1)
+    env = env_for(tmp_path, url)
+    refused = cli(["keys", "list"], env)
+    assert refused.returncode == 2 and "no ref2video tables" in refused.stderr
+    assert "hunter2" not in refused.stderr and f"database: {url.replace('hunter2', '***')}" in refused.stderr
+    made = cli(["keys", "create", "--init"], env)
+    assert made.returncode == 0, made.stderr
+    assert cli(["keys", "list"], env).returncode == 0

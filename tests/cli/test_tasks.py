@@ -4,22 +4,25 @@ server (or none: in-process), real files out."""
 from __future__ import annotations
 
 import json
-import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
+import pytest
 from PIL import Image
 
-from tests.live import ROOT, LiveServer, ref_url
+from tests.api.test_cancel_list import set_ids
+from tests.cli.procs import child_env, run
+from tests.live import TEST_MODELS, LiveServer, ref_url
 
 
-def run(args: list[str], tmp: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("REF2VIDEO_")}
-    environment.update(PYTHONPATH=str(ROOT), REF2VIDEO_DATA_DIR=str(tmp / "data"), COLUMNS="120", **env)
-    return subprocess.run([sys.executable, "-m", "ref2video", *args], env=environment, cwd=tmp,
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """SQLite only: these commands see the server through HTTP, never its database."""
+    return f"sqlite:///{tmp_path / 'db.sqlite'}"
 
 
 def test_generate_in_process_with_no_server(tmp_path: Path) -> None:
@@ -29,6 +32,7 @@ def test_generate_in_process_with_no_server(tmp_path: Path) -> None:
                 "--duration", "2", "--shot", "single", "--seed", "7", "-o", "out.mp4"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert "running in this process" in done.stderr and "saved" in done.stdout
+    assert "first API key" not in done.stderr + done.stdout  # a server's message, not this command's
     with av.open(str(tmp_path / "out.mp4")) as c:
         video = c.streams.video[0]
         assert (video.width, video.height) == (1280, 720)
@@ -77,3 +81,135 @@ def test_a_failing_task_exits_1_with_its_code(server: LiveServer, tmp_path: Path
                 "--key", server.key], tmp_path)
     assert done.returncode == 1
     assert "FAILED" in done.stderr and "InvalidParameter" in done.stderr and "Traceback" not in done.stderr
+
+
+def opts(server: LiveServer) -> list[str]:
+    return ["--server", server.url, "--key", server.key]
+
+
+def one_document(done: subprocess.CompletedProcess[str]) -> dict:  # type: ignore[type-arg]
+    """stdout is exactly one JSON document, on one line."""
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1, done.stdout
+    document = json.loads(lines[0])
+    assert isinstance(document, dict)
+    return document
+
+
+def test_piped_output_never_wraps_and_status_is_key_value_lines(server: LiveServer, tmp_path: Path) -> None:
+    made = run(["generate", "character1 waves steps=2", "-r", ref_url("a.png"), "-o", "v.mp4", *opts(server)],
+               tmp_path, COLUMNS="40")
+    assert made.returncode == 0, made.stderr
+    (task_id,) = re.findall(r"^task ([0-9a-f-]{36})$", made.stderr, re.M)  # printed whole, on its own line
+    assert server.get(task_id)["output"]["task_status"] == "SUCCEEDED"
+
+    shown = run(["status", task_id, *opts(server)], tmp_path, COLUMNS="40")
+    assert shown.returncode == 0, shown.stderr
+    fields = dict(line.split(": ", 1) for line in shown.stdout.splitlines())
+    assert fields["task_id"] == task_id and fields["status"] == "SUCCEEDED" and fields["engine"] == "scripted"
+    url = fields["video_url"]
+    assert len(url) > 80 and url.startswith(f"{server.url}/v1/results/") and "&sig=" in url
+
+    listed = run(["list", *opts(server)], tmp_path, COLUMNS="40")
+    assert listed.returncode == 0
+    (row,) = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert row[:3] == [task_id, "SUCCEEDED", "wan2.6-r2v-flash"]
+
+
+def test_json_is_one_document_in_every_outcome(server: LiveServer, tmp_path: Path) -> None:
+    ok = run(["generate", "character1 steps=2", "-r", ref_url("a.png"), "-o", "ok.mp4", "--json", *opts(server)],
+             tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    document = one_document(ok)
+    assert document["output"]["task_status"] == "SUCCEEDED" and document["output"]["video_url"]
+    assert document["file"] == str((tmp_path / "ok.mp4").resolve())
+
+    failed = run(["generate", "character1 fail=Boom", "-r", ref_url("a.png"), "--json", *opts(server)], tmp_path)
+    assert failed.returncode == 1 and "Boom" in failed.stderr
+    output = one_document(failed)["output"]
+    assert output["task_status"] == "FAILED" and output["code"] == "Boom"
+    failed_id = output["task_id"]
+    status = run(["status", failed_id, "--json", *opts(server)], tmp_path)
+    assert status.returncode == 1 and one_document(status)["output"]["code"] == "Boom"
+    piped = run(["status", failed_id, *opts(server)], tmp_path)
+    assert piped.returncode == 1 and "status: FAILED" in piped.stdout and "code: Boom" in piped.stdout
+
+    # A generate that ends CANCELED, canceled from another command by a prefix of its id.
+    gate = tmp_path / "never"
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "ref2video", "generate", f"character1 gate={gate}", "-r", ref_url("a.png"), "--json",
+         *opts(server)], env=child_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        running = _wait_for_a_running_task(server)
+        canceled = run(["cancel", running[:8], "--json", *opts(server)], tmp_path)
+        assert canceled.returncode == 0, canceled.stderr
+        assert one_document(canceled) == {"task_id": running, "canceled": True}
+        stdout, stderr = waiting.communicate(timeout=60)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 1, stderr
+    assert one_document(subprocess.CompletedProcess([], 1, stdout, stderr))["output"]["task_status"] == "CANCELED"
+    status = run(["status", running, "--json", *opts(server)], tmp_path)
+    assert status.returncode == 1 and one_document(status)["output"]["task_status"] == "CANCELED"
+
+    # Errors are a document too, {"code", "message"}, with the exit code of README.md.
+    again = run(["cancel", running, "--json", *opts(server)], tmp_path)
+    assert again.returncode == 3 and one_document(again)["code"] == "UnsupportedOperation"
+    nowhere = run(["status", running, "--json", "--server", "http://127.0.0.1:9", "--key", "k"], tmp_path)
+    assert nowhere.returncode == 4 and one_document(nowhere)["code"] == "TransportError"
+    unset = run(["status", running, "--json"], tmp_path)
+    assert unset.returncode == 2 and one_document(unset)["code"] == "InvalidUsage"
+    assert "no server configured" in unset.stderr
+    missing = run(["status", "ffff", "--json", *opts(server)], tmp_path)
+    assert missing.returncode == 1 and one_document(missing)["code"] == "TaskNotFound"
+
+
+def _wait_for_a_running_task(server: LiveServer) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        rows = server.client().get("/api/v1/tasks", params={"status": "RUNNING"}).json()["data"]
+        if rows:
+            return rows[0]["task_id"]
+        time.sleep(0.05)
+    raise AssertionError("no task started running")
+
+
+def test_ids_by_prefix_and_exit_codes(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server: LiveServer = make_server(workers=0)
+    made = [server.create() for _ in range(3)]
+    one, two = "abcd1111-0000-4000-8000-000000000000", "abcd2222-0000-4000-8000-000000000000"
+    set_ids(server, {made[0]: one, made[1]: two})
+
+    shown = run(["status", "abcd1", *opts(server)], tmp_path)
+    assert shown.returncode == 0 and f"task_id: {one}" in shown.stdout and "status: PENDING" in shown.stdout
+    several = run(["status", "abcd", *opts(server)], tmp_path)
+    assert several.returncode == 2 and one in several.stderr and two in several.stderr
+    none = run(["status", "ffff", *opts(server)], tmp_path)
+    assert none.returncode == 1 and "no task id starts with 'ffff'" in none.stderr
+    short = run(["status", "abc", *opts(server)], tmp_path)
+    assert short.returncode == 2 and "at least 4 characters" in short.stderr
+    unknown = run(["status", "00000000-0000-4000-8000-000000000000", *opts(server)], tmp_path)
+    assert unknown.returncode == 1 and "status: UNKNOWN" in unknown.stdout and "UNKNOWN" in unknown.stderr
+
+    stopped = run(["cancel", "abcd2", *opts(server)], tmp_path)
+    assert stopped.returncode == 0 and stopped.stdout.strip() == f"cancel requested: {two}"
+    assert server.get(two)["output"]["task_status"] == "CANCELED"
+    listed = run(["list", *opts(server)], tmp_path)
+    assert sorted(line.split("\t")[0] for line in listed.stdout.splitlines()) == sorted([one, two, made[2]])
+
+
+def test_generate_in_process_json_names_the_file_and_says_nothing_of_a_server(tmp_path: Path) -> None:
+    picture = tmp_path / "hero.png"
+    Image.new("RGB", (320, 240), (20, 160, 60)).save(picture)
+    done = run(["generate", "character1 waves steps=2", "-r", str(picture), "-o", "out.mp4", "--json"], tmp_path,
+               REF2VIDEO_MODELS=json.dumps(TEST_MODELS))
+    assert done.returncode == 0, done.stderr
+    document = one_document(done)
+    assert document["file"] == str((tmp_path / "out.mp4").resolve()) and (tmp_path / "out.mp4").is_file()
+    assert document["output"]["task_status"] == "SUCCEEDED" and "video_url" not in document["output"]
+    assert "first API key" not in done.stderr and "Bearer" not in done.stderr
+    # The key it used is the folder's first key, kept where `serve` and the README say.
+    keys = run(["keys", "list"], tmp_path)
+    assert keys.returncode == 0 and keys.stdout.count("first key") == 1
+    assert (tmp_path / "data" / "first-api-key.txt").is_file()

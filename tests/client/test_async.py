@@ -12,8 +12,18 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from ref2video.client import AsyncClient, AuthenticationError, InvalidRequest, Task, TaskFailed, TransportError
+from ref2video.client import (
+    AmbiguousTaskId,
+    AsyncClient,
+    AuthenticationError,
+    InvalidRequest,
+    Task,
+    TaskFailed,
+    TaskNotFound,
+    TransportError,
+)
 from ref2video.store.models import Task as TaskRow
+from tests.api.test_cancel_list import set_ids
 from tests.client.conftest import QUICK, assert_mp4, make_png
 from tests.client.flaky import FlakyServer
 from tests.live import LiveServer, free_port, ref_url
@@ -133,3 +143,21 @@ def test_retries(server: LiveServer, flaky: FlakyServer) -> None:
     assert 0.95 <= elapsed < 5.0
     assert flaky.count("GET") == 4  # 429, 503, the answer; then one 500, not retried
     assert len(transport.requests) == 3
+
+
+def test_resolve(make_server: Callable[..., LiveServer]) -> None:
+    server = make_server(workers=0)
+
+    async def main() -> None:
+        async with AsyncClient(server.url, server.key) as client:
+            made = [(await client.create(QUICK, [ref_url("a.png")])).id for _ in range(3)]
+            set_ids(server, {made[0]: "abcd1111-0000-4000-8000-000000000000",
+                             made[1]: "abcd2222-0000-4000-8000-000000000000"})
+            assert await client.resolve("abcd2") == "abcd2222-0000-4000-8000-000000000000"
+            assert await client.resolve(made[2][:5]) == made[2]
+            with pytest.raises(AmbiguousTaskId):
+                await client.resolve("abcd")
+            with pytest.raises(TaskNotFound):
+                await client.resolve("ffff")
+
+    asyncio.run(main())

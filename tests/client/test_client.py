@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -12,10 +13,22 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from ref2video.client import Client, ClientError, InvalidRequest, Task, TaskFailed, TaskSummary, Usage, WaitTimeout
+from ref2video.client import (
+    AmbiguousTaskId,
+    Client,
+    ClientError,
+    InvalidRequest,
+    Task,
+    TaskFailed,
+    TaskNotFound,
+    TaskSummary,
+    Usage,
+    WaitTimeout,
+)
 from ref2video.store.models import Task as TaskRow
 from tests.client.conftest import QUICK, assert_mp4, make_png
 from tests.http_server import Server
+from tests.api.test_cancel_list import set_ids
 from tests.live import LiveServer, ref_url
 from tests.media.media_files import make_video
 
@@ -200,3 +213,46 @@ def test_wan27_sends_the_media_form(client: Client, png: Path, server: LiveServe
     assert spec["media"][0]["url"].startswith("oss://")
     with pytest.raises(ClientError, match="image or a video"):
         client.create("Image 1", ["https://example.com/picture"], model="wan2.7-r2v")
+
+
+def test_resolve_turns_a_unique_prefix_into_the_whole_id(make_server: Callable[..., LiveServer]) -> None:
+    server = make_server(workers=0)
+    with Client(server.url, server.key) as client:
+        made = [client.create(QUICK, [ref_url("a.png")]).id for _ in range(3)]
+        set_ids(server, {made[0]: "abcd1111-0000-4000-8000-000000000000",
+                         made[1]: "abcd2222-0000-4000-8000-000000000000"})
+        assert client.resolve("abcd1") == "abcd1111-0000-4000-8000-000000000000"
+        assert client.resolve(made[2][:6]) == made[2]
+        assert client.resolve(made[2]) == made[2]
+        with pytest.raises(AmbiguousTaskId) as several:
+            client.resolve("abcd")
+        assert several.value.count == 2 and sorted(several.value.candidates) == [
+            "abcd1111-0000-4000-8000-000000000000", "abcd2222-0000-4000-8000-000000000000"]
+        assert "abcd1111-0000-4000-8000-000000000000" in str(several.value)
+        with pytest.raises(TaskNotFound, match="no task id starts with 'ffff'"):
+            client.resolve("ffff")
+        with pytest.raises(ClientError, match="at least 4 characters"):
+            client.resolve("abc")
+        # A whole id is taken as it is, found or not: `get` then says UNKNOWN.
+        assert client.resolve("00000000-0000-4000-8000-000000000000") == "00000000-0000-4000-8000-000000000000"
+
+
+def test_resolve_searches_by_hand_where_the_server_ignores_the_prefix() -> None:
+    """The provider has no task_id_prefix: its list holds every task, and the client picks."""
+    provider = Server()
+    ids = [f"{i:08x}-0000-4000-8000-000000000000" for i in range(150)]
+    for page_no in (1, 2):
+        rows = [{"task_id": task_id, "status": "SUCCEEDED", "model_name": "wan2.6-r2v", "gmt_create": 1}
+                for task_id in ids[(page_no - 1) * 100:page_no * 100]]
+        body = {"request_id": "r", "data": rows, "total": 150, "total_page": 2, "page_no": page_no, "page_size": 100}
+        for prefix in ("0000008f", "0000000"):
+            provider.serve(f"/api/v1/tasks?task_id_prefix={prefix}&page_no={page_no}&page_size=100",
+                           json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with Client(provider.url(""), "sk-x") as client:
+            assert client.resolve("0000008f") == ids[0x8F]  # on the second page
+            with pytest.raises(AmbiguousTaskId) as several:
+                client.resolve("0000000")
+            assert several.value.count == 16 and len(several.value.candidates) == 5
+    finally:
+        provider.close()

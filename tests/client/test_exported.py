@@ -18,7 +18,8 @@ def test_the_error_tree() -> None:
     exported = {name: getattr(client, name) for name in client.__all__}
     errors = {name: obj for name, obj in exported.items() if isinstance(obj, type) and issubclass(obj, Exception)}
     assert set(errors) == {"ClientError", "APIError", "AuthenticationError", "InvalidRequest", "NotFound",
-                           "RateLimited", "ServerError", "TransportError", "TaskFailed", "WaitTimeout"}
+                           "RateLimited", "ServerError", "TransportError", "TaskFailed", "WaitTimeout",
+                           "TaskNotFound", "AmbiguousTaskId"}
     for name, cls in errors.items():
         assert issubclass(cls, ClientError), name
     api = {name for name, cls in errors.items() if issubclass(cls, APIError) and cls is not APIError}

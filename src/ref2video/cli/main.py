@@ -3,45 +3,58 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import signal
+import socket
+import sys
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from sqlalchemy import Engine
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from ..config import Settings
 from ..service import Service
 from ..store import keys as key_store
-from ..store.db import make_engine, migrate
+from ..store.db import describe, make_engine, migrate, schema_missing
+from .output import err, fail, out
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(help="ref2video: reference-to-video tasks on your own terms.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-console = Console()
-err = Console(stderr=True)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML settings file")]
+# Click's exception base, as the installed typer has it (newer ones carry their own copy of click).
+_ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+InitOpt = Annotated[bool, typer.Option("--init", help="create the database if there is none (serve always does)")]
 
 
 def _settings(config: Path | None, **overrides: object) -> Settings:
     try:
         return Settings.load(config, **{k: v for k, v in overrides.items() if v is not None})
     except Exception as exc:  # a bad file or value: one clear line, no traceback
-        err.print(f"[red]error:[/red] invalid configuration: {exc}")
-        raise typer.Exit(2) from None
+        fail(f"invalid configuration: {exc}", 2)
 
 
 def _logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+
+def _where(settings: Settings) -> str:
+    try:
+        return describe(settings.database_url)
+    except ArgumentError as exc:
+        fail(f"invalid configuration: database_url: {exc}", 2)
 
 
 @app.command()
@@ -51,26 +64,46 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="port to listen on")] = None,
     workers: Annotated[Optional[int], typer.Option(help="tasks run at once in this process (0: API only)")] = None,
 ) -> None:
-    """Run the HTTP API (and, by default, workers in the same process)."""
+    """Run the HTTP API (and, by default, workers in the same process); creates the database if needed."""
     import uvicorn
-    from uvicorn.config import STARTUP_FAILURE
 
     from ..api.app import create_app
     from ..api.server import server_config
 
     settings = _settings(config, host=host, port=port, workers=workers)
+    where = _where(settings)
+    listener = _listen(settings.host, settings.port)  # before anything is migrated or started
     _logging(settings)
-    console.print(f"ref2video on http://{settings.host}:{settings.port}  (docs at /docs, data in {settings.data_dir})")
+    base = f"http://{f'[{settings.host}]' if ':' in settings.host else settings.host}:{settings.port}"
+    out.print(f"ref2video on {base}/  (web page; API docs at {base}/docs)", markup=False)
+    out.print(f"data in {settings.data_dir.resolve()}; database {where}", markup=False)
     server = uvicorn.Server(server_config(create_app(settings), settings))
-    server.run()
-    if not server.started:  # as `uvicorn.run` does: the app or the socket failed to start
-        raise typer.Exit(STARTUP_FAILURE)
+    server.run(sockets=[listener])
+    if not server.started:  # the app's start-up failed (its error is logged above)
+        raise typer.Exit(4)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port for uvicorn, or exit 4 saying why it cannot be had."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            fail(f"port {port} on {host} is in use; choose another with --port", 4)
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 4)
+    sock.set_inheritable(True)
+    return sock
 
 
 @app.command()
-def worker(config: ConfigOpt = None, workers: Annotated[Optional[int], typer.Option()] = None) -> None:
+def worker(config: ConfigOpt = None, workers: Annotated[Optional[int], typer.Option()] = None,
+           init: InitOpt = False) -> None:
     """Run workers only, against the configured database (scale-out)."""
     settings = _settings(config, workers=workers)
+    _check_database(settings, init=init)
     _logging(settings)
     service = Service(settings)
     stop = threading.Event()
@@ -81,7 +114,7 @@ def worker(config: ConfigOpt = None, workers: Annotated[Optional[int], typer.Opt
     relayed = sorted(settings.relay_models) if service.relay is not None else []
     parts = [f"{settings.workers} slot(s) for {', '.join(local)}"] if local else []
     parts += [f"the dashscope relay for {', '.join(relayed)}"] if relayed else []
-    console.print(f"ref2video worker: {'; '.join(parts) or 'nothing to run (workers = 0)'}")
+    out.print(f"ref2video worker: {'; '.join(parts) or 'nothing to run (workers = 0)'}", markup=False)
     stop.wait()
     service.stop()
 
@@ -91,36 +124,57 @@ def keys_create(
     config: ConfigOpt = None,
     owner: Annotated[str, typer.Option(help="tenant whose tasks the key sees")] = "default",
     name: Annotated[str, typer.Option(help="a label for people")] = "",
+    init: InitOpt = False,
 ) -> None:
     """Make a key. It is printed once and stored only as a hash."""
-    db = _db(config)
+    db = _db(config, init=init)
     key, info = key_store.create_key(db, owner=owner, name=name)
-    console.print(f"created key [bold]{info.id}[/bold] for owner {owner!r}; it is shown only now:")
+    out.print(f"created key [bold]{info.id}[/bold] for owner {owner!r}; it is shown only now:")
     print(key)
 
 
 @keys_app.command("list")
-def keys_list(config: ConfigOpt = None) -> None:
+def keys_list(config: ConfigOpt = None, init: InitOpt = False) -> None:
     """List keys (ids and owners; secrets are never stored)."""
     table = Table("id", "owner", "name", "created", "revoked")
-    for info in key_store.list_keys(_db(config)):
+    for info in key_store.list_keys(_db(config, init=init)):
         table.add_row(info.id, info.owner, info.name, _when(info.created_at), _when(info.revoked_at) or "-")
-    console.print(table)
+    out.print(table)
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="key id (or the whole key)")], config: ConfigOpt = None) -> None:
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="key id (or the whole key)")], config: ConfigOpt = None,
+                init: InitOpt = False) -> None:
     """Revoke a key; it stops working on the next request."""
-    if not key_store.revoke_key(_db(config), key_id):
-        err.print(f"[red]error:[/red] no live key {key_id!r}")
-        raise typer.Exit(1)
-    console.print(f"revoked {key_id}")
+    if not key_store.revoke_key(_db(config, init=init), key_id):
+        fail(f"no live key {key_id!r}", 1)
+    out.print(f"revoked {key_id}", markup=False)
 
 
-def _db(config: Path | None):  # noqa: ANN202
-    engine = make_engine(_settings(config).database_url)
+def _db(config: Path | None, *, init: bool) -> Engine:
+    settings = _settings(config)
+    _check_database(settings, init=init)
+    engine = make_engine(settings.database_url)
     migrate(engine)
     return engine
+
+
+def _check_database(settings: Settings, *, init: bool) -> None:
+    """Say which database this command uses; refuse (exit 2) to create one unless `init`: a
+    command run from another folder would otherwise make a fresh, empty one there."""
+    where = _where(settings)
+    err.print(f"database: {where}", markup=False)
+    if init:
+        return
+    try:
+        missing = schema_missing(settings.database_url)
+    except DBAPIError as exc:
+        fail(f"cannot reach the database {where}: {' '.join(str(exc.orig).split())}", 4)
+    if missing is None:
+        return
+    fail(f"no ref2video database at {where} ({missing}). Point at the server's with --config FILE, "
+         "REF2VIDEO_DATA_DIR (the default is ./ref2video-data, in the current folder) or "
+         "REF2VIDEO_DATABASE_URL; or pass --init to create one there.", 2)
 
 
 def _when(epoch_ms: int | None) -> str:
@@ -135,4 +189,16 @@ register(app)
 
 
 def main() -> None:
-    app()
+    if "--json" not in sys.argv[1:]:
+        app()
+        return
+    # Under --json even a usage error is a JSON document on stdout, beside the usual lines on stderr.
+    try:
+        code = app(standalone_mode=False)
+    except _ClickException as exc:
+        exc.show()  # type: ignore[attr-defined]
+        print(json.dumps({"code": "InvalidUsage", "message": exc.format_message()}), flush=True)  # type: ignore[attr-defined]
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+    except typer.Abort:
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -12,6 +12,7 @@ with Client("http://127.0.0.1:8000", "r2v-...") as client:
 
 from ._client import AsyncClient, Client
 from ._errors import (
+    AmbiguousTaskId,
     APIError,
     AuthenticationError,
     ClientError,
@@ -20,6 +21,7 @@ from ._errors import (
     RateLimited,
     ServerError,
     TaskFailed,
+    TaskNotFound,
     TransportError,
     WaitTimeout,
 )
@@ -42,4 +44,6 @@ __all__ = [
     "TransportError",
     "TaskFailed",
     "WaitTimeout",
+    "TaskNotFound",
+    "AmbiguousTaskId",
 ]

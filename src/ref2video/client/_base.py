@@ -30,8 +30,8 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from .. import __version__
-from ._errors import ClientError, TaskFailed, TransportError, error_for_response
-from ._models import Task
+from ._errors import AmbiguousTaskId, ClientError, TaskFailed, TaskNotFound, TransportError, error_for_response
+from ._models import Task, TaskPage
 
 __all__ = ["DEFAULT_MODEL", "Reference", "TaskRef"]
 
@@ -52,6 +52,12 @@ _CHUNK = 1 << 16
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _REMOTE = ("http://", "https://", "oss://")
 _TIME_FORMAT = "%Y%m%d%H%M%S"
+MIN_PREFIX = 4  # the shortest task id prefix `resolve` takes, as git takes for a hash
+# A whole id (ours and the provider's are UUIDs) is used as it is, without a list request.
+_FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_RESOLVE_PAGE = 100
+_RESOLVE_SCAN_PAGES = 10  # of a server without task_id_prefix (the provider), scanned by hand
+_CANDIDATES = 5  # ids named when a prefix is ambiguous
 
 # The request never reached the server: safe to send again whatever the method.
 _NOT_SENT: tuple[type[httpx.TransportError], ...] = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -141,6 +147,41 @@ class _BaseClient:
         if end is not None:
             params["end_time"] = _server_time(end, self.server_timezone)
         return params
+
+    @staticmethod
+    def _prefix(prefix: str) -> str:
+        wanted = prefix.strip() if isinstance(prefix, str) else ""
+        if len(wanted) < MIN_PREFIX:
+            raise ClientError(f"a task id prefix needs at least {MIN_PREFIX} characters, not {prefix!r}")
+        return wanted
+
+    @staticmethod
+    def _whole_id(prefix: str) -> bool:
+        return _FULL_ID.fullmatch(prefix) is not None
+
+    @staticmethod
+    def _prefix_params(prefix: str, page_no: int) -> dict[str, str | int]:
+        return {"task_id_prefix": prefix, "page_no": page_no, "page_size": _RESOLVE_PAGE}
+
+    @staticmethod
+    def _prefix_matches(prefix: str, page: TaskPage) -> tuple[builtins.list[str], bool]:
+        """The page's ids that start with `prefix`, and whether the server filtered by it: one
+        that does not know the parameter (the provider) lists every task, and is scanned."""
+        ids = [item.id for item in page.items]
+        matches = [task_id for task_id in ids if task_id.startswith(prefix)]
+        return matches, len(matches) == len(ids)
+
+    @staticmethod
+    def _one_id(prefix: str, matches: builtins.list[str], count: int) -> str:
+        if count == 0 or not matches:
+            raise TaskNotFound(prefix)
+        if count > 1:
+            raise AmbiguousTaskId(prefix, matches[:_CANDIDATES], count)
+        return matches[0]
+
+    @staticmethod
+    def _scan_more(page: TaskPage) -> bool:
+        return page.page_no < min(page.total_page, _RESOLVE_SCAN_PAGES) and bool(page.items)
 
     @staticmethod
     def _task_path(task: TaskRef, suffix: str = "") -> str:

@@ -129,6 +129,28 @@ class Client(_BaseClient):
                                    start=start, end=end)
         return TaskPage.from_json(self._json(self._get("/api/v1/tasks", params)))
 
+    def resolve(self, prefix: str) -> str:
+        """The one task id that starts with `prefix` (at least 4 characters), as git finds a hash.
+
+        `TaskNotFound` when none of this key's tasks does, `AmbiguousTaskId` (naming a few) when
+        several do. A whole id is returned as it is, without asking. A server without ref2video's
+        `task_id_prefix` filter (the provider) has its newest 1,000 tasks searched instead.
+        """
+        wanted = self._prefix(prefix)
+        if self._whole_id(wanted):
+            return wanted
+        found: builtins.list[str] = []
+        page_no = 1
+        while True:
+            page = TaskPage.from_json(self._json(self._get("/api/v1/tasks", self._prefix_params(wanted, page_no))))
+            matches, filtered = self._prefix_matches(wanted, page)
+            if filtered and page_no == 1:
+                return self._one_id(wanted, matches, page.total)
+            found += matches
+            if not self._scan_more(page):
+                return self._one_id(wanted, found, len(found))
+            page_no += 1
+
     def download(self, task: str | Task, path: str | os.PathLike[str]) -> Path:
         """Save a SUCCEEDED task's video to `path` (a file, or a directory for `<id>.mp4`); the path.
 
@@ -294,6 +316,24 @@ class AsyncClient(_BaseClient):
         params = self._list_params(page_no=page_no, page_size=page_size, status=status, model=model,
                                    start=start, end=end)
         return TaskPage.from_json(self._json(await self._get("/api/v1/tasks", params)))
+
+    async def resolve(self, prefix: str) -> str:
+        """The one task id that starts with `prefix` (see `Client.resolve`)."""
+        wanted = self._prefix(prefix)
+        if self._whole_id(wanted):
+            return wanted
+        found: builtins.list[str] = []
+        page_no = 1
+        while True:
+            answer = await self._get("/api/v1/tasks", self._prefix_params(wanted, page_no))
+            page = TaskPage.from_json(self._json(answer))
+            matches, filtered = self._prefix_matches(wanted, page)
+            if filtered and page_no == 1:
+                return self._one_id(wanted, matches, page.total)
+            found += matches
+            if not self._scan_more(page):
+                return self._one_id(wanted, found, len(found))
+            page_no += 1
 
     async def download(self, task: str | Task, path: str | os.PathLike[str]) -> Path:
         """Save a SUCCEEDED task's video to `path` (see `Client.download`); the path."""

@@ -9,7 +9,9 @@
     │   └── ServerError          5xx       the server failed (503 after retries)
     ├── TransportError           the server could not be reached (after retries); wraps httpx
     ├── TaskFailed               a task ended FAILED, CANCELED or UNKNOWN; `.task`
-    └── WaitTimeout              a task was not done when the wait's timeout passed; `.task`
+    ├── WaitTimeout              a task was not done when the wait's timeout passed; `.task`
+    ├── TaskNotFound             `resolve()`: no task id starts with the prefix; `.prefix`
+    └── AmbiguousTaskId          `resolve()`: several do; `.prefix`, `.candidates`, `.count`
 
 Other statuses (403 AccessDenied, 405) raise a plain `APIError`.
 """
@@ -34,6 +36,8 @@ __all__ = [
     "TransportError",
     "TaskFailed",
     "WaitTimeout",
+    "TaskNotFound",
+    "AmbiguousTaskId",
     "error_for_response",
 ]
 
@@ -107,6 +111,26 @@ class WaitTimeout(ClientError):
         self.timeout = timeout
         progress = f", {task.progress}%" if task.progress is not None else ""
         super().__init__(f"task {task.id} is still {task.status}{progress} after {timeout:g} s")
+
+
+class TaskNotFound(ClientError):
+    """No task of this key has an id that starts with `prefix`."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        super().__init__(f"no task id starts with {prefix!r} (among this key's tasks that have not expired)")
+
+
+class AmbiguousTaskId(ClientError):
+    """Several tasks' ids start with `prefix`; `candidates` names some of them, `count` says how many."""
+
+    def __init__(self, prefix: str, candidates: list[str], count: int) -> None:
+        self.prefix = prefix
+        self.candidates = candidates
+        self.count = count
+        more = ", ..." if count > len(candidates) else ""
+        super().__init__(f"{count} task ids start with {prefix!r}: {', '.join(candidates)}{more}; "
+                         "give more of the id")
 
 
 def _failure_line(task: Task) -> str:

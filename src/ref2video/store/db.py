@@ -8,14 +8,14 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, insert, text, update
+from sqlalchemy import Engine, create_engine, event, insert, inspect, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from .models import HealthProbe
 
-__all__ = ["make_engine", "migrate", "now_ms", "is_postgres", "probe", "unavailable"]
+__all__ = ["make_engine", "migrate", "now_ms", "is_postgres", "probe", "unavailable", "describe", "schema_missing"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x72327600  # advisory lock id held while PostgreSQL migrates
@@ -64,6 +64,34 @@ def _sqlite_engine(url: Any, **kwargs: Any) -> Engine:
         conn.exec_driver_sql("BEGIN")
 
     return engine
+
+
+def describe(url: str) -> str:
+    """The database `url` names, for people: a SQLite file's absolute path, else the URL with
+    its password masked."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            return "SQLite in memory"
+        return str(Path(parsed.database).resolve())
+    return parsed.render_as_string(hide_password=True)
+
+
+def schema_missing(url: str) -> str | None:
+    """Why `url` holds no ref2video database yet ("no such file", "no ref2video tables"), or
+    None when it does. Creates nothing; a database that cannot be reached raises DBAPIError."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            return "no ref2video tables"  # a new memory database is always empty
+        if not Path(parsed.database).is_file():
+            return "no such file"
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return None if inspect(conn).has_table("tasks") else "no ref2video tables"
+    finally:
+        engine.dispose()
 
 
 def migrate(engine: Engine) -> None:

@@ -145,8 +145,9 @@ def list_tasks(
     end_ms: int | None = None,
     model: str | None = None,
     status: Sequence[str] | None = None,
+    id_prefix: str | None = None,
 ) -> TaskPage:
-    """The owner's tasks, newest first, filtered and paged."""
+    """The owner's tasks, newest first, filtered and paged; `id_prefix` keeps the ids that start with it."""
     where = [Task.owner == owner, Task.submitted_at > now_ms() - retention_ms]
     if start_ms is not None:
         where.append(Task.submitted_at >= start_ms)
@@ -156,6 +157,9 @@ def list_tasks(
         where.append(Task.model == model)
     if status:
         where.append(Task.status.in_(list(status)))
+    if id_prefix:
+        # substr, not LIKE: SQLite's LIKE ignores case, and the prefix must match exactly everywhere.
+        where.append(func.substr(Task.id, 1, len(id_prefix)) == id_prefix)
     with engine.connect() as conn:
         total = conn.execute(select(func.count()).select_from(Task).where(*where)).scalar_one()
         rows = conn.execute(

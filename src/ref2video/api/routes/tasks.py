@@ -134,9 +134,15 @@ async def list_tasks(request: Request) -> JSONResponse:
         end_ms=_time_param(q.get("end_time"), "end_time", service),
         model=text_param(request, "model_name") or None,
     )
-    page = await in_thread(
-        lambda: store.list_tasks(service.db, principal.owner, retention_ms=service.retention_ms, **filters)
-    )
+    # A ref2video extension (PROTOCOL.md 6); a prefix no id of ours can start with matches nothing.
+    prefix = text_param(request, "task_id_prefix") or None
+    if prefix is not None and not _plausible(prefix):
+        page = store.TaskPage(items=[], total=0)
+    else:
+        page = await in_thread(
+            lambda: store.list_tasks(service.db, principal.owner, retention_ms=service.retention_ms,
+                                     id_prefix=prefix, **filters)
+        )
     return _ok({
         "data": [list_item(t) for t in page.items],
         "total": page.total,
