@@ -48,6 +48,8 @@ def _logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.log_level.lower() != "debug":  # one line per migration step is for debugging
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _where(settings: Settings) -> str:
