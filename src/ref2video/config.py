@@ -38,7 +38,7 @@ StrTable = Annotated[dict[str, str], NoDecode]
 _config_file: ContextVar[str | None] = ContextVar("ref2video_config_file", default=None)
 
 # The engine name of the DashScope relay. It is not an import string: the relay is not run by
-# worker threads (one per task) but by one event loop per process (ref2video.relay.runner).
+# worker threads (one per task) but by one event loop per process (ref2video.engines.dashscope.engine).
 RELAY_ENGINE = "dashscope"
 
 # Engine names and the import strings they stand for; `engines` adds to or overrides these.

@@ -26,7 +26,7 @@ from .retention import Sweeper
 from .storage.policy import PolicySigner
 from .storage.signing import UrlSigner
 from .queue.relay import RelayManager
-from .relay.runner import Relay
+from .engines.dashscope.engine import Relay
 from .store import keys
 from .store.db import is_postgres, make_engine, migrate
 

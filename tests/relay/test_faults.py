@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from ref2video.errors import RetryableEngineError
-from ref2video.relay import ProviderClient, ProviderError, ProviderTransient, RateLimiter
+from ref2video.engines.dashscope import ProviderClient, ProviderError, ProviderTransient, RateLimiter
 from tests.live import free_port, make_body
 from tests.relay.faults import Fault, FaultServer
 

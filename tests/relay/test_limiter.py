@@ -10,7 +10,7 @@ import tracemalloc
 
 import pytest
 
-from ref2video.relay import PollSchedule, RateLimiter
+from ref2video.engines.dashscope import PollSchedule, RateLimiter
 
 
 class FakeClock:

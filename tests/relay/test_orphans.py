@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from ref2video.relay.runner import account_of
+from ref2video.engines.dashscope.engine import account_of
 from ref2video.store.db import now_ms
 from ref2video.store.models import Task
 from tests.live import LiveServer, make_body

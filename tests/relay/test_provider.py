@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from ref2video.errors import RetryableEngineError
-from ref2video.relay import ProviderClient, ProviderError, UpstreamTask
+from ref2video.engines.dashscope import ProviderClient, ProviderError, UpstreamTask
 from tests.live import LiveServer, make_body
 from tests.relay.conftest import assert_mp4
 

@@ -37,7 +37,7 @@ class Task(Base):
     usage: Mapped[dict | None] = mapped_column(JSON)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
-    # The DashScope relay (ref2video.relay): the provider's task, the account (a key's
+    # The DashScope relay (ref2video.engines.dashscope): the provider's task, the account (a key's
     # fingerprint) it was sent with, when the submit was about to leave (set before sending,
     # so a crash leaves evidence to reconcile), the provider's last state, and whether the
     # task was found again through the provider's list rather than recorded from the answer.

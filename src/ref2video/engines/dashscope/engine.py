@@ -33,14 +33,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from ..config import Settings
-from ..media.sniff import sniff
-from ..protocol import Status
-from ..queue.relay import RelayManager, RelayTask
-from ..queue.wakeup import Wakeup
-from ..spec import TaskSpec, oss_key
-from ..storage.base import Storage
-from ..store.db import now_ms
+from ...config import Settings
+from ...media.sniff import sniff
+from ...protocol import Status
+from ...queue.relay import RelayManager, RelayTask
+from ...queue.wakeup import Wakeup
+from ...spec import TaskSpec, oss_key
+from ...storage.base import Storage
+from ...store.db import now_ms
 from .errors import ProviderError, ProviderTransient
 from .limiter import RateLimiter
 from .poller import AccountPoller, Flight

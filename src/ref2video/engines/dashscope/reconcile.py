@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Sequence
 
-from ..protocol import Status
+from ...protocol import Status
 from .errors import ProviderTransient
 from .limiter import RateLimiter
 from .provider import ProviderClient, UpstreamSummary, UpstreamTask, utc

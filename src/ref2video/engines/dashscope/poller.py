@@ -27,7 +27,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..protocol import Status
+from ...protocol import Status
 from .errors import ProviderError, ProviderTransient
 from .limiter import PollSchedule, RateLimiter
 from .provider import ProviderClient, UpstreamTask, utc

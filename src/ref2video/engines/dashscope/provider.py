@@ -28,8 +28,8 @@ from urllib.parse import quote
 
 import httpx
 
-from .. import __version__
-from ..protocol import TERMINAL
+from ... import __version__
+from ...protocol import TERMINAL
 from .errors import ProviderError, ProviderTransient
 from .limiter import RateLimiter
 

@@ -14,7 +14,7 @@ request that never arrived, and a submit must then be reconciled before it is se
 
 from __future__ import annotations
 
-from ..errors import EngineError, RetryableEngineError
+from ...errors import EngineError, RetryableEngineError
 
 __all__ = ["ProviderError", "ProviderTransient"]
 
