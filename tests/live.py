@@ -18,7 +18,7 @@ from ref2video.api.app import create_app
 from ref2video.api.server import server_config
 from ref2video.config import Settings
 from ref2video.service import Service
-from ref2video.store import keys
+from ref2video.app import keys
 
 from tests.http_server import Server
 from tests.media.media_files import make_image, make_video, make_voice

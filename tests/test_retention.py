@@ -19,8 +19,8 @@ from ref2video.queue.manager import QueueManager
 from ref2video.retention import ORPHAN_BATCH, Sweeper
 from ref2video.spec import TaskSpec
 from ref2video.storage.local import LocalStorage
-from ref2video.store import tasks as task_store
-from ref2video.store import uploads as upload_store
+from ref2video.app import tasks as app_tasks
+from ref2video.app import uploads as upload_store
 from ref2video.store.db import make_engine, migrate
 from ref2video.store.keys import Principal
 from tests.live import LiveServer
@@ -67,7 +67,7 @@ def crashed_put(storage: LocalStorage, key: str, source: Path) -> Path:
 def succeeded_task(stores: Stores, key: str) -> str:
     """A task that stored `key` and recorded it, as a worker does."""
     spec = TaskSpec(model="m", prompt="p", reference_urls=("https://x.test/a.png",))
-    task = task_store.create_task(stores.db, spec, OWNER)
+    task = app_tasks.create(stores.db, spec, OWNER, retention_ms=86_400_000)
     manager = QueueManager(stores.db)
     claim = manager.claim(["m"])
     assert claim is not None and claim.task.id == task.id

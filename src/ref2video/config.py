@@ -28,22 +28,23 @@ from sqlalchemy.exc import ArgumentError
 
 from .protocol import DEFAULT_MODELS
 
-__all__ = ["Settings", "BUILTIN_ENGINES", "RELAY_ENGINE"]
+__all__ = ["Settings", "BUILTIN_ENGINES", "DASHSCOPE"]
 
 # List and table settings read from the environment as JSON or in a plain form:
 # REF2VIDEO_FETCH_ALLOW=127.0.0.0/8,10.0.0.0/8 and REF2VIDEO_MODELS=wan2.6-r2v=dashscope,...
 StrList = Annotated[list[str], NoDecode]
 StrTable = Annotated[dict[str, str], NoDecode]
+IntTable = Annotated[dict[str, Annotated[int, Field(ge=1)]], NoDecode]
 
 _config_file: ContextVar[str | None] = ContextVar("ref2video_config_file", default=None)
 
-# The engine name of the DashScope relay. It is not an import string: the relay is not run by
-# worker threads (one per task) but by one event loop per process (ref2video.engines.dashscope.engine).
-RELAY_ENGINE = "dashscope"
+# The engine name of the DashScope relay, which needs provider keys (`dashscope_api_keys`).
+DASHSCOPE = "dashscope"
 
 # Engine names and the import strings they stand for; `engines` adds to or overrides these.
 BUILTIN_ENGINES: dict[str, str] = {
     "preview": "ref2video.engines.preview.engine:PreviewEngine",
+    DASHSCOPE: "ref2video.engines.dashscope:DashscopeEngine",
 }
 
 
@@ -59,7 +60,15 @@ class Settings(BaseSettings):
     port: int = 8000
     public_url: str = Field("", description="base of video_url links; default: the URL the client used")
 
-    workers: int = Field(1, ge=0, description="tasks run at once by this process; 0 runs the API only")
+    workers: int = Field(
+        1, ge=0, description="0 runs the API only; else the tasks run at once by an engine that declares no capacity"
+    )
+    engine_capacity: IntTable = Field(
+        default_factory=dict, description="engine name -> tasks one process runs at once with it (its own default)"
+    )
+    worker_models: StrList = Field(
+        default_factory=list, description="the models whose tasks this process runs; empty: all of them"
+    )
     lease_seconds: float = Field(30.0, gt=0, description="a claim lapses if not renewed for this long")
     max_attempts: int = Field(3, ge=1, description="claims of one task before it fails")
     reap_interval: float = Field(5.0, gt=0, description="seconds between checks for lapsed leases")
@@ -122,7 +131,7 @@ class Settings(BaseSettings):
     dashscope_max_result_bytes: int = Field(1 << 30, gt=0, description="largest result video downloaded")
     dashscope_timezone: str = Field("Asia/Shanghai", description="zone the provider reads task-list times in")
 
-    @field_validator("fetch_allow", "dashscope_api_keys", mode="before")
+    @field_validator("fetch_allow", "dashscope_api_keys", "worker_models", mode="before")
     @classmethod
     def _list(cls, value: Any) -> Any:
         """JSON (`["a", "b"]`) or comma-separated (`a,b`)."""
@@ -132,7 +141,7 @@ class Settings(BaseSettings):
             return json.loads(value)
         return [item.strip() for item in value.split(",") if item.strip()]
 
-    @field_validator("models", "engines", "dashscope_models", mode="before")
+    @field_validator("models", "engines", "dashscope_models", "engine_capacity", mode="before")
     @classmethod
     def _table(cls, value: Any) -> Any:
         """JSON (`{"a": "b"}`) or comma-separated pairs (`a=b,c=d`)."""
@@ -172,6 +181,9 @@ class Settings(BaseSettings):
         if self.relay_models and not [k for k in self.dashscope_api_keys if k.strip()]:
             relayed = ", ".join(sorted(self.relay_models))
             raise ValueError(f"models {relayed} are served by the dashscope engine, which needs dashscope_api_keys")
+        if unknown := [m for m in self.worker_models if m not in self.models]:
+            raise ValueError(f"worker_models names {', '.join(unknown)}, which are not among the models "
+                             f"({', '.join(self.models)})")
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'ref2video.db'}"
         if self.results_dir is None:
@@ -203,7 +215,7 @@ class Settings(BaseSettings):
     def relay_models(self) -> dict[str, str]:
         """Our model names served by the DashScope relay -> the provider's model names."""
         return {model: self.dashscope_models.get(model, model)
-                for model, engine in self.models.items() if engine == RELAY_ENGINE}
+                for model, engine in self.models.items() if engine == DASHSCOPE}
 
     def engine_target(self, model: str) -> str:
         """The import string of the engine serving `model`."""

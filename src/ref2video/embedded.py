@@ -12,7 +12,7 @@ import uvicorn
 
 from .config import Settings
 from .service import Service
-from .store import keys
+from .app import keys
 
 __all__ = ["embedded_server"]
 
@@ -48,6 +48,6 @@ def _key(settings: Settings, service: Service) -> str:
     first = settings.data_dir / "first-api-key.txt"
     if first.exists():
         key = first.read_text().strip()
-        if keys.authenticate(service.db, key):
+        if service.auth.principal(key):
             return key
     return keys.create_key(service.db, owner="default", name="ref2video generate (in-process)")[0]

@@ -22,7 +22,7 @@ from .media.probe import Limits
 from .media.reference import Reference
 from .spec import TaskSpec, oss_key
 from .storage.base import Storage
-from .store import uploads
+from .app import uploads
 
 __all__ = ["ReferenceLoader", "TaskMedia"]
 

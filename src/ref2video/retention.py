@@ -10,8 +10,11 @@ import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from sqlalchemy import Engine
+from typing import Any, TypeVar
 
+from sqlalchemy import Connection, Engine
+
+from .app import transitions
 from .storage.base import Storage
 from .store import tasks as task_store
 from .store import uploads as upload_store
@@ -19,6 +22,7 @@ from .store import uploads as upload_store
 __all__ = ["Sweeper", "ORPHAN_BATCH"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ORPHAN_BATCH = 500  # stored names checked against the database per query
 
@@ -41,16 +45,18 @@ class Sweeper:
         """Returns how many tasks and uploads went; orphaned files are counted and logged by
         `sweep_orphans`."""
         removed = 0
-        while expired := task_store.expired_tasks(self.db, self.retention_ms):
+        while expired := self._read(task_store.expired_tasks, self.retention_ms):
             for _task_id, key in expired:
                 if key:
                     self.results.delete(key)
-            task_store.delete_tasks(self.db, [task_id for task_id, _ in expired])
+            with self.db.begin() as conn:
+                transitions.expire(conn, [task_id for task_id, _ in expired])
             removed += len(expired)
-        while old := upload_store.expired_uploads(self.db, self.retention_ms):
+        while old := self._read(upload_store.expired_uploads, self.retention_ms):
             for _key, blob in old:
                 self.uploads.delete(blob)
-            upload_store.delete_uploads(self.db, [key for key, _ in old])
+            with self.db.begin() as conn:
+                upload_store.delete_uploads(conn, [key for key, _ in old])
             removed += len(old)
         cutoff = time.time() - self.retention_ms / 1000
         for leftover in self.scratch_dir.glob("*"):
@@ -69,7 +75,11 @@ class Sweeper:
                         results, uploads, self.orphan_grace_seconds)
         return results + uploads
 
-    def _sweep_storage(self, storage: Storage, owned: Callable[[Engine, Collection[str]], set[str]]) -> int:
+    def _read(self, query: Callable[[Connection, Any], T], arg: Any) -> T:
+        with self.db.connect() as conn:
+            return query(conn, arg)
+
+    def _sweep_storage(self, storage: Storage, owned: Callable[[Connection, Collection[str]], set[str]]) -> int:
         # A file is nobody's from `storage.put` until its row is written (a task's compare-and-set,
         # an upload's insert). Only files older than the grace are touched, so the grace must be
         # longer than that gap (seconds at most; the default is an hour). A partial file being
@@ -78,7 +88,7 @@ class Sweeper:
         old = (item for item in storage.listing() if item.modified < cutoff)
         removed = 0
         while batch := list(itertools.islice(old, ORPHAN_BATCH)):
-            kept = owned(self.db, [item.name for item in batch if not item.partial])
+            kept = self._read(owned, [item.name for item in batch if not item.partial])
             for item in batch:
                 if item.partial or item.name not in kept:
                     storage.discard(item)

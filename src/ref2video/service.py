@@ -1,7 +1,14 @@
 """One ref2video process's parts, wired together from `Settings`.
 
-Both the HTTP app and the command line build a `Service`; tests build their own with
-their own settings, so nothing here is a module-level global.
+Both the HTTP app and the command line build a `Service`; tests build their own with their
+own settings, so nothing here is a module-level global. A `Service` is whole once built: its
+database is migrated and every part exists. `start()` only sets its threads going.
+
+What a process does is chosen by configuration: every process serves the API it is given to
+(the app); with `workers > 0` it also runs tasks: worker threads for threaded engines, as many
+as each engine's capacity, and the held engines (the relay) that hold many tasks without a
+thread each; `worker_models` narrows the models it runs. The reaper runs where tasks run, the
+retention sweep everywhere.
 """
 
 from __future__ import annotations
@@ -10,24 +17,26 @@ import contextlib
 import logging
 import os
 import threading
-import uuid
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from .app import keys
+from .app.auth import Authenticator
 from .config import Settings
+from .engines.base import HeldEngine
 from .engines.registry import EngineRegistry
+from .periodic import Periodic
+from .queue.held import HeldRuntime
 from .queue.manager import QueueManager
+from .queue.reaper import Reaper
 from .queue.wakeup import Wakeup
 from .queue.worker import WorkerPool
-from .storage.base import Storage
-from .storage.local import LocalStorage
 from .references import ReferenceLoader
 from .retention import Sweeper
+from .storage.base import Storage
+from .storage.local import LocalStorage
 from .storage.policy import PolicySigner
 from .storage.signing import UrlSigner
-from .queue.relay import RelayManager
-from .engines.dashscope.engine import Relay
-from .store import keys
 from .store.db import is_postgres, make_engine, migrate
 
 __all__ = ["Service"]
@@ -36,10 +45,10 @@ log = logging.getLogger("ref2video")
 
 
 class Service:
-    """Database, storage, queue and workers of one process.
+    """Database, storage, queue, engines and workers of one process.
 
-    service = Service(Settings())
-    service.start()          # migrate, make the first key if there is none, start workers
+    service = Service(Settings())   # migrates the database; every part is built
+    service.start()                 # make the first key if there is none, start the threads
     ...
     service.stop()
     """
@@ -57,67 +66,68 @@ class Service:
         # The first key's log line is for a server's operator; `generate` in-process is not one.
         self.announce_first_key = announce_first_key
         self.db = make_engine(settings.database_url)
+        migrate(self.db)
+        self.signer = UrlSigner(settings.signing_secret or keys.server_secret(self.db, "url_signing"),
+                                settings.url_ttl_seconds)
+        self.policy = PolicySigner(keys.server_secret(self.db, "upload_policy"))
+        self.auth = Authenticator(self.db)
         assert settings.results_dir is not None
         self.storage: Storage = storage or LocalStorage(settings.results_dir)
-        self.registry = registry or EngineRegistry.from_settings(settings)
-        relayed = settings.relay_models
+        self.uploads: Storage = uploads or LocalStorage(settings.data_dir / "uploads")
         self.models: list[str] = list(settings.models)  # every model this server accepts
         self.tz = ZoneInfo(settings.timezone)
         self.retention_ms = int(settings.retention_hours * 3600 * 1000)
-        self.wakeup = Wakeup(self.db)
-        self.manager = QueueManager(
-            self.db,
-            lease_seconds=settings.lease_seconds,
-            max_attempts=settings.max_attempts,
-            on_requeue=self.wakeup.notify,
-        )
-        self.uploads: Storage = uploads or LocalStorage(settings.data_dir / "uploads")
-        self.references = ReferenceLoader.from_settings(settings, self.db, self.uploads, self.retention_ms)
-        self.sweeper = Sweeper(self.db, self.storage, self.uploads, settings.scratch_dir, self.retention_ms,
-                               orphan_grace_seconds=settings.orphan_grace_seconds)
-        local_workers = settings.workers if self.registry.models else 0
-        self.pool = WorkerPool(
-            self.manager, self.registry, self.storage, self.wakeup,
-            scratch_dir=settings.scratch_dir, size=local_workers, reaps=settings.workers > 0,
-            poll_interval=settings.poll_interval, reap_interval=settings.reap_interval,
-            load_references=self.references, sweep=self.sweeper.sweep, sweep_interval=settings.sweep_interval,
-        )
         # SQLite has one writer: API threads queue here rather than in its busy handler,
         # which sleeps in steps and gave creates a p99 near a second under load.
         self.write_lock: contextlib.AbstractContextManager[object] = (
             contextlib.nullcontext() if is_postgres(self.db) else threading.Lock()
         )
-        # The relay runs where tasks run (workers > 0): one event loop for all relayed tasks.
-        self.relay: Relay | None = None
-        if relayed and settings.workers > 0:
-            token = str(uuid.uuid4())  # one lease token for all of this relay's tasks
-            self.relay = Relay(settings, RelayManager(self.manager, token, on_requeue=self.wakeup.notify),
-                               self.storage, self.references.own_upload, self.wakeup)
-        self.signer: UrlSigner | None = None
-        self.policy: PolicySigner | None = None
+        self.wakeup = Wakeup(self.db)
+        self.manager = QueueManager(self.db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
+                                    on_requeue=self.wakeup.notify)
+        self.references = ReferenceLoader.from_settings(settings, self.db, self.uploads, self.retention_ms)
 
-    def prepare(self) -> None:
-        """Migrate the database and load the URL signing secret."""
-        migrate(self.db)
-        secret = self.settings.signing_secret or keys.server_secret(self.db, "url_signing")
-        self.signer = UrlSigner(secret, self.settings.url_ttl_seconds)
-        self.policy = PolicySigner(keys.server_secret(self.db, "upload_policy"))
+        runs_tasks = settings.workers > 0
+        self.registry = registry or EngineRegistry.from_settings(settings, only=settings.worker_models or None)
+        groups = self.registry.groups() if runs_tasks else []
+        self.slots = [(list(g.models), g.capacity) for g in groups if not g.held]
+        self.pool = WorkerPool(self.manager, self.registry, self.storage, self.wakeup, scratch_dir=settings.scratch_dir,
+                               slots=self.slots, poll_interval=settings.poll_interval,
+                               load_references=self.references)
+        held = [g.engine for g in groups if g.held and isinstance(g.engine, HeldEngine)]
+        self.held = HeldRuntime(held, self.manager, self.wakeup, self.storage, self.references.own_upload)
+        self.reaper = Reaper(self.manager, settings.reap_interval) if runs_tasks else None
+        self.sweeper = Sweeper(self.db, self.storage, self.uploads, settings.scratch_dir, self.retention_ms,
+                               orphan_grace_seconds=settings.orphan_grace_seconds)
+        self._sweeping = Periodic("retention", self._sweep, settings.sweep_interval)
+
+    @property
+    def running(self) -> int:
+        """Tasks this process runs now."""
+        return self.pool.running + self.held.running
 
     def start(self, *, api: bool = True) -> None:
-        """Migrate, then run this process's workers and relay. `api=False` for a worker
-        process, which serves no HTTP and so makes no first key."""
-        self.prepare()
+        """Start this process's threads. `api=False` for a worker process, which serves no
+        HTTP and so makes no first key."""
         if api:
             self.ensure_first_key()
         self.pool.start()
-        if self.relay is not None:
-            self.relay.start()
+        self.held.start()
+        if self.reaper is not None:
+            self.reaper.start()
+        self._sweeping.start()
 
     def stop(self) -> None:
-        if self.relay is not None:
-            self.relay.stop(self.settings.shutdown_grace)
+        self._sweeping.stop()
+        if self.reaper is not None:
+            self.reaper.stop()
+        self.held.stop(self.settings.shutdown_grace)
         self.pool.stop(self.settings.shutdown_grace)
         self.db.dispose()
+
+    def _sweep(self) -> None:
+        if removed := self.sweeper.sweep():
+            log.info("swept %d expired tasks and uploads", removed)
 
     def ensure_first_key(self) -> Path | None:
         """On an empty key table, make one key and write it to a file only the user can read."""

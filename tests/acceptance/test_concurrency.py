@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from ref2video.spec import TaskSpec
-from ref2video.store import tasks as store
+from ref2video.app import tasks
 from ref2video.store.db import make_engine, migrate
 from ref2video.store.keys import Principal
 from ref2video.store.models import Task
@@ -41,7 +41,7 @@ def test_worker_processes_share_one_table_without_double_runs(tmp_path: Path, pg
         time.sleep(0.3)
         wakeup = Wakeup(db)
         spec = TaskSpec(model="wan2.6-r2v-flash", prompt="steps=2 step_ms=20", reference_urls=(ref_url("a.png"),))
-        ids = [store.create_task(db, spec, Principal("k", "o"), on_insert=wakeup.notify_in).id for _ in range(30)]
+        ids = [tasks.create(db, spec, Principal("k", "o"), retention_ms=86_400_000, on_insert=wakeup.notify_in).id for _ in range(30)]
         deadline = time.monotonic() + 60
         while True:
             with db.connect() as conn:

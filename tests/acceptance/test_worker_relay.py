@@ -41,7 +41,7 @@ def test_a_worker_process_runs_the_relay(tmp_path: Path, database_url: str) -> N
                 assert time.monotonic() < deadline and procs[1].poll() is None, (tmp_path / "worker.log").read_text()
                 time.sleep(0.1)
         assert out["engine"] == "dashscope" and len(provider_tasks(provider)) == 1
-        assert "the dashscope relay for wan2.6-r2v, wan2.6-r2v-flash" in (tmp_path / "worker.log").read_text()
+        assert "the dashscope engine for wan2.6-r2v, wan2.6-r2v-flash" in (tmp_path / "worker.log").read_text()
     finally:
         for proc in procs:
             stop(proc)

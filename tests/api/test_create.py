@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import httpx
 import pytest
 
@@ -55,15 +56,40 @@ def test_keys_are_checked_first(idle: LiveServer) -> None:
     bare.close()
 
 
-def test_a_revoked_key_stops_working_on_the_next_request(idle: LiveServer) -> None:
-    from ref2video.store.keys import parse_key, revoke_key
+def test_a_key_revoked_elsewhere_stops_working(idle: LiveServer) -> None:
+    """Revoked in the database (as `ref2video keys revoke` does from another process): this
+    server stops taking the key once what it remembers of it is stale (a second)."""
+    from ref2video.app.keys import revoke_key
+    from ref2video.store.keys import parse_key
 
     key = idle.new_key()
     client = idle.client(key)
     assert client.post("/task/bailian/ref2video", json=SEED_BODY).status_code == 200
     assert revoke_key(idle.service.db, parse_key(key)[0])  # type: ignore[index]
+    deadline = time.monotonic() + 30
+    while client.get("/api/v1/tasks").status_code == 200:  # a wait on the condition, not a timing check
+        assert time.monotonic() < deadline, "the revoked key was still taken after 30 s"
+        time.sleep(0.05)
     assert_error(client.post("/task/bailian/ref2video", json=SEED_BODY), 401, "InvalidApiKey")
     assert_error(client.get("/api/v1/tasks"), 401, "InvalidApiKey")
+
+
+def test_the_authenticator_forgets_a_key_after_its_time_to_live(idle: LiveServer) -> None:
+    from ref2video.app.auth import Authenticator
+    from ref2video.app.keys import revoke_key
+    from ref2video.store.keys import parse_key
+
+    now = [1000.0]
+    auth = Authenticator(idle.service.db, ttl=1.0, clock=lambda: now[0])
+    key = idle.new_key()
+    principal = auth.principal(key)
+    assert principal is not None and auth.remembered(key) == principal
+    assert auth.principal(key[:-1] + ("A" if key[-1] != "A" else "B")) is None  # the secret is checked each time
+    assert revoke_key(idle.service.db, parse_key(key)[0])  # type: ignore[index]
+    now[0] += 0.9
+    assert auth.principal(key) == principal  # remembered for up to a second
+    now[0] += 0.2
+    assert auth.remembered(key) is None and auth.principal(key) is None
 
 
 @pytest.mark.parametrize(

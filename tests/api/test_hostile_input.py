@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ref2video.store import tasks as task_store
+from ref2video.app import tasks as app_tasks
 from tests.live import LiveServer, make_body, ref_url, settings_for, start_server
 from tests.tcp_proxy import TcpProxy
 
@@ -97,7 +97,7 @@ def test_an_unexpected_error_is_answered_once_and_keeps_the_connection(
     def broken(*args: object, **kwargs: object) -> object:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(task_store, "get_task_as", broken)
+    monkeypatch.setattr(app_tasks, "get", broken)
     caplog.set_level(logging.ERROR)
     with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as sock:
         request = (f"GET /api/v1/tasks/{task_id} HTTP/1.1\r\nHost: x\r\n"

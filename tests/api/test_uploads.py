@@ -17,7 +17,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from ref2video.storage.policy import PolicySigner
-from ref2video.store.keys import authenticate, revoke_key
+from ref2video.app.keys import revoke_key
 from ref2video.store.models import Task, Upload
 from tests.live import LiveServer, make_body
 
@@ -252,7 +252,7 @@ def test_a_bogus_certificate_is_refused_before_the_file_is_read(make_server) -> 
 
 def small_certificate(server: LiveServer, max_bytes: int) -> dict:
     """A genuine certificate for the server's key that allows files of at most `max_bytes`."""
-    principal = authenticate(server.service.db, server.key)
+    principal = server.service.auth.principal(server.key)
     assert principal is not None and server.service.policy is not None
     signed, signature, grant = server.service.policy.issue(principal.owner, principal.key_id, "wan2.6-r2v-flash",
                                                            max_bytes)

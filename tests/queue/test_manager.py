@@ -12,13 +12,14 @@ from sqlalchemy import Engine, select, update
 from ref2video.protocol import Status
 from ref2video.queue.manager import LeaseLost, QueueManager
 from ref2video.spec import TaskSpec
-from ref2video.store import tasks as store
+from ref2video.app import tasks
 from ref2video.store.db import make_engine, migrate
 from ref2video.store.keys import Principal
 from ref2video.store.models import Task
 
 MODELS = ["m"]
 OWNER = Principal(key_id="k", owner="o")
+DAY = 86_400_000
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def db(database_url: str) -> Iterator[Engine]:
 
 def add(db: Engine, n: int = 1) -> list[str]:
     spec = TaskSpec(model="m", prompt="p", reference_urls=("https://x.test/a.png",))
-    return [store.create_task(db, spec, OWNER).id for _ in range(n)]
+    return [tasks.create(db, spec, OWNER, retention_ms=DAY).id for _ in range(n)]
 
 
 def status(db: Engine, task_id: str) -> tuple:
@@ -144,10 +145,10 @@ def test_cancel_requests_reach_the_heartbeat(db: Engine) -> None:
     manager = QueueManager(db)
     claim = manager.claim(MODELS)
     assert claim is not None
-    assert store.cancel_task(db, "o", task_id) is Status.RUNNING
+    assert tasks.cancel(db, OWNER, task_id) is Status.RUNNING
     assert manager.heartbeat(claim) is True and manager.cancel_requested(claim) is True
     assert manager.mark_canceled(claim)
     assert status(db, task_id)[0] == "CANCELED"
     with db.begin() as conn:  # nothing changes a terminal row
         conn.execute(update(Task).where(Task.id == task_id, Task.status == "PENDING").values(status="RUNNING"))
-    assert store.cancel_task(db, "o", task_id) is None
+    assert tasks.cancel(db, OWNER, task_id) is None

@@ -23,16 +23,18 @@ __all__ = ["create_app"]
 
 
 def create_app(settings: Settings | None = None, *, service: Service | None = None) -> FastAPI:
-    """The ASGI app. Pass a `service` to share one (tests, the CLI); else one is built."""
-    service = service or Service(settings or Settings())
+    """The ASGI app. Pass a `service` to share one (tests, the CLI); else one is built from
+    `settings` as the app starts (building migrates the database), before any request."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await to_thread.run_sync(service.start)
+        running = service or await to_thread.run_sync(Service, settings or Settings())
+        app.state.service = running
+        await to_thread.run_sync(running.start)
         try:
             yield
         finally:
-            await to_thread.run_sync(service.stop)
+            await to_thread.run_sync(running.stop)
 
     app = FastAPI(
         title="ref2video",
@@ -42,7 +44,8 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         docs_url=None,  # served offline by routes/docs.py: FastAPI's pages load from a CDN
         redoc_url=None,
     )
-    app.state.service = service
+    if service is not None:
+        app.state.service = service
     install_error_handlers(app)
     app.add_middleware(RequestGuard)
     for module in (tasks, uploads, results, health, web, docs):

@@ -11,7 +11,7 @@ from fastapi import Request
 
 from ..errors import InvalidApiKey, InvalidParameter, RequestTooLarge
 from ..service import Service
-from ..store.keys import Principal, authenticate
+from ..app.auth import Principal
 
 __all__ = [
     "service_of", "bearer_key", "principal_of", "read_json", "in_thread", "base_url_of", "is_text", "text_param",
@@ -40,8 +40,10 @@ def bearer_key(request: Request) -> str:
 
 
 async def principal_of(request: Request) -> Principal:
+    """Who the request comes from: authentication happens here and nowhere else."""
     key = bearer_key(request)
-    principal = await in_thread(authenticate, service_of(request).db, key)
+    auth = service_of(request).auth
+    principal = auth.remembered(key) or await in_thread(auth.principal, key)
     if principal is None:
         raise InvalidApiKey("Invalid API-key provided.")
     return principal

@@ -21,7 +21,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from ..config import Settings
 from ..service import Service
-from ..store import keys as key_store
+from ..app import keys as key_store
 from ..store.db import describe, make_engine, migrate, schema_missing
 from .output import err, fail, out
 
@@ -102,9 +102,11 @@ def _listen(host: str, port: int) -> socket.socket:
 
 @app.command()
 def worker(config: ConfigOpt = None, workers: Annotated[Optional[int], typer.Option()] = None,
+           models: Annotated[Optional[str], typer.Option(
+               help="comma-separated models whose tasks this process runs (default: all)")] = None,
            init: InitOpt = False) -> None:
     """Run workers only, against the configured database (scale-out)."""
-    settings = _settings(config, workers=workers)
+    settings = _settings(config, workers=workers, worker_models=models)
     _check_database(settings, init=init)
     _logging(settings)
     service = Service(settings)
@@ -112,10 +114,9 @@ def worker(config: ConfigOpt = None, workers: Annotated[Optional[int], typer.Opt
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     service.start(api=False)
-    local = service.registry.models
-    relayed = sorted(settings.relay_models) if service.relay is not None else []
-    parts = [f"{settings.workers} slot(s) for {', '.join(local)}"] if local else []
-    parts += [f"the dashscope relay for {', '.join(relayed)}"] if relayed else []
+    parts = [f"{capacity} slot(s) for {', '.join(names)}" for names, capacity in service.slots]
+    parts += [f"the {engine.name} engine for {', '.join(engine.models)} (up to {engine.capacity} at once)"
+              for engine in service.held.engines]
     out.print(f"ref2video worker: {'; '.join(parts) or 'nothing to run (workers = 0)'}", markup=False)
     stop.wait()
     service.stop()
@@ -147,7 +148,7 @@ def keys_list(config: ConfigOpt = None, init: InitOpt = False) -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="key id (or the whole key)")], config: ConfigOpt = None,
                 init: InitOpt = False) -> None:
-    """Revoke a key; it stops working on the next request."""
+    """Revoke a key; every server stops taking it within a second."""
     if not key_store.revoke_key(_db(config, init=init), key_id):
         fail(f"no live key {key_id!r}", 1)
     out.print(f"revoked {key_id}", markup=False)

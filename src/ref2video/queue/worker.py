@@ -1,18 +1,20 @@
 """Workers: threads that claim tasks, run engines, store results and record the outcome.
 
-One `WorkerPool` per process runs `size` worker threads, a lease keeper that renews the
-leases of running tasks (and carries progress and cancel requests between them and the
-table), and a maintenance thread that reaps lapsed leases and runs the retention sweep.
+One `WorkerPool` per process runs worker threads for its threaded engines, as many for each as
+the engine's capacity, each claiming only that engine's models (so no engine ever runs more
+tasks at once than it declared), and a lease keeper that renews the leases of running tasks
+(and carries progress and cancel requests between them and the table).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,8 @@ class _Outcome:
 class WorkerPool:
     """Runs tasks from the queue until `stop()`.
 
-    pool = WorkerPool(manager, registry, storage, wakeup, scratch_dir=Path("scratch"), size=2)
+    pool = WorkerPool(manager, registry, storage, wakeup, scratch_dir=Path("scratch"),
+                      slots=[(["wan2.6-r2v"], 2)])   # models, and how many of their tasks at once
     pool.start(); ...; pool.stop(grace=10)
     """
 
@@ -60,28 +63,19 @@ class WorkerPool:
         wakeup: Wakeup,
         *,
         scratch_dir: Path,
-        size: int = 1,
+        slots: Sequence[tuple[Sequence[str], int]] = (),
         poll_interval: float = 5.0,
-        reap_interval: float = 5.0,
         load_references: Callable[[TaskSpec, str, Path, Callable[[], bool]], TaskMedia] | None = None,
-        sweep: Callable[[], int] | None = None,
-        sweep_interval: float = 300.0,
-        reaps: bool | None = None,
     ) -> None:
         self.manager = manager
         self.registry = registry
         self.storage = storage
         self.wakeup = wakeup
         self.scratch_dir = Path(scratch_dir)
-        self.size = size
+        self.slots = [(list(models), capacity) for models, capacity in slots if models and capacity > 0]
+        self.size = sum(capacity for _, capacity in self.slots)
         self.poll_interval = poll_interval
-        self.reap_interval = reap_interval
         self.load_references = load_references or (lambda *_: TaskMedia(()))
-        self.sweep = sweep or (lambda: 0)
-        self.sweep_interval = sweep_interval
-        # Only a process that runs tasks reaps: on SQLite the wake-up it sends reaches its
-        # own workers (and relay) alone, so requeued work should land where it can be run.
-        self.reaps = bool(size) if reaps is None else reaps
         self._stopping = threading.Event()
         self._running: dict[str, TaskContext] = {}
         self._lock = threading.Lock()
@@ -95,10 +89,12 @@ class WorkerPool:
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         if self.size:  # only workers wait for wake-ups; an API-only process need not listen
             self.wakeup.start_listening()
-        targets = [(self._work, f"ref2video-worker-{i}") for i in range(self.size)]
+        targets: list[tuple[Callable[[], None], str]] = [
+            (functools.partial(self._work, models), f"ref2video-worker-{n}-{i}")
+            for n, (models, capacity) in enumerate(self.slots) for i in range(capacity)
+        ]
         if self.size:
             targets.append((self._keep_leases, "ref2video-leases"))
-        targets.append((self._maintain, "ref2video-maintenance"))
         for target, name in targets:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -125,11 +121,11 @@ class WorkerPool:
 
     # -- the worker loop -----------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(self, models: list[str]) -> None:
         while not self._stopping.is_set():
             self.wakeup.clear()
             try:
-                claim = self.manager.claim(self.registry.models)
+                claim = self.manager.claim(models)
             except Exception:
                 log.exception("claiming a task failed; retrying")
                 self._stopping.wait(1.0)
@@ -235,19 +231,3 @@ class WorkerPool:
             context.lease_lost = True
         except Exception:
             log.warning("renewing the lease of task %s failed", context.claim.task.id, exc_info=True)
-
-    # -- maintenance ---------------------------------------------------------------------
-
-    def _maintain(self) -> None:
-        last_sweep = 0.0
-        while not self._stopping.wait(self.reap_interval):
-            try:
-                requeued, failed = self.manager.reap() if self.reaps else (0, 0)
-                if requeued or failed:
-                    log.warning("reaped lapsed leases: %d requeued, %d failed", requeued, failed)
-                if time.monotonic() - last_sweep >= self.sweep_interval:
-                    last_sweep = time.monotonic()
-                    if removed := self.sweep():
-                        log.info("swept %d expired tasks and uploads", removed)
-            except Exception:
-                log.exception("queue maintenance failed; will try again")

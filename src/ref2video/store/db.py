@@ -8,14 +8,12 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, insert, inspect, text, update
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
-from .models import HealthProbe
-
-__all__ = ["make_engine", "migrate", "now_ms", "is_postgres", "probe", "unavailable", "describe", "schema_missing"]
+__all__ = ["make_engine", "migrate", "now_ms", "is_postgres", "unavailable", "describe", "schema_missing"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x72327600  # advisory lock id held while PostgreSQL migrates
@@ -103,24 +101,6 @@ def migrate(engine: Engine) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
-
-
-def probe(engine: Engine, name: str) -> str | None:
-    """None when the database answers and takes a write; else "unreachable" or "not writable"
-    (a full disk or a read-only file: reads still work there, every write fails)."""
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except DBAPIError:
-        return "unreachable"
-    try:
-        with engine.begin() as conn:
-            values = {"name": name, "at": now_ms()}
-            if conn.execute(update(HealthProbe).where(HealthProbe.name == name).values(at=values["at"])).rowcount == 0:
-                conn.execute(insert(HealthProbe).values(**values))
-    except DBAPIError:
-        return "not writable"
-    return None
 
 
 # SQLite's ways of saying "not now": a lock held too long, a full or failing disk, a file that

@@ -11,8 +11,11 @@ import hashlib
 import hmac
 import secrets
 
-from sqlalchemy import Engine, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .db import now_ms
 from .models import ApiKey, ServerSecret
@@ -25,7 +28,7 @@ __all__ = [
     "revoke_key",
     "parse_key",
     "check_secret",
-    "authenticate",
+    "live_key",
     "is_live",
     "count_keys",
     "server_secret",
@@ -57,42 +60,33 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_key(engine: Engine, owner: str = "default", name: str = "") -> tuple[str, KeyInfo]:
+def create_key(conn: Connection, owner: str = "default", name: str = "") -> tuple[str, KeyInfo]:
     """A new key; the plain key is returned once and never stored."""
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     info = KeyInfo(id=key_id, owner=owner, name=name, created_at=now_ms(), revoked_at=None)
-    with engine.begin() as conn:
-        conn.execute(
-            insert(ApiKey).values(
-                id=key_id, owner=owner, name=name, secret_hash=_hash(secret),
-                created_at=info.created_at,
-            )
-        )
+    conn.execute(
+        insert(ApiKey).values(id=key_id, owner=owner, name=name, secret_hash=_hash(secret), created_at=info.created_at)
+    )
     return f"{_PREFIX}-{key_id}-{secret}", info
 
 
-def list_keys(engine: Engine) -> list[KeyInfo]:
-    with engine.connect() as conn:
-        rows = conn.execute(select(ApiKey).order_by(ApiKey.created_at)).all()
+def list_keys(conn: Connection) -> list[KeyInfo]:
+    rows = conn.execute(select(ApiKey).order_by(ApiKey.created_at)).all()
     return [KeyInfo(r.id, r.owner, r.name, r.created_at, r.revoked_at) for r in rows]
 
 
-def count_keys(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(ApiKey)).scalar_one()
+def count_keys(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(ApiKey)).scalar_one())
 
 
-def revoke_key(engine: Engine, key_id: str) -> bool:
+def revoke_key(conn: Connection, key_id: str) -> bool:
     """Revoke by id (or by the whole key); False when there is no such live key."""
     parsed = parse_key(key_id)
     key_id = parsed[0] if parsed else key_id
-    with engine.begin() as conn:
-        result = conn.execute(
-            update(ApiKey)
-            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-            .values(revoked_at=now_ms())
-        )
+    result = conn.execute(
+        update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=now_ms())
+    )
     return result.rowcount == 1
 
 
@@ -111,47 +105,26 @@ def check_secret(secret: str, stored_hash: str | None) -> bool:
     return ok and stored_hash is not None
 
 
-def authenticate(engine: Engine, key: str) -> Principal | None:
-    """The principal of a live key, or None."""
-    parsed = parse_key(key)
-    if parsed is None:
-        return None
-    key_id, secret = parsed
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(ApiKey.owner, ApiKey.secret_hash).where(
-                ApiKey.id == key_id, ApiKey.revoked_at.is_(None)
-            )
-        ).first()
-    if not check_secret(secret, row.secret_hash if row else None):
-        return None
-    assert row is not None
-    return Principal(key_id=key_id, owner=row.owner)
+def live_key(conn: Connection, key_id: str) -> tuple[str, str] | None:
+    """(owner, secret hash) of the live key `key_id`, or None when it is unknown or revoked."""
+    row = conn.execute(
+        select(ApiKey.owner, ApiKey.secret_hash).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+    ).first()
+    return None if row is None else (row.owner, row.secret_hash)
 
 
-def is_live(engine: Engine, key_id: str) -> bool:
+def is_live(conn: Connection, key_id: str) -> bool:
     """Whether `key_id` names a key that is not revoked: what a credential issued to that key
     (an upload certificate) checks on each use, so a revocation ends it at once."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-        ).first()
-    return row is not None
+    return live_key(conn, key_id) is not None
 
 
-def server_secret(engine: Engine, name: str) -> str:
-    """A random secret made once per database and shared by every process using it."""
-    with engine.begin() as conn:
-        value = conn.execute(select(ServerSecret.value).where(ServerSecret.name == name)).scalar()
-        if value is not None:
-            return value
-    candidate = secrets.token_urlsafe(32)
-    try:
-        with engine.begin() as conn:
-            conn.execute(insert(ServerSecret).values(name=name, value=candidate))
-        return candidate
-    except IntegrityError:  # another process made it first: use theirs
-        with engine.connect() as conn:
-            return conn.execute(
-                select(ServerSecret.value).where(ServerSecret.name == name)
-            ).scalar_one()
+def server_secret(conn: Connection, name: str) -> str:
+    """A random secret made once per database and shared by every process using it: the first
+    process to insert it wins, and everyone reads the winner's."""
+    if conn.dialect.name == "postgresql":
+        add: Any = pg_insert(ServerSecret).on_conflict_do_nothing()
+    else:
+        add = sqlite_insert(ServerSecret).on_conflict_do_nothing()
+    conn.execute(add.values(name=name, value=secrets.token_urlsafe(32)))
+    return str(conn.execute(select(ServerSecret.value).where(ServerSecret.name == name)).scalar_one())

@@ -1,12 +1,16 @@
-"""Uploaded files: who owns which `oss://` key, and where its bytes are kept."""
+"""Uploaded files: who owns which `oss://` key, and where its bytes are kept (statements on the
+caller's connection)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Iterable
 
-from sqlalchemy import Engine, delete, insert, select
-from sqlalchemy.exc import IntegrityError
+from typing import Any
+
+from sqlalchemy import Connection, delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .db import now_ms
 from .keys import Principal
@@ -26,65 +30,57 @@ class UploadRecord:
     created_at: int
 
 
-def record_upload(engine: Engine, principal: Principal, *, key: str, blob: str, size: int, content_type: str) -> bool:
+def record_upload(conn: Connection, principal: Principal, *, key: str, blob: str, size: int,
+                  content_type: str) -> bool:
     """Record a new upload; False when the key is taken (uploads never overwrite)."""
-    try:
-        with engine.begin() as conn:
-            conn.execute(insert(Upload).values(
-                key=key, owner=principal.owner, key_id=principal.key_id, blob=blob, size=size,
-                content_type=content_type, created_at=now_ms(),
-            ))
-    except IntegrityError:
-        return False
-    return True
+    add: Any = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(Upload)
+    done = conn.execute(add.on_conflict_do_nothing().values(
+        key=key, owner=principal.owner, key_id=principal.key_id, blob=blob, size=size,
+        content_type=content_type, created_at=now_ms(),
+    ).returning(Upload.key))
+    return done.first() is not None
 
 
-def key_taken(engine: Engine, key: str) -> bool:
+def key_taken(conn: Connection, key: str) -> bool:
     """Whether anyone already uploaded under `key` (uploads never overwrite)."""
-    with engine.connect() as conn:
-        return conn.execute(select(Upload.key).where(Upload.key == key)).first() is not None
+    return conn.execute(select(Upload.key).where(Upload.key == key)).first() is not None
 
 
-def find_upload(engine: Engine, owner: str, key: str, retention_ms: int) -> UploadRecord | None:
+def find_upload(conn: Connection, owner: str, key: str, retention_ms: int) -> UploadRecord | None:
     """The owner's live upload under `key`; nobody else's."""
-    with engine.connect() as conn:
-        row = conn.execute(select(Upload).where(
-            Upload.key == key, Upload.owner == owner, Upload.created_at > now_ms() - retention_ms
-        )).first()
+    row = conn.execute(select(Upload).where(
+        Upload.key == key, Upload.owner == owner, Upload.created_at > now_ms() - retention_ms
+    )).first()
     if row is None:
         return None
     return UploadRecord(row.key, row.owner, row.blob, row.size, row.content_type, row.created_at)
 
 
-def unknown_keys(engine: Engine, owner: str, keys: Iterable[str], retention_ms: int) -> list[str]:
+def unknown_keys(conn: Connection, owner: str, keys: Iterable[str], retention_ms: int) -> list[str]:
     """Those of `keys` that are not the owner's live uploads."""
     wanted = list(dict.fromkeys(keys))
     if not wanted:
         return []
-    with engine.connect() as conn:
-        found = set(conn.execute(select(Upload.key).where(
-            Upload.key.in_(wanted), Upload.owner == owner, Upload.created_at > now_ms() - retention_ms
-        )).scalars())
+    found = set(conn.execute(select(Upload.key).where(
+        Upload.key.in_(wanted), Upload.owner == owner, Upload.created_at > now_ms() - retention_ms
+    )).scalars())
     return [k for k in wanted if k not in found]
 
 
-def expired_uploads(engine: Engine, retention_ms: int, limit: int = 500) -> list[tuple[str, str]]:
+def expired_uploads(conn: Connection, retention_ms: int, limit: int = 500) -> list[tuple[str, str]]:
     """(key, blob) of up to `limit` uploads older than the retention window."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(Upload.key, Upload.blob).where(Upload.created_at <= now_ms() - retention_ms).limit(limit)
-        ).all()
+    rows = conn.execute(
+        select(Upload.key, Upload.blob).where(Upload.created_at <= now_ms() - retention_ms).limit(limit)
+    ).all()
     return [(r.key, r.blob) for r in rows]
 
 
-def delete_uploads(engine: Engine, keys: list[str]) -> None:
-    with engine.begin() as conn:
-        conn.execute(delete(Upload).where(Upload.key.in_(keys)))
+def delete_uploads(conn: Connection, keys: list[str]) -> None:
+    conn.execute(delete(Upload).where(Upload.key.in_(keys)))
 
 
-def owned_blobs(engine: Engine, blobs: Collection[str]) -> set[str]:
+def owned_blobs(conn: Connection, blobs: Collection[str]) -> set[str]:
     """Those of `blobs` that some upload keeps its bytes in: one query, so pass a batch."""
     if not blobs:
         return set()
-    with engine.connect() as conn:
-        return set(conn.execute(select(Upload.blob).where(Upload.blob.in_(list(blobs)))).scalars())
+    return set(conn.execute(select(Upload.blob).where(Upload.blob.in_(list(blobs)))).scalars())

@@ -8,7 +8,7 @@ import socket
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
-from ...store.db import probe
+from ...app.health import probe
 from ..deps import in_thread, service_of
 from ..schemas import Health, Unhealthy
 
@@ -29,4 +29,4 @@ async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "unavailable", "database": problem}, status_code=503,
                             headers={"Retry-After": "5"})
     return JSONResponse({"status": "ok", "database": "ok", "workers": service.settings.workers,
-                         "running": service.pool.running})
+                         "running": service.running})

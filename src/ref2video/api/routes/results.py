@@ -20,7 +20,6 @@ router = APIRouter()
             responses={200: VIDEO, 206: VIDEO_PART, 416: RANGE_PAST_END, **errors(403, 404)})
 async def result(request: Request, key: str, expires: str = "", sig: str = "") -> Response:
     service = service_of(request)
-    assert service.signer is not None
     if not service.signer.verify(key, expires, sig):
         raise AccessDenied("the link is invalid or has expired; query the task for a fresh video_url")
     return service.storage.response(key, request)

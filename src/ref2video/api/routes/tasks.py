@@ -9,13 +9,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
-from ...errors import AccessDenied, InvalidApiKey, InvalidParameter, InvalidURL, UnsupportedOperation, clip
+from ...app import tasks
+from ...errors import AccessDenied, InvalidParameter, UnsupportedOperation, clip
 from ...protocol import Status
 from ...service import Service
-from ...spec import oss_key, parse_spec
-from ...store import tasks as store
-from ...store import uploads
-from ...store.keys import authenticate
+from ...spec import parse_spec
 from ..deps import base_url_of, bearer_key, in_thread, principal_of, read_json, service_of, text_param
 from ..errors import request_id
 from ..openapi import GATEWAY_CREATE, LIST_PARAMETERS, NATIVE_CREATE, SECURITY, errors
@@ -42,23 +40,16 @@ def _plausible(task_id: str) -> bool:
 
 async def _create(request: Request) -> JSONResponse:
     service = service_of(request)
-    key = bearer_key(request)
+    bearer_key(request)  # a missing key is the first thing to report, then the body
     body = await read_json(request, service.settings.max_body_bytes)
-    task = await in_thread(_create_blocking, service, key, body)
+    principal = await principal_of(request)
+    spec = parse_spec(body, service.models)
+    task = await in_thread(
+        lambda: tasks.create(service.db, spec, principal, retention_ms=service.retention_ms,
+                             write_lock=service.write_lock, on_insert=service.wakeup.notify_in)
+    )
     service.wakeup.wake_local()
     return _ok({"output": {"task_id": task.id, "task_status": task.status.value}})
-
-
-def _create_blocking(service: Service, key: str, body: Any) -> store.TaskRecord:
-    principal = authenticate(service.db, key)
-    if principal is None:
-        raise InvalidApiKey("Invalid API-key provided.")
-    spec = parse_spec(body, service.models)
-    keys = {oss_key(url): what for what, url in reversed(spec.all_urls) if oss_key(url)}
-    for key in uploads.unknown_keys(service.db, principal.owner, keys, service.retention_ms):
-        raise InvalidURL(f"{keys[key]}: unknown oss:// key {key[:200]!r}; upload the file first")
-    with service.write_lock:
-        return store.create_task(service.db, spec, principal, on_insert=service.wakeup.notify_in)
 
 
 @router.post(
@@ -83,16 +74,12 @@ async def create_native(request: Request) -> JSONResponse:
 
 async def _query(request: Request, task_id: str) -> JSONResponse:
     service = service_of(request)
-    key = bearer_key(request)
+    principal = await principal_of(request)
     if not _plausible(task_id):
-        await principal_of(request)
         return _ok(unknown_output(task_id[:_MAX_ECHO]))
-    principal, task = await in_thread(store.get_task_as, service.db, key, task_id, service.retention_ms)
-    if principal is None:
-        raise InvalidApiKey("Invalid API-key provided.")
+    task = await in_thread(lambda: tasks.get(service.db, principal, task_id, retention_ms=service.retention_ms))
     if task is None:
         return _ok(unknown_output(task_id))
-    assert service.signer is not None
     return _ok(task_output(task, tz=service.tz, signer=service.signer, base_url=lambda: base_url_of(request)))
 
 
@@ -114,7 +101,9 @@ async def query_native(request: Request, task_id: str) -> JSONResponse:
 async def cancel(request: Request, task_id: str) -> JSONResponse:
     service = service_of(request)
     principal = await principal_of(request)
-    done = await in_thread(store.cancel_task, service.db, principal.owner, task_id) if _plausible(task_id) else None
+    done = None
+    if _plausible(task_id):
+        done = await in_thread(lambda: tasks.cancel(service.db, principal, task_id, write_lock=service.write_lock))
     if done is None:
         raise UnsupportedOperation()
     return _ok({})
@@ -137,11 +126,10 @@ async def list_tasks(request: Request) -> JSONResponse:
     # A ref2video extension (PROTOCOL.md 6); a prefix no id of ours can start with matches nothing.
     prefix = text_param(request, "task_id_prefix") or None
     if prefix is not None and not _plausible(prefix):
-        page = store.TaskPage(items=[], total=0)
+        page = tasks.TaskPage(items=[], total=0)
     else:
         page = await in_thread(
-            lambda: store.list_tasks(service.db, principal.owner, retention_ms=service.retention_ms,
-                                     id_prefix=prefix, **filters)
+            lambda: tasks.page(service.db, principal, retention_ms=service.retention_ms, id_prefix=prefix, **filters)
         )
     return _ok({
         "data": [list_item(t) for t in page.items],

@@ -18,8 +18,9 @@ from starlette.responses import JSONResponse, Response
 from ...errors import AccessDenied, InvalidParameter, ModelNotFound, UnsupportedOperation, clip
 from ...protocol import MAX_UPLOAD_BYTES
 from ...service import Service
-from ...store import uploads as store
-from ...store.keys import Principal, is_live
+from ...app import uploads as store
+from ...app.auth import Principal
+from ...app.keys import is_live
 from ..deps import base_url_of, in_thread, principal_of, service_of
 from ..errors import request_id
 from ..multipart import FormStream
@@ -52,7 +53,6 @@ async def get_policy(
         raise InvalidParameter(f"action must be 'getPolicy', not {clip(action)}")
     if model not in service.models:
         raise ModelNotFound(f"Model not exist: {clip(model)} is not served here")
-    assert service.policy is not None
     policy, signature, grant = service.policy.issue(principal.owner, principal.key_id, model, MAX_UPLOAD_BYTES)
     certificate = {
         "policy": policy,
@@ -78,7 +78,6 @@ async def upload_with_policy(request: Request) -> Response:
     """No API key comes with this post, so the certificate in the fields before the file is
     checked before a byte of the file is read (OSS's rule: the file part comes last)."""
     service = service_of(request)
-    assert service.policy is not None
     async with FormStream(request) as form:
         form.refuse_declared_over(MAX_UPLOAD_BYTES)
         fields, file = await form.fields()

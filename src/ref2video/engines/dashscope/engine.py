@@ -33,21 +33,19 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from ...config import Settings
+from ...config import DASHSCOPE, Settings
 from ...media.sniff import sniff
 from ...protocol import Status
-from ...queue.relay import RelayManager, RelayTask
-from ...queue.wakeup import Wakeup
 from ...spec import TaskSpec, oss_key
 from ...storage.base import Storage
-from ...store.db import now_ms
+from ..base import EngineHost, HeldTask, Journal
 from .errors import ProviderError, ProviderTransient
 from .limiter import RateLimiter
 from .poller import AccountPoller, Flight
 from .provider import ProviderClient, UpstreamTask
 from .reconcile import Found, find_orphan, orig_prompt, same_prompt
 
-__all__ = ["Relay", "provider_body", "account_of"]
+__all__ = ["DashscopeEngine", "provider_body", "account_of"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +56,10 @@ _RECONCILE_MS = 3_600_000  # how long an orphan may stay unsure before it fails
 _UNSURE_WAIT = 15.0
 _DOWNLOAD_TRIES = 5
 _HEADROOM = 0.8  # of the provider's rate limits, for the jitter between leaving and arriving
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def account_of(api_key: str) -> str:
@@ -88,25 +90,24 @@ def provider_body(spec: TaskSpec, model: str, resolve: Mapping[str, str] | None 
     return {"model": model, "input": inputs, "parameters": parameters}
 
 
-class Relay:
-    """Relays the tasks of `models` (ours -> the provider's names) to the provider.
+class DashscopeEngine:
+    """Relays the tasks of `models` (ours -> the provider's names) to the provider: a held
+    engine (engines/base.py), run by the process that serves those models.
 
     ```python
-    relay = Relay(settings, manager, storage, resolve_upload, wakeup)
-    relay.start()          # a thread with its own event loop
+    engine = DashscopeEngine.from_settings(settings)
+    engine.start(host)     # a thread with its own event loop; host.journal is its way to the table
     ...
-    relay.stop(grace=10)   # unfinished tasks go back to the queue, to be adopted again
+    engine.stop(grace=10)  # unfinished tasks go back to the queue, to be adopted again
     ```
     """
 
-    def __init__(self, settings: Settings, manager: RelayManager, storage: Storage,
-                 resolve_upload: Callable[[str, str], Path | None], wakeup: Wakeup) -> None:
+    name = DASHSCOPE
+
+    def __init__(self, settings: Settings, models: Mapping[str, str]) -> None:
         self.settings = settings
-        self.models = settings.relay_models
-        self.manager = manager
-        self.storage = storage
-        self.resolve_upload = resolve_upload  # (owner, oss key) -> the owner's uploaded file
-        self.wakeup = wakeup
+        self.models = dict(models)
+        self.capacity = settings.dashscope_max_in_flight
         self.keys = [key.strip() for key in settings.dashscope_api_keys if key.strip()]
         self.accounts = [account_of(key) for key in self.keys]
         self.scratch = settings.scratch_dir / "relay"
@@ -115,7 +116,7 @@ class Relay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._grace = 10.0
-        self._wake = wakeup.subscribe()
+        self._wake = threading.Event()
         self._held: set[str] = set()
         self._starting: set[asyncio.Task[None]] = set()
         self._ending: set[asyncio.Task[None]] = set()
@@ -125,9 +126,20 @@ class Relay:
         self.pollers: list[AccountPoller] = []
         self.provider: ProviderClient | None = None
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DashscopeEngine:
+        return cls(settings, settings.relay_models)
+
+    def load(self) -> None:
+        """Nothing to load: the provider holds the model."""
+
     # -- lifecycle (called from other threads) --------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, host: EngineHost) -> None:
+        self.manager: Journal = host.journal
+        self.storage: Storage = host.storage
+        self.resolve_upload = host.own_upload  # (owner, oss key) -> the owner's uploaded file
+        self._wake = host.journal.subscribe()
         self.scratch.mkdir(parents=True, exist_ok=True)
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="ref2video-relay", daemon=True)
@@ -198,7 +210,7 @@ class Relay:
     async def _claim_loop(self) -> None:
         assert self._stopping is not None
         while not self._stopping.is_set():
-            if len(self._held) >= self.settings.dashscope_max_in_flight:
+            if len(self._held) >= self.capacity:
                 await asyncio.sleep(1.0)
                 continue
             await self._starts.acquire()
@@ -224,7 +236,7 @@ class Relay:
         self._starting.discard(job)
         self._starts.release()
 
-    async def _start(self, task: RelayTask) -> None:
+    async def _start(self, task: HeldTask) -> None:
         """Take a claimed task as far as the poller: submit it, reconcile it, or adopt it."""
         try:
             if task.upstream_id is not None:
@@ -247,7 +259,7 @@ class Relay:
             log.exception("relay: task %s failed unexpectedly", task.id)
             await self._end(task.id, self.manager.fail, "InternalError", f"the relay failed: {type(exc).__name__}")
 
-    def _account_index(self, task: RelayTask) -> int | None:
+    def _account_index(self, task: HeldTask) -> int | None:
         """The key a task was submitted with; it must be asked about with the same one."""
         if task.upstream_account in self.accounts:
             return self.accounts.index(task.upstream_account)
@@ -257,7 +269,7 @@ class Relay:
 
     # -- submitting -----------------------------------------------------------------------------
 
-    async def _submit(self, task: RelayTask) -> None:
+    async def _submit(self, task: HeldTask) -> None:
         assert self.provider is not None
         spec = TaskSpec.from_json(task.spec)
         model = self.models[task.model]
@@ -303,7 +315,7 @@ class Relay:
             return
         self._watch(task, k, upstream.task_id, intent, upstream.status, None)
 
-    async def _references(self, task: RelayTask, spec: TaskSpec, model: str, k: int) -> tuple[dict[str, str] | None, bool]:
+    async def _references(self, task: HeldTask, spec: TaskSpec, model: str, k: int) -> tuple[dict[str, str] | None, bool]:
         """Our own uploads among the task's files, sent on to the provider's storage: our
         `oss://` URL -> the provider's. Public URLs go as they are (the provider fetches and
         checks them). None when a file is not the owner's (the task has failed)."""
@@ -322,13 +334,13 @@ class Relay:
             resolved[url] = await self.provider.upload(path, model, key_index=k, name=PurePosixPath(key).name)
         return resolved, bool(resolved)
 
-    async def _retry(self, task: RelayTask, exc: ProviderTransient) -> None:
+    async def _retry(self, task: HeldTask, exc: ProviderTransient) -> None:
         self._held.discard(task.id)
         await self._call(self.manager.retry, task, exc.code, exc.message, exc.retry_after or 0.0)
 
     # -- orphans --------------------------------------------------------------------------------
 
-    async def _reconcile(self, task: RelayTask, k: int, intent_ms: int, *, live: bool) -> None:
+    async def _reconcile(self, task: HeldTask, k: int, intent_ms: int, *, live: bool) -> None:
         """Find the upstream task of a submit whose answer was not recorded, and adopt it."""
         assert self.provider is not None
         spec = TaskSpec.from_json(task.spec)
@@ -372,7 +384,7 @@ class Relay:
             unsure += 1  # ask again soon (a sibling may record its task any moment), then less often
             settle_ms = now_ms() + int(min(_UNSURE_WAIT, 1.5 * 2.0 ** unsure) * 1000)
 
-    async def _adopt(self, task: RelayTask, k: int, upstream_id: str, intent_ms: int, prompt: str) -> bool:
+    async def _adopt(self, task: HeldTask, k: int, upstream_id: str, intent_ms: int, prompt: str) -> bool:
         """Record the found upstream task as this task's; False when it must be looked for again
         (another of ours took it first)."""
         if await self._call(self.manager.record, task.id, upstream_id, Status.PENDING.value, adopted=True):
@@ -384,7 +396,7 @@ class Relay:
             return True
         return False
 
-    async def _nothing_upstream(self, task: RelayTask, *, live: bool) -> None:
+    async def _nothing_upstream(self, task: HeldTask, *, live: bool) -> None:
         if live:  # the provider answered an error and made nothing: safe to submit again
             await self._call(self.manager.clear_intent, task.id)
             made_nothing = ProviderTransient("InternalError", "the submit failed and the provider made no task")
@@ -396,7 +408,7 @@ class Relay:
 
     # -- watching: the poller's handler ---------------------------------------------------------
 
-    def _watch(self, task: RelayTask, k: int, upstream_id: str, submitted_ms: int, status: str,
+    def _watch(self, task: HeldTask, k: int, upstream_id: str, submitted_ms: int, status: str,
                prompt: str | None) -> None:
         self.pollers[k].add(Flight(task.id, upstream_id, submitted_ms, status, prompt))
         if task.cancel_requested or task.id in self._cancel_asked:
@@ -467,7 +479,7 @@ class Relay:
 
     async def _keep(self) -> None:
         """Renew leases, pass cancel requests on, record state changes: about once a second."""
-        renew_every = self.manager.queue.lease_ms / 1000 / 3
+        renew_every = self.manager.lease_seconds / 3
         last_renew = time.monotonic()
         assert self._stopping is not None
         while not self._stopping.is_set():

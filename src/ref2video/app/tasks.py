@@ -1,0 +1,60 @@
+"""Tasks as their owners see them: create, read, list and cancel, each in one transaction."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import Connection, Engine
+
+from ..errors import InvalidURL
+from ..protocol import Status
+from ..spec import TaskSpec, oss_key
+from ..store import tasks as store
+from ..store import uploads
+from ..store.keys import Principal
+from ..store.tasks import TaskPage, TaskRecord
+from . import transitions
+
+__all__ = ["TaskRecord", "TaskPage", "create", "get", "page", "cancel"]
+
+
+def create(db: Engine, spec: TaskSpec, principal: Principal, *, retention_ms: int,
+           write_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext(),
+           on_insert: Callable[[Connection], None] | None = None) -> TaskRecord:
+    """A new PENDING task of `principal`'s, once every `oss://` file it names is theirs.
+    `on_insert` runs in the same transaction (the queue's wake-up on PostgreSQL)."""
+    names = {oss_key(url): what for what, url in reversed(spec.all_urls) if oss_key(url)}
+    if names:
+        with db.connect() as conn:
+            unknown = uploads.unknown_keys(conn, principal.owner, names, retention_ms)
+        for key in unknown:
+            raise InvalidURL(f"{names[key]}: unknown oss:// key {key[:200]!r}; upload the file first")
+    with write_lock, db.begin() as conn:
+        task = transitions.create(conn, spec, principal)
+        if on_insert is not None:
+            on_insert(conn)
+    return task
+
+
+def get(db: Engine, principal: Principal, task_id: str, *, retention_ms: int) -> TaskRecord | None:
+    """The principal's task, or None when it is unknown to them or past retention."""
+    with db.connect() as conn:
+        return store.get_task(conn, principal.owner, task_id, retention_ms)
+
+
+def page(db: Engine, principal: Principal, *, retention_ms: int, page_no: int = 1, page_size: int = 10,
+         start_ms: int | None = None, end_ms: int | None = None, model: str | None = None,
+         status: Sequence[str] | None = None, id_prefix: str | None = None) -> TaskPage:
+    """A page of the principal's tasks, newest first."""
+    with db.connect() as conn:
+        return store.list_tasks(conn, principal.owner, retention_ms=retention_ms, page_no=page_no,
+                                page_size=page_size, start_ms=start_ms, end_ms=end_ms, model=model,
+                                status=status, id_prefix=id_prefix)
+
+
+def cancel(db: Engine, principal: Principal, task_id: str, *,
+           write_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()) -> Status | None:
+    """Cancel the principal's task (see `transitions.cancel`)."""
+    with write_lock, db.begin() as conn:
+        return transitions.cancel(conn, principal.owner, task_id)
