@@ -10,8 +10,6 @@ intent and no upstream id is an orphan, reconciled through the provider's task l
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
 from sqlalchemy import ColumnElement, Connection, and_, func, select, update
 
 from ..protocol import Status
@@ -26,29 +24,37 @@ def _holding(token: str) -> ColumnElement[bool]:
     return and_(Task.lease_token == token, Task.status == Status.RUNNING.value)
 
 
-def _update(conn: Connection, token: str, task_id: str, *where: Any, **values: Any) -> bool:
-    done = conn.execute(update(Task).where(Task.id == task_id, _holding(token), *where).values(**values))
-    return bool(done.rowcount == 1)
+def _unrecorded(token: str, task_id: str) -> ColumnElement[bool]:
+    """The held task `task_id`, while no upstream id is recorded for it."""
+    return and_(Task.id == task_id, _holding(token), Task.upstream_id.is_(None))
 
 
 def intend(conn: Connection, token: str, task_id: str, account: str, engine: str) -> int | None:
     """Record that a submit with `account` is about to leave; the moment, or None when the task
     is no longer held."""
     now = now_ms()
-    done = _update(conn, token, task_id, Task.upstream_id.is_(None), upstream_submit_at=now,
-                   upstream_account=account, engine=engine)
-    return now if done else None
+    done = conn.execute(
+        update(Task).where(_unrecorded(token, task_id))
+        .values(upstream_submit_at=now, upstream_account=account, engine=engine)
+    )
+    return now if done.rowcount == 1 else None
 
 
 def clear_intent(conn: Connection, token: str, task_id: str) -> bool:
     """The submit certainly did not reach the provider (refused before acting)."""
-    return _update(conn, token, task_id, Task.upstream_id.is_(None), upstream_submit_at=None, upstream_account=None)
+    done = conn.execute(
+        update(Task).where(_unrecorded(token, task_id)).values(upstream_submit_at=None, upstream_account=None)
+    )
+    return bool(done.rowcount == 1)
 
 
 def record(conn: Connection, token: str, task_id: str, upstream_id: str, status: str, *, adopted: bool) -> bool:
     """Store the provider's task id (the unique index refuses a second owner: IntegrityError)."""
-    return _update(conn, token, task_id, Task.upstream_id.is_(None), upstream_id=upstream_id,
-                   upstream_status=status, upstream_adopted=adopted)
+    done = conn.execute(
+        update(Task).where(_unrecorded(token, task_id))
+        .values(upstream_id=upstream_id, upstream_status=status, upstream_adopted=adopted)
+    )
+    return bool(done.rowcount == 1)
 
 
 def set_status(conn: Connection, token: str, statuses: dict[str, str]) -> None:
