@@ -10,6 +10,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from ref2video.engines.dashscope import DashscopeEngine
 from ref2video.config import Settings
 from tests.conftest import database_url  # noqa: F401  the relay's own database: SQLite and PostgreSQL again
 from tests.live import LiveServer, make_body, media_body, ref_url
@@ -192,8 +193,8 @@ def test_a_task_the_relay_forgot_goes_back_to_the_queue_and_ends(relay: LiveServ
     picked up again by its upstream id (never submitted twice)."""
     task_id = relay.create(make_body("character1 waves steps=20 step_ms=100"))
     wait_for(lambda: row(relay, task_id).upstream_id, what="the submit")
-    runner = relay.service.relay
-    assert runner is not None and runner._loop is not None
+    runner = relay.service.held.engines[0]
+    assert isinstance(runner, DashscopeEngine) and runner._loop is not None
 
     def forget() -> None:  # as a bug would: the table still says the task is ours
         runner._held.discard(task_id)

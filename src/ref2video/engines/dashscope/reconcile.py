@@ -19,15 +19,28 @@ An adopted task's result is also checked against the prompt when it succeeds.
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from ...protocol import Status
 from .errors import ProviderTransient
+from ...spec import TaskSpec
+from ..base import HeldTask
+from .errors import ProviderError
 from .limiter import RateLimiter
+from .parts import RelayParts, now_ms
 from .provider import ProviderClient, UpstreamSummary, UpstreamTask, utc
 
-__all__ = ["Found", "find_orphan", "orig_prompt", "same_prompt"]
+__all__ = ["Found", "find_orphan", "orig_prompt", "same_prompt", "Reconciling"]
+
+log = logging.getLogger(__name__)
+
+_SETTLE_MS = 5_000  # the provider's list may lag its submits a little
+SKEW_MS = 300_000  # our clock against the provider's
+_RECONCILE_MS = 3_600_000  # how long an orphan may stay unsure before it fails
+_UNSURE_WAIT = 15.0
 
 _PAGE = 100
 _MAX_PAGES = 50  # 5,000 tasks of one account and model in a few minutes: enough
@@ -89,3 +102,73 @@ def orig_prompt(task: UpstreamTask) -> str | None:
 
 def same_prompt(echoed: str | None, prompt: str) -> bool:
     return echoed is not None and echoed.strip() == prompt.strip()
+
+
+class Reconciling(RelayParts):
+    """Adopting an orphan's upstream task, or failing it cleanly when there is none."""
+
+    async def _reconcile(self, task: HeldTask, k: int, intent_ms: int, *, live: bool) -> None:
+        """Find the upstream task of a submit whose answer was not recorded, and adopt it."""
+        assert self.provider is not None
+        spec = TaskSpec.from_json(task.spec)
+        model = self.models[task.model]
+        start_ms, end_ms = intent_ms - SKEW_MS, intent_ms + self.timeout_ms + SKEW_MS
+        # The submit may still be in flight at the provider until its timeout has passed.
+        settle_ms = (now_ms() if live else intent_ms + self.timeout_ms) + _SETTLE_MS
+        failures = unsure = 0
+        while True:
+            await asyncio.sleep(max(0.0, (settle_ms - now_ms()) / 1000))
+            try:
+                found = await find_orphan(
+                    self.provider, self.query_limiters[k], key_index=k, model=model, prompt=spec.prompt,
+                    start_ms=start_ms, end_ms=end_ms,
+                    recorded=lambda ids: self._call(self.manager.recorded, ids),
+                    siblings=lambda: self._call(self.manager.siblings, task.id, self.accounts[k], task.model,
+                                                start_ms - (end_ms - start_ms), end_ms + (end_ms - start_ms)),
+                )
+            except (ProviderError, ProviderTransient) as exc:
+                failures += 1
+                if failures >= self.settings.dashscope_retry_budget:
+                    await self._end(task.id, self.manager.fail, exc.code, f"{exc.message} (while looking for "
+                                    f"a submit whose answer was lost; gave up after {failures} tries)")
+                    return
+                settle_ms = now_ms() + int(min(_UNSURE_WAIT, 2.0 ** failures) * 1000)
+                continue
+            failures = 0
+            if isinstance(found, str):
+                if await self._adopt(task, k, found, intent_ms, spec.prompt):
+                    return
+            elif found is Found.NOTHING:
+                await self._nothing_upstream(task, live=live)
+                return
+            elif now_ms() > intent_ms + _RECONCILE_MS:
+                await self._end(task.id, self.manager.fail, "InternalError.SubmitUnconfirmed",
+                                "the submit of this task was interrupted and the provider's task list "
+                                "could not tell which of its tasks is this one")
+                return
+            else:
+                log.info("relay: task %s is not told apart from other submits yet", task.id)
+            unsure += 1  # ask again soon (a sibling may record its task any moment), then less often
+            settle_ms = now_ms() + int(min(_UNSURE_WAIT, 1.5 * 2.0 ** unsure) * 1000)
+
+    async def _adopt(self, task: HeldTask, k: int, upstream_id: str, intent_ms: int, prompt: str) -> bool:
+        """Record the found upstream task as this task's; False when it must be looked for again
+        (another of ours took it first)."""
+        if await self._call(self.manager.record, task.id, upstream_id, Status.PENDING.value, adopted=True):
+            log.warning("relay: task %s adopted upstream task %s", task.id, upstream_id)
+            self._watch(task, k, upstream_id, intent_ms, Status.PENDING.value, prompt)
+            return True
+        if task.id not in await self._call(self.manager.held):
+            self._held.discard(task.id)  # no longer ours at all
+            return True
+        return False
+
+    async def _nothing_upstream(self, task: HeldTask, *, live: bool) -> None:
+        if live:  # the provider answered an error and made nothing: safe to submit again
+            await self._call(self.manager.clear_intent, task.id)
+            made_nothing = ProviderTransient("InternalError", "the submit failed and the provider made no task")
+            await self._retry(task, made_nothing)
+        else:
+            await self._end(task.id, self.manager.fail, "InternalError.SubmitUnconfirmed",
+                            "the relay stopped while submitting this task and the provider has no "
+                            "matching task; nothing was charged, please submit it again")
