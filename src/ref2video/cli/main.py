@@ -115,7 +115,7 @@ def worker(config: ConfigOpt = None, workers: Annotated[Optional[int], typer.Opt
         signal.signal(sig, lambda *_: stop.set())
     service.start(api=False)
     parts = [f"{capacity} slot(s) for {', '.join(names)}" for names, capacity in service.slots]
-    parts += [f"the {engine.name} engine for {', '.join(engine.models)} (up to {engine.capacity} at once)"
+    parts += [f"the {engine.name} engine for {', '.join(sorted(engine.models))} (up to {engine.capacity} at once)"
               for engine in service.held.engines]
     out.print(f"ref2video worker: {'; '.join(parts) or 'nothing to run (workers = 0)'}", markup=False)
     stop.wait()
