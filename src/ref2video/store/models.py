@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Text, false
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Task", "ApiKey", "ServerSecret", "Upload", "HealthProbe"]
+__all__ = ["Base", "Task", "ApiKey", "ServerSecret", "Upload", "HealthProbe", "Account", "LedgerEntry",
+           "IdempotencyKey", "WebhookEndpoint", "OutboxMessage", "RateBucket"]
 
 
 class Base(DeclarativeBase):
@@ -46,6 +47,7 @@ class Task(Base):
     upstream_submit_at: Mapped[int | None] = mapped_column(BigInteger)
     upstream_status: Mapped[str | None] = mapped_column(String(16))
     upstream_adopted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    callback_url: Mapped[str | None] = mapped_column(Text)  # the task's own webhook (X-Ref2video-Callback)
 
     __table_args__ = (
         Index("ix_tasks_claim", "status", "run_after", "submitted_at"),
@@ -70,6 +72,7 @@ class ApiKey(Base):
     secret_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[int] = mapped_column(BigInteger)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+    role: Mapped[str] = mapped_column(String(16), default="user", server_default="user")  # "user" or "admin"
 
 
 class ServerSecret(Base):
@@ -104,3 +107,107 @@ class HealthProbe(Base):
 
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     at: Mapped[int] = mapped_column(BigInteger)
+
+
+class Account(Base):
+    """An owner's money, in micro-credits (the operator says what a credit is worth). `balance`
+    is the sum of the owner's ledger entries, kept here so a hold is one compare-and-set."""
+
+    __tablename__ = "accounts"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    balance: Mapped[int] = mapped_column(BigInteger)
+    daily_limit: Mapped[int | None] = mapped_column(BigInteger)
+    monthly_limit: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class LedgerEntry(Base):
+    """One movement of an owner's money; never changed, never removed. Kinds: topup, adjust,
+    hold (a task's largest cost, negative), release (a hold given back), charge (negative)."""
+
+    __tablename__ = "ledger"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    task_id: Mapped[str | None] = mapped_column(String(36))
+    task_at: Mapped[int | None] = mapped_column(BigInteger)  # the task's submit time: spend limits count by it
+    model: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict | None] = mapped_column(JSON)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ux_ledger_task_kind", "task_id", "kind", unique=True),
+        Index("ix_ledger_owner_created", "owner", "created_at"),
+        Index("ix_ledger_owner_task_at", "owner", "task_at"),
+    )
+
+
+class IdempotencyKey(Base):
+    """An owner's `Idempotency-Key`: the body it came with and the task it made."""
+
+    __tablename__ = "idempotency_keys"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    body_hash: Mapped[str] = mapped_column(String(64))
+    task_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_idempotency_created", "created_at"),)
+
+
+class WebhookEndpoint(Base):
+    """Where an owner wants task events sent, signed with `secret` (Standard Webhooks)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(128))
+    events: Mapped[list] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    disabled_at: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_webhook_endpoints_owner", "owner"),)
+
+
+class OutboxMessage(Base):
+    """A webhook delivery, written in the transaction of the transition it reports."""
+
+    __tablename__ = "webhook_outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(64))  # the stable `webhook-id`
+    owner: Mapped[str] = mapped_column(String(64))
+    endpoint_id: Mapped[str | None] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(String(32))
+    task_id: Mapped[str] = mapped_column(String(36))
+    payload: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    next_at: Mapped[int] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lease_until: Mapped[int | None] = mapped_column(BigInteger)
+    delivered_at: Mapped[int | None] = mapped_column(BigInteger)
+    given_up_at: Mapped[int | None] = mapped_column(BigInteger)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ux_outbox_message", "message_id", unique=True),
+        Index("ix_outbox_due", "delivered_at", "given_up_at", "next_at"),
+    )
+
+
+class RateBucket(Base):
+    """A token bucket shared by every process on the database (rate limits)."""
+
+    __tablename__ = "rate_buckets"
+
+    name: Mapped[str] = mapped_column(String(160), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
