@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from decimal import Decimal
 import os
 from contextvars import ContextVar
 from pathlib import Path
@@ -35,6 +36,16 @@ __all__ = ["Settings", "BUILTIN_ENGINES", "DASHSCOPE"]
 StrList = Annotated[list[str], NoDecode]
 StrTable = Annotated[dict[str, str], NoDecode]
 IntTable = Annotated[dict[str, Annotated[int, Field(ge=1)]], NoDecode]
+PriceTable = Annotated[dict[str, Annotated[Decimal, Field(ge=0)]], NoDecode]
+
+# The provider's list prices, in CNY per billed second (China mainland): `model:tier`, and
+# `model:tier:silent` where a task without sound costs less. docs/billing.md.
+LIST_PRICES: dict[str, Decimal] = {
+    **{f"{model}:{tier}": Decimal(price) for model in ("wan2.6-r2v", "wan2.7-r2v")
+       for tier, price in (("720P", "0.6"), ("1080P", "1.0"))},
+    "wan2.6-r2v-flash:720P": Decimal("0.3"), "wan2.6-r2v-flash:1080P": Decimal("0.5"),
+    "wan2.6-r2v-flash:720P:silent": Decimal("0.15"), "wan2.6-r2v-flash:1080P:silent": Decimal("0.25"),
+}
 
 _config_file: ContextVar[str | None] = ContextVar("ref2video_config_file", default=None)
 
@@ -76,6 +87,11 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(10.0, ge=0, description="seconds running tasks get to finish on shutdown")
 
     retention_hours: float = Field(24.0, gt=0, description="tasks and their files are removed after this")
+
+    billing: bool = Field(False, description="hold, charge and release credits for every task; owners need accounts")
+    prices: PriceTable = Field(
+        default_factory=dict, description="credits per billed second by model:tier[:silent], over the list prices"
+    )
     sweep_interval: float = Field(300.0, gt=0, description="seconds between retention sweeps")
     orphan_grace_seconds: float = Field(
         3600.0, gt=0, description="age after which a stored file no task or upload names is removed"
@@ -141,7 +157,7 @@ class Settings(BaseSettings):
             return json.loads(value)
         return [item.strip() for item in value.split(",") if item.strip()]
 
-    @field_validator("models", "engines", "dashscope_models", "engine_capacity", mode="before")
+    @field_validator("models", "engines", "dashscope_models", "engine_capacity", "prices", mode="before")
     @classmethod
     def _table(cls, value: Any) -> Any:
         """JSON (`{"a": "b"}`) or comma-separated pairs (`a=b,c=d`)."""

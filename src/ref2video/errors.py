@@ -11,6 +11,8 @@
     │   ├── NotFound             404  no such route or resource
     │   ├── MethodNotAllowed     405
     │   ├── UnsupportedOperation 400  cancel of a task that is not PENDING or RUNNING
+    │   ├── Arrearage            400  the balance or a spend limit cannot cover the task (billing)
+    │   ├── Throttled            429  a rate or quota limit (Throttling.RateQuota); Retry-After
     │   ├── ServiceUnavailable   503  the database (or another part) is away for now; Retry-After
     │   └── InternalError        500  never for bad input
     └── EngineError              raised by an engine; fails the task with its code and message
@@ -28,6 +30,8 @@ __all__ = [
     "ApiError",
     "InvalidParameter",
     "InvalidURL",
+    "Arrearage",
+    "Throttled",
     "RequestTooLarge",
     "InvalidApiKey",
     "AccessDenied",
@@ -118,6 +122,28 @@ class UnsupportedOperation(ApiError):
     """Failed to cancel the task, please confirm if the task exists or its status is PENDING."""
 
     status_code, code = 400, "UnsupportedOperation"
+
+
+class Arrearage(ApiError):
+    """Access denied, please make sure your account is in good standing."""
+
+    status_code, code = 400, "Arrearage"
+
+    def __init__(self, reason: str | None = None) -> None:
+        # The provider's own words first, so clients that match on them keep working.
+        super().__init__(f"{(self.__doc__ or '').strip()} ({reason})" if reason else None)
+
+
+class Throttled(ApiError):
+    """Requests rate limit exceeded, please try again later."""
+
+    status_code, code = 429, "Throttling.RateQuota"
+
+    def __init__(self, message: str | None = None, *, retry_after: float = 1.0,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after + 0.999))
+        self.headers = headers or {}
 
 
 class ServiceUnavailable(ApiError):

@@ -22,7 +22,9 @@ from zoneinfo import ZoneInfo
 
 from .app import keys
 from .app.auth import Authenticator
-from .config import Settings
+from .app.ledger import Prices
+from .app.tasks import Billing
+from .config import LIST_PRICES, Settings
 from .engines.base import HeldEngine
 from .engines.registry import EngineRegistry
 from .periodic import Periodic
@@ -76,6 +78,7 @@ class Service:
         self.uploads: Storage = uploads or LocalStorage(settings.data_dir / "uploads")
         self.models: list[str] = list(settings.models)  # every model this server accepts
         self.tz = ZoneInfo(settings.timezone)
+        self.billing = Billing(Prices.of({**LIST_PRICES, **settings.prices}), self.tz) if settings.billing else None
         self.retention_ms = int(settings.retention_hours * 3600 * 1000)
         # SQLite has one writer: API threads queue here rather than in its busy handler,
         # which sleeps in steps and gave creates a p99 near a second under load.

@@ -19,7 +19,7 @@ from .errors import InvalidParameter, InvalidURL, ModelNotFound, clip
 
 __all__ = ["TaskSpec", "MediaItem", "parse_spec", "reference_kind", "oss_key"]
 
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _VIDEO_SUFFIXES = (".mp4", ".mov")
 _MAX_URL = 4096
 
@@ -167,7 +167,7 @@ def oss_key(url: str) -> str:
 def reference_kind(url: str) -> str | None:
     """'image' or 'video' as the URL's path suggests, None when it does not say."""
     path = urlsplit(url).path.lower()
-    if path.endswith(_IMAGE_SUFFIXES):
+    if path.endswith(IMAGE_SUFFIXES):
         return "image"
     if path.endswith(_VIDEO_SUFFIXES):
         return "video"

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
-from ..errors import ApiError, InvalidParameter, MethodNotAllowed, NotFound, ServiceUnavailable
+from ..errors import ApiError, InvalidParameter, MethodNotAllowed, NotFound, ServiceUnavailable, Throttled
 
 __all__ = ["install_error_handlers", "error_response", "request_id", "REQUEST_ID"]
 
@@ -30,6 +30,8 @@ def error_response(error: ApiError, headers: dict[str, str] | None = None) -> JS
     body = {"request_id": request_id(), "code": error.code, "message": error.message}
     if isinstance(error, ServiceUnavailable):
         headers = {"Retry-After": str(error.retry_after), **(headers or {})}
+    elif isinstance(error, Throttled):
+        headers = {"Retry-After": str(error.retry_after), **error.headers, **(headers or {})}
     return JSONResponse(body, status_code=error.status_code, headers=headers)
 
 

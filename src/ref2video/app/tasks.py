@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
+
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine
 
@@ -14,16 +17,26 @@ from ..store import tasks as store
 from ..store import uploads
 from ..store.keys import Principal
 from ..store.tasks import TaskPage, TaskRecord
-from . import transitions
+from . import ledger, transitions
+from .ledger import Prices
 
-__all__ = ["TaskRecord", "TaskPage", "create", "get", "page", "cancel"]
+__all__ = ["TaskRecord", "TaskPage", "Billing", "create", "get", "page", "cancel"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Billing:
+    """What a create needs when billing is on: the prices, and the zone spend limits' days are in."""
+
+    prices: Prices
+    tz: ZoneInfo
 
 
 def create(db: Engine, spec: TaskSpec, principal: Principal, *, retention_ms: int,
            write_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext(),
-           on_insert: Callable[[Connection], None] | None = None) -> TaskRecord:
-    """A new PENDING task of `principal`'s, once every `oss://` file it names is theirs.
-    `on_insert` runs in the same transaction (the queue's wake-up on PostgreSQL)."""
+           on_insert: Callable[[Connection], None] | None = None, billing: Billing | None = None) -> TaskRecord:
+    """A new PENDING task of `principal`'s, once every `oss://` file it names is theirs, and,
+    with `billing`, once its largest cost is held against the owner's balance (else `Arrearage`,
+    and no task). `on_insert` runs in the same transaction (the queue's wake-up on PostgreSQL)."""
     names = {oss_key(url): what for what, url in reversed(spec.all_urls) if oss_key(url)}
     if names:
         with db.connect() as conn:
@@ -32,6 +45,8 @@ def create(db: Engine, spec: TaskSpec, principal: Principal, *, retention_ms: in
             raise InvalidURL(f"{names[key]}: unknown oss:// key {key[:200]!r}; upload the file first")
     with write_lock, db.begin() as conn:
         task = transitions.create(conn, spec, principal)
+        if billing is not None:
+            ledger.hold(conn, task, spec, billing.prices, billing.tz)
         if on_insert is not None:
             on_insert(conn)
     return task

@@ -13,6 +13,10 @@ the RUNNING state, so a holder whose lease lapsed (and was reaped) can never end
 a task that someone else now holds. The writes that end or give back a held task return the
 state it ended in, or None when it was no longer held. A task whose owner was told that its
 cancel was accepted ends CANCELED whatever its engine did meanwhile (docs/protocol.md, cancel).
+
+Every change a task's owner could care about (it started, it ended, it expired) is passed to
+`effects.after` in the same transaction: the ledger settles holds there, the outbox queues
+webhooks. Nothing else writes a task's state, so nothing else needs to remember to do that.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ..store.db import now_ms
 from ..store.keys import Principal
 from ..store.models import Task
 from ..store.tasks import TaskRecord
+from . import effects
 
 __all__ = [
     "Held", "create", "claim", "heartbeat", "renew_all", "succeed", "fail", "canceled", "retry", "release",
@@ -79,6 +84,7 @@ def cancel(conn: Connection, owner: str, task_id: str) -> Status | None:
         .values(status=Status.CANCELED.value, ended_at=now_ms())
     )
     if done.rowcount == 1:
+        effects.after(conn, [task_id], Status.CANCELED)
         return Status.CANCELED
     cancellable = or_(
         and_(local, Task.status == Status.RUNNING.value),
@@ -114,9 +120,12 @@ def claim(conn: Connection, models: Collection[str], token: str, *, lease_ms: in
             lease_expires_at=now + lease_ms, progress=0,
             scheduled_at=case((Task.scheduled_at.is_(None), now), else_=Task.scheduled_at),
         )
-        .returning(*columns)
+        .returning(*columns, *([] if any(getattr(c, "name", None) == "id" for c in columns) else [Task.id]))
     )
-    return conn.execute(stmt).first()
+    row = conn.execute(stmt).first()
+    if row is not None:
+        effects.after(conn, [row.id], Status.RUNNING)
+    return row
 
 
 def heartbeat(conn: Connection, held: Held, *, lease_ms: int, progress: int | None = None) -> bool | None:
@@ -183,16 +192,19 @@ def reap(conn: Connection, *, max_attempts: int) -> tuple[int, int]:
     lapsed = and_(Task.status == Status.RUNNING.value, Task.lease_expires_at < now)
     local = Task.upstream_submit_at.is_(None)
     spent = and_(Task.attempt >= max_attempts, local)
-    conn.execute(
+    canceled = conn.execute(
         update(Task).where(lapsed, local, Task.cancel_requested)
-        .values(**_UNLEASED, status=Status.CANCELED.value, ended_at=now)
-    )
-    failed = conn.execute(
+        .values(**_UNLEASED, status=Status.CANCELED.value, ended_at=now).returning(Task.id)
+    ).scalars().all()
+    effects.after(conn, canceled, Status.CANCELED)
+    failed_ids = conn.execute(
         update(Task).where(lapsed, spent).values(
             **_UNLEASED, status=Status.FAILED.value, ended_at=now, error_code="InternalError",
             error_message=f"the worker running this task stopped answering {max_attempts} times",
-        )
-    ).rowcount
+        ).returning(Task.id)
+    ).scalars().all()
+    effects.after(conn, failed_ids, Status.FAILED)
+    failed = len(failed_ids)
     requeued = conn.execute(
         update(Task).where(lapsed, ~spent).values(**_UNLEASED, status=Status.PENDING.value, progress=0, run_after=now)
     ).rowcount
@@ -200,7 +212,8 @@ def reap(conn: Connection, *, max_attempts: int) -> tuple[int, int]:
 
 
 def expire(conn: Connection, task_ids: Sequence[str]) -> None:
-    """Remove tasks past retention (their files are gone first)."""
+    """Remove tasks past retention (their files are gone first); what they still hold is released."""
+    effects.expired(conn, task_ids)
     conn.execute(delete(Task).where(Task.id.in_(list(task_ids))))
 
 
@@ -225,10 +238,14 @@ def _end(conn: Connection, held: Held, status: Status, engine: str | None, **val
             update(Task).where(_held(held), ~Task.cancel_requested).values(**ended, status=status.value, **values)
         ).rowcount
         if done:
+            effects.after(conn, [held.task_id], status)
             return status
     promised = [] if status is Status.CANCELED else [Task.cancel_requested]
     done = conn.execute(update(Task).where(_held(held), *promised).values(**ended, status=Status.CANCELED.value))
-    return Status.CANCELED if done.rowcount else None
+    if not done.rowcount:
+        return None
+    effects.after(conn, [held.task_id], Status.CANCELED)
+    return Status.CANCELED
 
 
 def _requeue(conn: Connection, where: ColumnElement[bool], **values: Any) -> Status | None:
@@ -236,8 +253,9 @@ def _requeue(conn: Connection, where: ColumnElement[bool], **values: Any) -> Sta
     moved = dict(_UNLEASED, status=Status.PENDING.value, progress=0, **values)
     if conn.execute(update(Task).where(where, ~Task.cancel_requested).values(**moved)).rowcount:
         return Status.PENDING
-    done = conn.execute(
-        update(Task).where(where, Task.cancel_requested).values(**_UNLEASED, status=Status.CANCELED.value,
-                                                                  ended_at=now_ms())
-    )
-    return Status.CANCELED if done.rowcount else None
+    canceled = conn.execute(
+        update(Task).where(where, Task.cancel_requested)
+        .values(**_UNLEASED, status=Status.CANCELED.value, ended_at=now_ms()).returning(Task.id)
+    ).scalars().all()
+    effects.after(conn, canceled, Status.CANCELED)
+    return Status.CANCELED if canceled else None

@@ -46,7 +46,8 @@ async def _create(request: Request) -> JSONResponse:
     spec = parse_spec(body, service.models)
     task = await in_thread(
         lambda: tasks.create(service.db, spec, principal, retention_ms=service.retention_ms,
-                             write_lock=service.write_lock, on_insert=service.wakeup.notify_in)
+                             write_lock=service.write_lock, on_insert=service.wakeup.notify_in,
+                             billing=service.billing)
     )
     service.wakeup.wake_local()
     return _ok({"output": {"task_id": task.id, "task_status": task.status.value}})
