@@ -39,7 +39,8 @@ from ..store.db import now_ms
 from ..store.models import Account, LedgerEntry, Task
 from ..store.tasks import TaskRecord
 
-__all__ = ["MICRO", "Prices", "hold", "settle", "credit", "to_micro", "to_credits", "spent_since", "held_now"]
+__all__ = ["MICRO", "Prices", "hold", "settle", "credit", "to_micro", "to_credits", "spent_since", "held_now",
+           "expiring", "day_start", "month_start"]
 
 MICRO = 1_000_000  # micro-credits in a credit
 
@@ -90,8 +91,8 @@ def hold(conn: Connection, task: TaskRecord, spec: TaskSpec, prices: Prices, tz:
     account = conn.execute(_for_update(conn, select(Account).where(Account.owner == task.owner))).first()
     if account is None:
         raise Arrearage("this account has no balance to pay for tasks")
-    for limit, start, what in ((account.daily_limit, _day_start(tz), "daily"),
-                               (account.monthly_limit, _month_start(tz), "monthly")):
+    for limit, start, what in ((account.daily_limit, day_start(tz), "daily"),
+                               (account.monthly_limit, month_start(tz), "monthly")):
         if limit is not None and spent_since(conn, task.owner, start) + amount > limit:
             raise Arrearage(f"this task would take the account past its {what} spend limit")
     done = conn.execute(
@@ -197,12 +198,12 @@ def _for_update(conn: Connection, stmt: Any) -> Any:
     return stmt.with_for_update() if conn.dialect.name == "postgresql" else stmt
 
 
-def _day_start(tz: ZoneInfo) -> int:
+def day_start(tz: ZoneInfo) -> int:
     now = datetime.datetime.now(tz)
     return int(now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 1000)
 
 
-def _month_start(tz: ZoneInfo) -> int:
+def month_start(tz: ZoneInfo) -> int:
     now = datetime.datetime.now(tz)
     return int(now.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp() * 1000)
 

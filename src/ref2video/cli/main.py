@@ -186,9 +186,11 @@ def _when(epoch_ms: int | None) -> str:
     return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-from .tasks import register  # noqa: E402  (after `app` exists)
+from .accounts import register as register_accounts  # noqa: E402  (after `app` exists)
+from .tasks import register  # noqa: E402
 
 register(app)
+register_accounts(app)
 
 
 def main() -> None:

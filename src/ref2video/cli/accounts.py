@@ -1,0 +1,172 @@
+"""`ref2video accounts create | credit | limits | show | statement | usage`: the operator's
+side of billing, straight on the database (like `keys`). Amounts are in credits ("12.5")."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Optional
+from zoneinfo import ZoneInfo
+
+import typer
+from rich.table import Table
+from sqlalchemy import Engine
+
+from ..app import accounts
+from ..app.ledger import to_credits, to_micro
+from .output import fail, out
+
+__all__ = ["register"]
+
+accounts_app = typer.Typer(help="Accounts, balances and usage (when billing is on).", no_args_is_help=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML settings file")]
+InitOpt = Annotated[bool, typer.Option("--init", help="create the database if there is none")]
+LimitOpt = Annotated[Optional[str], typer.Option(help="credits; 'none' lifts the limit")]
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(accounts_app, name="accounts")
+
+
+def _open(config: Path | None, init: bool) -> tuple[Engine, ZoneInfo]:
+    from .main import _db, _settings  # the shared database checks of every local command
+
+    return _db(config, init=init), ZoneInfo(_settings(config).timezone)
+
+
+def _credits(text: str, what: str) -> int:
+    try:
+        return to_micro(Decimal(text))
+    except (InvalidOperation, ValueError):
+        fail(f"{what} must be a number of credits, not {text!r}", 2)
+
+
+def _limit(text: str | None, what: str) -> int | None:
+    if text is None or text.lower() == "none":
+        return None
+    amount = _credits(text, what)
+    if amount < 0:
+        fail(f"{what} cannot be negative", 2)
+    return amount
+
+
+def _show(info: accounts.AccountInfo, as_json: bool) -> None:
+    values = {
+        "owner": info.owner, "balance": str(to_credits(info.balance)), "held": str(to_credits(info.held)),
+        "daily_limit": None if info.daily_limit is None else str(to_credits(info.daily_limit)),
+        "monthly_limit": None if info.monthly_limit is None else str(to_credits(info.monthly_limit)),
+        "spent_today": str(to_credits(info.spent_today)), "spent_this_month": str(to_credits(info.spent_this_month)),
+    }
+    if as_json:
+        print(json.dumps(values))
+        return
+    for key, value in values.items():
+        print(f"{key}: {'none' if value is None else value}")
+
+
+@accounts_app.command("create")
+def create(owner: Annotated[str, typer.Argument(help="the owner (tenant) whose keys spend from it")],
+           credit: Annotated[str, typer.Option(help="opening balance, in credits")] = "0",
+           daily_limit: LimitOpt = None, monthly_limit: LimitOpt = None,
+           as_json: Annotated[bool, typer.Option("--json")] = False,
+           config: ConfigOpt = None, init: InitOpt = False) -> None:
+    """Open an account for an owner."""
+    db, tz = _open(config, init)
+    amount = _credits(credit, "--credit")
+    if amount < 0:
+        fail("--credit cannot be negative", 2)
+    try:
+        info = accounts.create(db, owner, credit=amount, daily_limit=_limit(daily_limit, "--daily-limit"),
+                               monthly_limit=_limit(monthly_limit, "--monthly-limit"), tz=tz)
+    except accounts.AccountExists:
+        fail(f"owner {owner!r} already has an account", 1)
+    _show(info, as_json)
+
+
+@accounts_app.command("credit")
+def credit_(owner: str, amount: Annotated[str, typer.Argument(help="credits; negative to adjust down")],
+            note: Annotated[str, typer.Option(help="why, for the statement")] = "",
+            config: ConfigOpt = None, init: InitOpt = False) -> None:
+    """Top up an account (or adjust it with a negative amount)."""
+    db, _ = _open(config, init)
+    micro = _credits(amount, "amount")
+    if micro == 0:
+        fail("amount must not be zero", 2)
+    try:
+        balance = accounts.credit(db, owner, micro, note=note or None)
+    except accounts.NoSuchAccount:
+        fail(f"owner {owner!r} has no account; make one with 'ref2video accounts create'", 1)
+    print(f"balance: {to_credits(balance)}")
+
+
+@accounts_app.command("limits")
+def limits(owner: str, daily: LimitOpt = None, monthly: LimitOpt = None,
+           config: ConfigOpt = None, init: InitOpt = False) -> None:
+    """Set the daily and monthly spend limits ('none' lifts one; an option left out stays)."""
+    db, tz = _open(config, init)
+    changes = {}
+    if daily is not None:
+        changes["daily"] = _limit(daily, "--daily")
+    if monthly is not None:
+        changes["monthly"] = _limit(monthly, "--monthly")
+    try:
+        accounts.set_limits(db, owner, **changes)
+        _show(accounts.show(db, owner, tz=tz), False)
+    except accounts.NoSuchAccount:
+        fail(f"owner {owner!r} has no account", 1)
+
+
+@accounts_app.command("show")
+def show(owner: str, as_json: Annotated[bool, typer.Option("--json")] = False,
+         config: ConfigOpt = None, init: InitOpt = False) -> None:
+    """Balance, what unfinished tasks hold, limits and spend."""
+    db, tz = _open(config, init)
+    try:
+        _show(accounts.show(db, owner, tz=tz), as_json)
+    except accounts.NoSuchAccount:
+        fail(f"owner {owner!r} has no account", 1)
+
+
+@accounts_app.command("statement")
+def statement(owner: str, as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout")] = False,
+              config: ConfigOpt = None, init: InitOpt = False) -> None:
+    """Every ledger entry of an account, oldest first."""
+    db, tz = _open(config, init)
+    entries = accounts.statement(db, owner)
+    rows = [(datetime.fromtimestamp(e.created_at / 1000, tz).isoformat(timespec="seconds"), e.kind,
+             str(to_credits(e.amount)), e.task_id or "", e.model or "", e.note or "") for e in entries]
+    header = ("time", "kind", "amount", "task_id", "model", "note")
+    if as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(header)
+        writer.writerows(rows)
+        return
+    table = Table(*header)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+@accounts_app.command("usage")
+def usage(owner: Annotated[Optional[str], typer.Option(help="one owner (default: all)")] = None,
+          as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout")] = False,
+          config: ConfigOpt = None, init: InitOpt = False) -> None:
+    """What was charged, by owner, model and day."""
+    db, tz = _open(config, init)
+    rows = [(r.day, r.owner, r.model, str(r.tasks), str(r.seconds), str(to_credits(r.cost)))
+            for r in accounts.usage(db, tz=tz, owner=owner)]
+    header = ("day", "owner", "model", "tasks", "seconds", "cost")
+    if as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(header)
+        writer.writerows(rows)
+        return
+    table = Table(*header)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
