@@ -1,9 +1,11 @@
 """What follows a change of a task's state, in the transaction of that change: the ledger
-settles the task's hold, the outbox queues its webhooks. Called by `transitions` alone."""
+settles the task's hold (and the outbox queues its webhooks). Called by `transitions` alone,
+always after its own write, so the transaction already holds SQLite's write lock."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -12,17 +14,18 @@ from . import ledger
 
 __all__ = ["after", "expired"]
 
+_ENDS = (Status.SUCCEEDED, Status.FAILED, Status.CANCELED)
 
-def after(conn: Connection, task_ids: Sequence[str], status: Status) -> None:
-    """`task_ids` have just moved to `status` (RUNNING, or an end)."""
+
+def after(conn: Connection, task_ids: Sequence[str], status: Status, *, usage: Mapping[str, Any] | None = None) -> None:
+    """`task_ids` have just moved to `status` (RUNNING, or an end; `usage` with SUCCEEDED)."""
     if not task_ids:
         return
-    if status in (Status.SUCCEEDED, Status.FAILED, Status.CANCELED):
-        ledger.settle(conn, task_ids)
+    if status in _ENDS:
+        ledger.settle(conn, task_ids, status, usage)
 
 
 def expired(conn: Connection, task_ids: Sequence[str]) -> None:
-    """`task_ids` are about to be removed at the end of retention, whatever their state."""
+    """`task_ids` have just been removed at the end of retention, whatever their state."""
     if task_ids:
-        ledger.expiring(conn, task_ids)
-        ledger.settle(conn, task_ids)
+        ledger.settle(conn, task_ids, None)

@@ -40,7 +40,7 @@ from ..store.models import Account, LedgerEntry, Task
 from ..store.tasks import TaskRecord
 
 __all__ = ["MICRO", "Prices", "hold", "settle", "credit", "to_micro", "to_credits", "spent_since", "held_now",
-           "expiring", "day_start", "month_start"]
+           "day_start", "month_start"]
 
 MICRO = 1_000_000  # micro-credits in a credit
 
@@ -106,31 +106,31 @@ def hold(conn: Connection, task: TaskRecord, spec: TaskSpec, prices: Prices, tz:
     return amount
 
 
-def settle(conn: Connection, task_ids: Sequence[str]) -> None:
-    """Release the holds of tasks that ended (or are about to expire), and charge the usage of
-    those that SUCCEEDED. A task with no hold (billing off) or already settled is left alone."""
+def settle(conn: Connection, task_ids: Sequence[str], status: Status | None,
+           usage: Mapping[str, Any] | None = None) -> None:
+    """Release the holds of tasks that just ended in `status` (None: they are being removed
+    at expiry), and charge `usage` when they SUCCEEDED. A task with no hold (billing off) or
+    already settled is left alone. The caller's transaction has already written (the state
+    change), so on SQLite it holds the write lock and these reads cannot make it wait."""
     holds = conn.execute(
         select(LedgerEntry.task_id, LedgerEntry.owner, LedgerEntry.amount, LedgerEntry.detail,
-               LedgerEntry.task_at, LedgerEntry.model, Task.status, Task.usage)
-        .join(Task, Task.id == LedgerEntry.task_id)
+               LedgerEntry.task_at, LedgerEntry.model)
         .where(LedgerEntry.task_id.in_(list(task_ids)), LedgerEntry.kind == "hold")
     ).all()
     for entry in holds:
-        if entry.status in (Status.PENDING.value, Status.RUNNING.value) and not _expiring(conn, entry.task_id):
-            continue
         held = -entry.amount
         if not _add(conn, entry.owner, "release", held, task_id=entry.task_id, task_at=entry.task_at,
                     model=entry.model):
             continue  # settled before
         returned = held
-        if entry.status == Status.SUCCEEDED.value and entry.usage:
-            seconds = int(entry.usage.get("duration", 0))
+        if status is Status.SUCCEEDED and usage:
+            seconds = int(usage.get("duration", 0))
             cost = (entry.detail or {}).get("unit", 0) * seconds
             _add(conn, entry.owner, "charge", -cost, task_id=entry.task_id, task_at=entry.task_at,
                  model=entry.model, detail={"seconds": seconds})
             returned -= cost
             conn.execute(update(Task).where(Task.id == entry.task_id)
-                         .values(usage={**entry.usage, "cost": str(to_credits(cost))}))
+                         .values(usage={**usage, "cost": str(to_credits(cost))}))
         conn.execute(update(Account).where(Account.owner == entry.owner).values(balance=Account.balance + returned))
 
 
@@ -167,16 +167,6 @@ def held_now(conn: Connection, owner: str) -> int:
 
 
 # -- plumbing ------------------------------------------------------------------------------------
-
-
-def _expiring(conn: Connection, task_id: str) -> bool:
-    """Whether `task_id` is being removed in this transaction (see `expiring`)."""
-    return task_id in conn.info.get("ref2video_expiring", ())
-
-
-def expiring(conn: Connection, task_ids: Sequence[str]) -> None:
-    """Mark tasks as removed in this transaction, so their holds are released in any state."""
-    conn.info.setdefault("ref2video_expiring", set()).update(task_ids)
 
 
 def _add(conn: Connection, owner: str, kind: str, amount: int, *, task_id: str | None = None,

@@ -213,8 +213,8 @@ def reap(conn: Connection, *, max_attempts: int) -> tuple[int, int]:
 
 def expire(conn: Connection, task_ids: Sequence[str]) -> None:
     """Remove tasks past retention (their files are gone first); what they still hold is released."""
-    effects.expired(conn, task_ids)
-    conn.execute(delete(Task).where(Task.id.in_(list(task_ids))))
+    removed = conn.execute(delete(Task).where(Task.id.in_(list(task_ids))).returning(Task.id)).scalars().all()
+    effects.expired(conn, removed)
 
 
 # -- plumbing ------------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def _end(conn: Connection, held: Held, status: Status, engine: str | None, **val
             update(Task).where(_held(held), ~Task.cancel_requested).values(**ended, status=status.value, **values)
         ).rowcount
         if done:
-            effects.after(conn, [held.task_id], status)
+            effects.after(conn, [held.task_id], status, usage=values.get("usage"))
             return status
     promised = [] if status is Status.CANCELED else [Task.cancel_requested]
     done = conn.execute(update(Task).where(_held(held), *promised).values(**ended, status=Status.CANCELED.value))
