@@ -16,7 +16,7 @@ from ..service import Service
 from .errors import install_error_handlers
 from .guard import RequestGuard
 from .openapi import BEARER
-from .routes import docs, health, results, tasks, uploads, web
+from .routes import admin, docs, health, results, tasks, uploads, web
 from .schemas import CreateBody
 
 __all__ = ["create_app"]
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         app.state.service = service
     install_error_handlers(app)
     app.add_middleware(RequestGuard)
-    for module in (tasks, uploads, results, health, web, docs):
+    for module in (tasks, uploads, results, health, admin, web, docs):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -29,7 +29,7 @@ class Authenticator:
         self.db = db
         self.ttl = ttl
         self.clock = clock
-        self._live: dict[str, tuple[float, str, str]] = {}  # key id -> (read at, owner, secret hash)
+        self._live: dict[str, tuple[float, str, str, str]] = {}  # key id -> (read at, owner, secret hash, role)
         self._lock = threading.Lock()
 
     def principal(self, key: str) -> Principal | None:
@@ -55,7 +55,7 @@ class Authenticator:
         if not keys.check_secret(secret, stored_hash):
             return None
         assert remembered is not None
-        return Principal(key_id=key_id, owner=remembered[1])
+        return Principal(key_id=key_id, owner=remembered[1], role=remembered[3])
 
     def remembered(self, key: str) -> Principal | None:
         """The principal of a key remembered and still fresh, without touching the database (so
@@ -69,7 +69,7 @@ class Authenticator:
             return None
         if not keys.check_secret(parsed[1], remembered[2]):
             return None
-        return Principal(key_id=parsed[0], owner=remembered[1])
+        return Principal(key_id=parsed[0], owner=remembered[1], role=remembered[3])
 
     def forget(self, key_id: str) -> None:
         """Drop what this process remembers of a key (it was revoked here)."""

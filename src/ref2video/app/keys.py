@@ -10,10 +10,10 @@ from ..store.keys import KeyInfo
 __all__ = ["KeyInfo", "create_key", "list_keys", "revoke_key", "count_keys", "server_secret", "is_live"]
 
 
-def create_key(db: Engine, owner: str = "default", name: str = "") -> tuple[str, KeyInfo]:
+def create_key(db: Engine, owner: str = "default", name: str = "", role: str = "user") -> tuple[str, KeyInfo]:
     """A new key for `owner`; the plain key is returned once and never stored."""
     with db.begin() as conn:
-        return keys.create_key(conn, owner=owner, name=name)
+        return keys.create_key(conn, owner=owner, name=name, role=role)
 
 
 def list_keys(db: Engine) -> list[KeyInfo]:

@@ -54,7 +54,9 @@ def to_micro(credits: Decimal | str | float | int) -> int:
 
 
 def to_credits(micro: int) -> Decimal:
-    return (Decimal(micro) / MICRO).normalize() if micro else Decimal(0)
+    """Micro-credits as credits, with no trailing zeros and never in exponent form ("10", "1.5")."""
+    value = (Decimal(micro) / MICRO).normalize()
+    return value.quantize(Decimal(1)) if value == value.to_integral_value() else value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -127,21 +127,23 @@ def keys_create(
     config: ConfigOpt = None,
     owner: Annotated[str, typer.Option(help="tenant whose tasks the key sees")] = "default",
     name: Annotated[str, typer.Option(help="a label for people")] = "",
+    admin: Annotated[bool, typer.Option("--admin", help="may also use the admin API (accounts, keys, usage)")] = False,
     init: InitOpt = False,
 ) -> None:
     """Make a key. It is printed once and stored only as a hash."""
     db = _db(config, init=init)
-    key, info = key_store.create_key(db, owner=owner, name=name)
-    out.print(f"created key [bold]{info.id}[/bold] for owner {owner!r}; it is shown only now:")
+    key, info = key_store.create_key(db, owner=owner, name=name, role="admin" if admin else "user")
+    what = "an admin key" if admin else "a key"
+    out.print(f"created {what} [bold]{info.id}[/bold] for owner {owner!r}; it is shown only now:")
     print(key)
 
 
 @keys_app.command("list")
 def keys_list(config: ConfigOpt = None, init: InitOpt = False) -> None:
     """List keys (ids and owners; secrets are never stored)."""
-    table = Table("id", "owner", "name", "created", "revoked")
+    table = Table("id", "owner", "name", "role", "created", "revoked")
     for info in key_store.list_keys(_db(config, init=init)):
-        table.add_row(info.id, info.owner, info.name, _when(info.created_at), _when(info.revoked_at) or "-")
+        table.add_row(info.id, info.owner, info.name, info.role, _when(info.created_at), _when(info.revoked_at) or "-")
     out.print(table)
 
 

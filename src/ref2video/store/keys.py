@@ -39,6 +39,9 @@ _PREFIX = "r2v"
 _DUMMY_HASH = hashlib.sha256(b"ref2video-no-such-key").hexdigest()
 
 
+ROLES = ("user", "admin")  # an admin key may also use the admin API (accounts, keys, webhooks)
+
+
 @dataclasses.dataclass(frozen=True)
 class KeyInfo:
     id: str
@@ -46,6 +49,7 @@ class KeyInfo:
     name: str
     created_at: int
     revoked_at: int | None
+    role: str = "user"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,26 +58,28 @@ class Principal:
 
     key_id: str
     owner: str
+    role: str = "user"
 
 
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_key(conn: Connection, owner: str = "default", name: str = "") -> tuple[str, KeyInfo]:
+def create_key(conn: Connection, owner: str = "default", name: str = "", role: str = "user") -> tuple[str, KeyInfo]:
     """A new key; the plain key is returned once and never stored."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
-    info = KeyInfo(id=key_id, owner=owner, name=name, created_at=now_ms(), revoked_at=None)
-    conn.execute(
-        insert(ApiKey).values(id=key_id, owner=owner, name=name, secret_hash=_hash(secret), created_at=info.created_at)
-    )
+    info = KeyInfo(id=key_id, owner=owner, name=name, created_at=now_ms(), revoked_at=None, role=role)
+    conn.execute(insert(ApiKey).values(id=key_id, owner=owner, name=name, secret_hash=_hash(secret),
+                                       created_at=info.created_at, role=role))
     return f"{_PREFIX}-{key_id}-{secret}", info
 
 
 def list_keys(conn: Connection) -> list[KeyInfo]:
     rows = conn.execute(select(ApiKey).order_by(ApiKey.created_at)).all()
-    return [KeyInfo(r.id, r.owner, r.name, r.created_at, r.revoked_at) for r in rows]
+    return [KeyInfo(r.id, r.owner, r.name, r.created_at, r.revoked_at, r.role) for r in rows]
 
 
 def count_keys(conn: Connection) -> int:
@@ -105,12 +111,12 @@ def check_secret(secret: str, stored_hash: str | None) -> bool:
     return ok and stored_hash is not None
 
 
-def live_key(conn: Connection, key_id: str) -> tuple[str, str] | None:
-    """(owner, secret hash) of the live key `key_id`, or None when it is unknown or revoked."""
+def live_key(conn: Connection, key_id: str) -> tuple[str, str, str] | None:
+    """(owner, secret hash, role) of the live key `key_id`, or None when it is unknown or revoked."""
     row = conn.execute(
-        select(ApiKey.owner, ApiKey.secret_hash).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        select(ApiKey.owner, ApiKey.secret_hash, ApiKey.role).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
     ).first()
-    return None if row is None else (row.owner, row.secret_hash)
+    return None if row is None else (row.owner, row.secret_hash, row.role)
 
 
 def is_live(conn: Connection, key_id: str) -> bool:

@@ -1,0 +1,212 @@
+"""The admin API (`/admin/v1/...`): owners' accounts, keys and usage, for keys with the admin
+role only; an ordinary key is refused (403 AccessDenied) before anything is read. Amounts are
+credits, as decimal strings ("12.5"); numbers are taken too. docs/billing.md."""
+
+from __future__ import annotations
+
+import csv
+import io
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from ...app import accounts, keys
+from ...app.auth import Principal
+from ...app.ledger import to_credits, to_micro
+from ...errors import AccessDenied, InvalidParameter, NotFound, UnsupportedOperation, clip
+from ...store.keys import ROLES
+from ..deps import in_thread, principal_of, read_json, service_of
+from ..errors import request_id
+from ..openapi import SECURITY, errors
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/admin/v1", tags=["admin"])
+
+_BODY_LIMIT = 16 << 10
+_OWNER_MAX = 64
+
+
+async def _admin(request: Request) -> Principal:
+    principal = await principal_of(request)
+    if principal.role != "admin":
+        raise AccessDenied("this key may not use the admin API; make an admin key with 'ref2video keys create --admin'")
+    return principal
+
+
+def _ok(body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse({"request_id": request_id(), **body})
+
+
+def _owner(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > _OWNER_MAX or not value.isprintable():
+        raise InvalidParameter(f"owner must be a name of 1 to {_OWNER_MAX} printable characters")
+    return value
+
+
+def _amount(value: Any, name: str, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidParameter(f"{name} must be a number of credits, as a string or a number")
+    try:
+        return to_micro(Decimal(str(value)))
+    except (InvalidOperation, ValueError):
+        raise InvalidParameter(f"{name} must be a number of credits, not {clip(str(value))}") from None
+
+
+def _credits(micro: int | None) -> str | None:
+    return None if micro is None else str(to_credits(micro))
+
+
+def _account(info: accounts.AccountInfo) -> dict[str, Any]:
+    return {"owner": info.owner, "balance": _credits(info.balance), "held": _credits(info.held),
+            "daily_limit": _credits(info.daily_limit), "monthly_limit": _credits(info.monthly_limit),
+            "spent_today": _credits(info.spent_today), "spent_this_month": _credits(info.spent_this_month),
+            "created_at": info.created_at}
+
+
+def _csv(header: tuple[str, ...], rows: list[tuple[Any, ...]], name: str) -> Response:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return Response(out.getvalue(), media_type="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+
+
+@router.post("/accounts", summary="Open an account", responses=errors(400, 401, 403),
+             openapi_extra={"security": SECURITY})
+async def create_account(request: Request) -> JSONResponse:
+    await _admin(request)
+    service = service_of(request)
+    body = await read_json(request, _BODY_LIMIT)
+    if not isinstance(body, dict):
+        raise InvalidParameter("the request body must be a JSON object")
+    owner = _owner(body.get("owner"))
+    opening = _amount(body.get("credit", 0), "credit") or 0
+    if opening < 0:
+        raise InvalidParameter("credit cannot be negative")
+    limits = {k: _amount(body.get(k), k, allow_none=True) for k in ("daily_limit", "monthly_limit")}
+    try:
+        info = await in_thread(lambda: accounts.create(service.db, owner, credit=opening, tz=service.tz, **limits))
+    except accounts.AccountExists:
+        raise UnsupportedOperation(f"owner {clip(owner)} already has an account") from None
+    return _ok({"account": _account(info)})
+
+
+@router.get("/accounts/{owner}", summary="An account: balance, holds, limits, spend",
+            responses=errors(401, 403, 404), openapi_extra={"security": SECURITY})
+async def get_account(request: Request, owner: str) -> JSONResponse:
+    await _admin(request)
+    service = service_of(request)
+    try:
+        info = await in_thread(lambda: accounts.show(service.db, owner, tz=service.tz))
+    except accounts.NoSuchAccount:
+        raise NotFound(f"owner {clip(owner)} has no account") from None
+    return _ok({"account": _account(info)})
+
+
+@router.post("/accounts/{owner}/credit", summary="Top up (or adjust down with a negative amount)",
+             responses=errors(400, 401, 403, 404), openapi_extra={"security": SECURITY})
+async def credit_account(request: Request, owner: str) -> JSONResponse:
+    await _admin(request)
+    service = service_of(request)
+    body = await read_json(request, _BODY_LIMIT)
+    if not isinstance(body, dict):
+        raise InvalidParameter("the request body must be a JSON object")
+    amount = _amount(body.get("amount"), "amount")
+    if not amount:
+        raise InvalidParameter("amount must not be zero")
+    note = body.get("note")
+    if note is not None and (not isinstance(note, str) or len(note) > 500):
+        raise InvalidParameter("note must be a string of at most 500 characters")
+    try:
+        balance = await in_thread(lambda: accounts.credit(service.db, owner, amount, note=note))
+    except accounts.NoSuchAccount:
+        raise NotFound(f"owner {clip(owner)} has no account") from None
+    return _ok({"owner": owner, "balance": _credits(balance)})
+
+
+@router.put("/accounts/{owner}/limits", summary="Set the daily and monthly spend limits (null lifts one)",
+            responses=errors(400, 401, 403, 404), openapi_extra={"security": SECURITY})
+async def set_limits(request: Request, owner: str) -> JSONResponse:
+    await _admin(request)
+    service = service_of(request)
+    body = await read_json(request, _BODY_LIMIT)
+    if not isinstance(body, dict):
+        raise InvalidParameter("the request body must be a JSON object")
+    changes = {short: _amount(body[name], name, allow_none=True)
+               for short, name in (("daily", "daily_limit"), ("monthly", "monthly_limit")) if name in body}
+    try:
+        await in_thread(lambda: accounts.set_limits(service.db, owner, **changes))
+        info = await in_thread(lambda: accounts.show(service.db, owner, tz=service.tz))
+    except accounts.NoSuchAccount:
+        raise NotFound(f"owner {clip(owner)} has no account") from None
+    return _ok({"account": _account(info)})
+
+
+@router.get("/accounts/{owner}/statement", summary="The account's ledger, oldest first (format=csv for CSV)",
+            responses=errors(401, 403), openapi_extra={"security": SECURITY})
+async def statement(request: Request, owner: str, format: str = "json") -> Response:
+    await _admin(request)
+    service = service_of(request)
+    entries = await in_thread(lambda: accounts.statement(service.db, owner))
+    rows = [(e.id, e.created_at, e.kind, _credits(e.amount), e.task_id, e.model, e.note) for e in entries]
+    header = ("id", "created_at", "kind", "amount", "task_id", "model", "note")
+    if format == "csv":
+        return _csv(header, rows, f"statement-{owner}")
+    return _ok({"owner": owner, "entries": [dict(zip(header, row)) for row in rows]})
+
+
+@router.get("/usage", summary="Charged usage by owner, model and day (format=csv for CSV)",
+            responses=errors(401, 403), openapi_extra={"security": SECURITY})
+async def usage(request: Request, owner: str | None = None, format: str = "json") -> Response:
+    await _admin(request)
+    service = service_of(request)
+    found = await in_thread(lambda: accounts.usage(service.db, tz=service.tz, owner=owner))
+    header = ("day", "owner", "model", "tasks", "seconds", "cost")
+    rows = [(r.day, r.owner, r.model, r.tasks, r.seconds, _credits(r.cost)) for r in found]
+    if format == "csv":
+        return _csv(header, rows, "usage")
+    return _ok({"usage": [dict(zip(header, row)) for row in rows]})
+
+
+@router.post("/keys", summary="Make a key for an owner (shown once)", responses=errors(400, 401, 403),
+             openapi_extra={"security": SECURITY})
+async def create_key(request: Request) -> JSONResponse:
+    await _admin(request)
+    service = service_of(request)
+    body = await read_json(request, _BODY_LIMIT)
+    if not isinstance(body, dict):
+        raise InvalidParameter("the request body must be a JSON object")
+    owner = _owner(body.get("owner"))
+    name, role = body.get("name", ""), body.get("role", "user")
+    if not isinstance(name, str) or len(name) > 128:
+        raise InvalidParameter("name must be a string of at most 128 characters")
+    if role not in ROLES:
+        raise InvalidParameter(f"role must be one of {', '.join(ROLES)}")
+    key, info = await in_thread(lambda: keys.create_key(service.db, owner=owner, name=name, role=role))
+    return _ok({"key": key, "id": info.id, "owner": owner, "role": role})
+
+
+@router.get("/keys", summary="Every key (ids, owners and roles; secrets are never stored)",
+            responses=errors(401, 403), openapi_extra={"security": SECURITY})
+async def list_keys(request: Request) -> JSONResponse:
+    await _admin(request)
+    found = await in_thread(keys.list_keys, service_of(request).db)
+    return _ok({"keys": [{"id": k.id, "owner": k.owner, "name": k.name, "role": k.role, "created_at": k.created_at,
+                          "revoked_at": k.revoked_at} for k in found]})
+
+
+@router.delete("/keys/{key_id}", summary="Revoke a key (every server stops taking it within a second)",
+               responses=errors(401, 403, 404), openapi_extra={"security": SECURITY})
+async def revoke_key(request: Request, key_id: str) -> JSONResponse:
+    await _admin(request)
+    service = service_of(request)
+    if not await in_thread(keys.revoke_key, service.db, key_id):
+        raise NotFound(f"no live key {clip(key_id)}")
+    service.auth.forget(key_id)
+    return _ok({"id": key_id, "revoked": True})

@@ -1,0 +1,66 @@
+"""The admin API over real HTTP: admin keys only; accounts, credit, limits, statements, usage
+(JSON and CSV) and keys."""
+
+from __future__ import annotations
+
+import csv
+import io
+from decimal import Decimal
+from typing import Any
+
+from ref2video.app import keys as key_admin
+from tests.live import LiveServer, make_body
+
+ROUTES = [("POST", "/admin/v1/accounts", {"owner": "x"}), ("GET", "/admin/v1/accounts/x", None),
+          ("POST", "/admin/v1/accounts/x/credit", {"amount": 1}), ("PUT", "/admin/v1/accounts/x/limits", {}),
+          ("GET", "/admin/v1/accounts/x/statement", None), ("GET", "/admin/v1/usage", None),
+          ("POST", "/admin/v1/keys", {"owner": "x"}), ("GET", "/admin/v1/keys", None),
+          ("DELETE", "/admin/v1/keys/abc", None)]
+
+
+def admin_client(server: LiveServer) -> Any:
+    key, _ = key_admin.create_key(server.service.db, owner="operator", role="admin")
+    return server.client(key)
+
+
+def test_ordinary_keys_never_reach_the_admin_api(server: LiveServer) -> None:
+    client = server.client()
+    for method, path, body in ROUTES:
+        r = client.request(method, path, json=body)
+        assert r.status_code == 403 and r.json()["code"] == "AccessDenied", (method, path, r.text)
+    bare = server.client("r2v-nope-nope")
+    assert bare.get("/admin/v1/keys").status_code == 401
+
+
+def test_an_operator_runs_accounts_and_keys_over_http(make_server: Any) -> None:
+    server: LiveServer = make_server(billing=True)
+    admin = admin_client(server)
+    r = admin.post("/admin/v1/accounts", json={"owner": "acme", "credit": "10", "daily_limit": "5"})
+    assert r.status_code == 200, r.text
+    assert r.json()["account"]["balance"] == "10" and r.json()["account"]["daily_limit"] == "5"
+    assert admin.post("/admin/v1/accounts", json={"owner": "acme"}).status_code == 400  # exists
+    assert admin.post("/admin/v1/accounts/acme/credit", json={"amount": 2.5, "note": "gift"}).json()["balance"] == "12.5"
+    assert admin.post("/admin/v1/accounts/nobody/credit", json={"amount": 1}).status_code == 404
+    bad = admin.post("/admin/v1/accounts/acme/credit", json={"amount": "lots"})
+    assert bad.status_code == 400 and bad.json()["code"] == "InvalidParameter"
+    limits = admin.put("/admin/v1/accounts/acme/limits", json={"daily_limit": None, "monthly_limit": "100"})
+    assert limits.json()["account"]["daily_limit"] is None and limits.json()["account"]["monthly_limit"] == "100"
+
+    made = admin.post("/admin/v1/keys", json={"owner": "acme", "name": "ci"}).json()
+    key = made["key"]
+    assert made["role"] == "user" and any(k["id"] == made["id"] for k in admin.get("/admin/v1/keys").json()["keys"])
+    task_id = server.create(make_body(size="1280*720", duration=5), key=key)
+    assert server.wait(task_id, key=key)["usage"]["cost"] == "1.5"
+    account = admin.get("/admin/v1/accounts/acme").json()["account"]
+    assert Decimal(account["balance"]) == Decimal("11") and account["held"] == "0"
+
+    kinds = [e["kind"] for e in admin.get("/admin/v1/accounts/acme/statement").json()["entries"]]
+    assert kinds == ["topup", "topup", "hold", "release", "charge"]
+    sheet = list(csv.DictReader(io.StringIO(admin.get("/admin/v1/accounts/acme/statement?format=csv").text)))
+    assert [row["amount"] for row in sheet] == ["10", "2.5", "-1.5", "1.5", "-1.5"]
+    usage = list(csv.DictReader(io.StringIO(admin.get("/admin/v1/usage", params={"format": "csv"}).text)))
+    assert [(u["owner"], u["model"], u["tasks"], u["seconds"], u["cost"]) for u in usage] == [
+        ("acme", "wan2.6-r2v-flash", "1", "5", "1.5")]
+
+    assert admin.delete(f"/admin/v1/keys/{made['id']}").status_code == 200
+    assert server.client(key).get("/api/v1/tasks").status_code == 401  # this server forgets it at once
