@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.live import LiveServer, make_body
+from tests.live import LiveServer
 from tests.test_spec import SEED_BODY
 
 NATIVE = "/api/v1/services/aigc/video-generation/video-synthesis"
@@ -79,7 +79,8 @@ def test_a_revoked_key_stops_working_on_the_next_request(idle: LiveServer) -> No
          "reference 1"),
     ],
 )
-def test_bad_bodies_get_their_own_clear_4xx(idle: LiveServer, content: bytes, status: int, code: str, words: str) -> None:
+def test_bad_bodies_get_their_own_clear_4xx(idle: LiveServer, content: bytes, status: int, code: str,
+                                            words: str) -> None:
     r = idle.client().post("/task/bailian/ref2video", content=content, headers={"Content-Type": "application/json"})
     assert_error(r, status, code, words)
 
