@@ -487,7 +487,8 @@ class Encoder:
         for _ in range(self.POOL):
             frame = av.VideoFrame(width, height, "rgb24")
             plane = frame.planes[0]
-            rows = np.frombuffer(memoryview(plane), np.uint8).reshape(height, plane.line_size)  # numpy's 3.11 stubs
+            # memoryview: on Python 3.11 numpy's types take no buffer protocol, only named kinds
+            rows = np.frombuffer(memoryview(plane), np.uint8).reshape(height, plane.line_size)
             self.free.put((frame, rows[:, : width * 3].reshape(height, width, 3)))
         self.ready: queue.Queue[tuple[av.VideoFrame, np.ndarray] | None] = queue.Queue()
         self.current: tuple[av.VideoFrame, np.ndarray] | None = None
