@@ -441,7 +441,8 @@ def print_report(report: dict[str, Any]) -> None:
             f"{f['name']:<12} {f['kind']:<6} {f['bytes']:>10,} {f['rate'] / 1e6:>10.2f} {f['seconds']:>12.2f}"
         )
     print()
-    header = f"{'measurement':<30} {'median s':>9} {'min s':>7} {'max s':>7} {'cpu s':>6} {'req':>4} {'304':>4} {'body bytes':>11} {'last req s':>10}"
+    header = (f"{'measurement':<30} {'median s':>9} {'min s':>7} {'max s':>7} {'cpu s':>6} {'req':>4} {'304':>4}"
+              f" {'body bytes':>11} {'last req s':>10}")
     print(header)
     print("-" * len(header))
     for r in report["rows"]:
@@ -449,7 +450,8 @@ def print_report(report: dict[str, Any]) -> None:
               f" {r['requests']:>4g} {r['not_modified']:>4g} {r['body_bytes']:>11,.0f}"
               f" {_fmt(r['last_request_s']):>10}  {r['note']}")  # fmt: skip
     ratio = report["ratio"]
-    print(f"\nfive at once / slowest single: median {ratio['median']:.2f} (min {ratio['min']:.2f}, max {ratio['max']:.2f});"
+    print(f"\nfive at once / slowest single: median {ratio['median']:.2f}"
+          f" (min {ratio['min']:.2f}, max {ratio['max']:.2f});"
           f" ideal 1.00, sequential would be {ratio['sequential_median']:.2f} (sum of singles / slowest)")  # fmt: skip
 
 

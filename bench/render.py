@@ -120,12 +120,14 @@ def main() -> None:
         "render_seconds": round(render_s, 2), "ceiling_seconds": round(ceiling_s, 2),
         "ratio_to_ceiling": round(render_s / ceiling_s, 2), "share_of_real_time": round(render_s / 10, 2),
         "renders": [round(x, 2) for x in renders], "ceilings": [round(x, 2) for x in ceilings],
-        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}",
+        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()},"
+                   f" Python {platform.python_version()}",
         "load_average": os.getloadavg(),
     }
     print(f"render 10 s 1920x1080 multi-shot, 5 refs, dialogue: {render_s:.2f} s (median of {args.repeat})")
     print(f"ceiling: 300 plain frames, same encoder:            {ceiling_s:.2f} s")
-    print(f"ratio to ceiling: {render_s / ceiling_s:.2f} (target <= 1.5); share of real time: {render_s / 10:.2f} (target <= 0.5)")
+    print(f"ratio to ceiling: {render_s / ceiling_s:.2f} (target <= 1.5);"
+          f" share of real time: {render_s / 10:.2f} (target <= 0.5)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

@@ -55,7 +55,7 @@ import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from starlette.applications import Starlette
@@ -272,7 +272,7 @@ def reply(body: dict[str, Any], status: int = 200, headers: dict[str, str] | Non
 
 def wire_time(ms: int) -> str:
     """`YYYY-MM-DD HH:mm:ss.SSS`, UTC."""
-    moment = datetime.fromtimestamp(ms // 1000, timezone.utc)
+    moment = datetime.fromtimestamp(ms // 1000, UTC)
     return f"{moment:%Y-%m-%d %H:%M:%S}.{ms % 1000:03d}"
 
 
@@ -349,7 +349,8 @@ def check_references(inputs: dict[str, Any], oss_resolve: bool) -> None:
         if scheme not in ("http", "https", "oss"):
             raise ApiError(400, "InvalidURL", f"{name}[{i}] must be an http(s):// or oss:// URL")
         if scheme == "oss" and not oss_resolve:
-            raise ApiError(400, "InvalidURL", f"{name}[{i}] is an oss:// URL: send X-DashScope-OssResourceResolve: enable")
+            raise ApiError(400, "InvalidURL",
+                           f"{name}[{i}] is an oss:// URL: send X-DashScope-OssResourceResolve: enable")
     videos = sum(1 for url in urls if url.split("?", 1)[0].lower().endswith(VIDEO_SUFFIXES))
     if videos > MAX_VIDEO_REFERENCES:
         raise invalid(name, f"has {videos} videos; at most {MAX_VIDEO_REFERENCES}")
@@ -422,7 +423,7 @@ def _time_param(params: Mapping[str, str], name: str) -> int | None:
     if not text:
         return None
     try:
-        moment = datetime.strptime(text, LIST_TIME).replace(tzinfo=timezone.utc)
+        moment = datetime.strptime(text, LIST_TIME).replace(tzinfo=UTC)
     except ValueError:
         raise invalid(name, "must be YYYYMMDDhhmmss") from None
     return int(moment.timestamp()) * 1000
@@ -826,7 +827,7 @@ async def _check_protocol(server: _Server, video: bytes) -> None:
     assert [item["task_id"] for item in listed] == ids[::-1]
     assert all(item["gmt_create"] == stats["created"][item["task_id"]] for item in listed)
     second = stats["created"][ids[150]] // 1000
-    stamp = datetime.fromtimestamp(second, timezone.utc).strftime(LIST_TIME)
+    stamp = datetime.fromtimestamp(second, UTC).strftime(LIST_TIME)
     window = await listing(start_time=stamp, end_time=stamp, page_size=100)
     expected = [t for t in ids[::-1] if stats["created"][t] // 1000 == second]
     assert [item["task_id"] for item in window["data"]] == expected and window["total"] == len(expected)

@@ -109,7 +109,8 @@ def main() -> None:
         engine.load()
         result = engine.generate(GenerationRequest("example", spec, root, references=tuple(refs)), Quiet())
         hints = {r.index: r.kind == "image" and not r.has_alpha and r.width > r.height * 1.2 for r in refs}
-        plan = make_plan(read_prompt(PROMPT, 4, scene_hints=hints), [RefShape(r.index, r.kind, r.width, r.height) for r in refs],
+        plan = make_plan(read_prompt(PROMPT, 4, scene_hints=hints),
+                         [RefShape(r.index, r.kind, r.width, r.height) for r in refs],
                          width=1280, height=720, duration=8, shot_type="multi", seed=11)
         wanted = {}
         for n, shot in enumerate(plan.shots, 1):

@@ -59,7 +59,8 @@ def main() -> None:
                     "input": {"prompt": PROMPT, "reference_urls": [f"{base}/{f.name}" for f in files]},
                     "parameters": {"size": "1280*720", "duration": 8, "shot_type": "multi", "seed": 11}}
             headers = {"Authorization": f"Bearer {key}"}
-            task_id = httpx.post(f"{url}/task/bailian/ref2video", json=body, headers=headers).json()["output"]["task_id"]
+            created = httpx.post(f"{url}/task/bailian/ref2video", json=body, headers=headers)
+            task_id = created.json()["output"]["task_id"]
             deadline = time.monotonic() + 300
             while httpx.get(f"{url}/task/{task_id}", headers=headers).json()["output"]["task_status"] != "SUCCEEDED":
                 if time.monotonic() > deadline:

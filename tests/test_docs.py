@@ -61,7 +61,8 @@ def test_every_link_resolves_inside_the_repository(page: Path) -> None:
 def test_the_engine_guides_example_runs(make_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """The slideshow of docs/engines.md, as written there, through the whole service."""
     guide = (ROOT / "docs" / "engines.md").read_text()
-    (code,) = [block for block in re.findall(r"```python\n(.*?)```", guide, re.DOTALL) if "class SlideshowEngine" in block]
+    blocks = re.findall(r"```python\n(.*?)```", guide, re.DOTALL)
+    (code,) = [block for block in blocks if "class SlideshowEngine" in block]
     (tmp_path / "slideshow.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("slideshow", None)

@@ -77,7 +77,8 @@ def test_cancel_and_list(make_server) -> None:  # type: ignore[no-untyped-def]
         assert VideoSynthesis.fetch(created, api_key=server.key).output.task_status == "CANCELED"
         again = VideoSynthesis.cancel(created, api_key=server.key)
         assert again.status_code == 400 and again.code == "UnsupportedOperation"
-        VideoSynthesis.async_call(model="wan2.6-r2v-flash", prompt="character1", reference_urls=refs(), api_key=server.key)
+        VideoSynthesis.async_call(model="wan2.6-r2v-flash", prompt="character1", reference_urls=refs(),
+                                  api_key=server.key)
 
         listed = VideoSynthesis.list(api_key=server.key, page_size=10, status="CANCELED")
         assert listed.status_code == HTTPStatus.OK
@@ -120,8 +121,8 @@ print(json.dumps({"status": rsp.status_code, "task_status": rsp.output.task_stat
 
 def test_the_sdk_finds_the_server_through_DASHSCOPE_HTTP_BASE_URL(server: LiveServer) -> None:
     env = {**os.environ, "DASHSCOPE_HTTP_BASE_URL": f"{server.url}/api/v1", "PYTHONPATH": CHILD_PYTHONPATH}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, server.key, ref_url("a.png")], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", SCRIPT, server.key, ref_url("a.png")], env=env, capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["status"] == 200 and result["task_status"] == "SUCCEEDED"

@@ -14,7 +14,8 @@ MODELS = ("wan2.6-r2v", "wan2.6-r2v-flash")
 SEED_BODY: dict[str, Any] = {
     "model": "wan2.6-r2v-flash",
     "input": {
-        "prompt": "Character2 sits in a chair by the window holding character3. Character1 says to Character2: 'Sounds good'.",
+        "prompt": "Character2 sits in a chair by the window holding character3."
+                  " Character1 says to Character2: 'Sounds good'.",
         "reference_urls": [
             "https://help-static-aliyun-doc.aliyuncs.com/file-manage-files/zh-CN/20260129/hfugmr/wan-r2v-role1.mp4",
             "https://help-static-aliyun-doc.aliyuncs.com/file-manage-files/zh-CN/20260129/qigswt/wan-r2v-role2.mp4",

@@ -97,7 +97,8 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="age after which a stored file no task or upload names is removed"
     )
     url_ttl_seconds: int = Field(86400, gt=0, description="lifetime of a signed video_url")
-    signing_secret: str = Field("", description="HMAC secret for video URLs; default: generated once and kept in the database")
+    signing_secret: str = Field(
+        "", description="HMAC secret for video URLs; default: generated once and kept in the database")
 
     max_body_bytes: int = Field(1 << 20, gt=0, description="largest accepted request body")
     http_max_connections: int | None = Field(
@@ -116,7 +117,8 @@ class Settings(BaseSettings):
     cache_max_bytes: int = Field(2 << 30, ge=0, description="size of the reference cache; 0 turns it off")
     timezone: str = Field(
         "Asia/Shanghai",
-        description="zone of the times in task answers and of the list's start_time/end_time; the provider's is Beijing time",
+        description="zone of the times in task answers and of the list's start_time/end_time;"
+        " the provider's is Beijing time",
     )
 
     models: StrTable = Field(
@@ -216,7 +218,8 @@ class Settings(BaseSettings):
                 shared.append(Path(url.database).parent)
         if self.results_dir.resolve() in {path.resolve() for path in shared}:
             raise ValueError(f"results_dir {str(self.results_dir)!r} must be a folder of its own, not one that holds "
-                             "the database, uploads, scratch or cache files: files in it that no task names are removed")
+                             "the database, uploads, scratch or cache files:"
+                             " files in it that no task names are removed")
         return self
 
     @property

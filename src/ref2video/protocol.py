@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 from zoneinfo import ZoneInfo
 
 __all__ = [
@@ -105,7 +105,7 @@ def size_for(resolution: str, ratio: str) -> str:
     return RATIO_SIZES[(resolution, ratio)]
 
 
-def format_time(epoch_ms: int | None, tz: ZoneInfo | timezone = timezone.utc) -> str | None:
+def format_time(epoch_ms: int | None, tz: ZoneInfo | timezone = UTC) -> str | None:
     """`YYYY-MM-DD HH:mm:ss.SSS`, the provider's time format."""
     if epoch_ms is None:
         return None

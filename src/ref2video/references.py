@@ -20,6 +20,7 @@ from .media.fetch import FetchPolicy
 from .media.ingest import Wanted, fetch_references_sync
 from .media.probe import Limits
 from .media.reference import Reference
+from .media.sniff import Kind
 from .spec import TaskSpec, oss_key
 from .storage.base import Storage
 from .app import uploads
@@ -28,7 +29,7 @@ __all__ = ["ReferenceLoader", "TaskMedia"]
 
 # The media form's own rules for reference videos (PROTOCOL.md section 8).
 _MEDIA_LIMITS = Limits(min_video_side=240, max_video_side=4096)
-_KINDS = {"reference_image": "image", "reference_video": "video", "first_frame": "image"}
+_KINDS: dict[str, Kind] = {"reference_image": "image", "reference_video": "video", "first_frame": "image"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +54,8 @@ class ReferenceLoader:
         self.retention_ms = retention_ms
 
     @classmethod
-    def from_settings(cls, settings: Settings, db: Engine, uploads_storage: Storage, retention_ms: int) -> ReferenceLoader:
+    def from_settings(cls, settings: Settings, db: Engine, uploads_storage: Storage,
+                      retention_ms: int) -> ReferenceLoader:
         policy = FetchPolicy(
             connect_timeout=settings.fetch_connect_timeout, total_timeout=settings.fetch_timeout,
             max_redirects=settings.fetch_max_redirects, allow=tuple(settings.fetch_allow),
@@ -74,7 +76,8 @@ class ReferenceLoader:
         refs = [(i, item) for i, item in enumerate(spec.media) if item.is_reference]
         frames = [(i, item) for i, item in enumerate(spec.media) if item.type == "first_frame"]
         voiced = [(n, i, item.reference_voice) for n, (i, item) in enumerate(refs, 1) if item.reference_voice]
-        wanted: list[str | Wanted] = [Wanted(item.url, _KINDS[item.type], f"input.media[{i}]") for i, item in refs + frames]
+        wanted: list[str | Wanted] = [Wanted(item.url, _KINDS[item.type], f"input.media[{i}]")
+                                      for i, item in refs + frames]
         wanted += [Wanted(voice, "audio", f"input.media[{i}].reference_voice") for _, i, voice in voiced]
         found = fetch_references_sync(
             wanted, work_dir=work_dir, policy=self.policy, cache=self.cache, limits=_MEDIA_LIMITS, local=local,

@@ -217,7 +217,8 @@ def _form_of(model: str, inputs: dict[str, Any], params: dict[str, Any]) -> str:
         if params.get(name) is not None:
             hint = ("parameters.resolution and parameters.ratio" if form == "media" else "parameters.size")
             raise InvalidParameter(
-                f"parameters.{name} belongs to the other request form; with input.{'media' if form == 'media' else 'reference_urls'} give {hint}"
+                f"parameters.{name} belongs to the other request form;"
+                f" with input.{'media' if form == 'media' else 'reference_urls'} give {hint}"
             )
     return form
 
@@ -315,7 +316,7 @@ def _media(raw: Any) -> tuple[MediaItem, ...]:
 
 
 def _choice(params: dict[str, Any], key: str, allowed: Collection[str], default: str) -> str:
-    value = _optional(params, key, str, f"parameters.{key}", "a string")
+    value: str | None = _optional(params, key, str, f"parameters.{key}", "a string")
     if value is None:
         return default
     if value not in allowed:

@@ -28,9 +28,9 @@ def env_for(data_dir: Path, database_url: str, **settings: object) -> dict[str, 
 def spawn(args: list[str], env: dict[str, str], log: Path,
           preexec: Callable[[], None] | None = None) -> subprocess.Popen:
     """`python -m ref2video ARGS`; `preexec` runs in the child before it starts (resource limits)."""
-    out = open(log, "ab")
-    return subprocess.Popen([sys.executable, "-m", "ref2video", *args], env=env, stdout=out,
-                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec)
+    with open(log, "ab") as out:  # the child has its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "ref2video", *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:

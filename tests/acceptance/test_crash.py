@@ -30,10 +30,8 @@ def test_sigkill_mid_task_loses_nothing(tmp_path: Path, database_url: str) -> No
         wait_healthy(url, proc)
         key = (tmp_path / "data" / "first-api-key.txt").read_text().strip()
         client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"})
-        ids = [
-            client.post("/task/bailian/ref2video", json=make_body(prompt="steps=30 step_ms=100")).json()["output"]["task_id"]
-            for _ in range(4)
-        ]
+        body = make_body(prompt="steps=30 step_ms=100")
+        ids = [client.post("/task/bailian/ref2video", json=body).json()["output"]["task_id"] for _ in range(4)]
         deadline = time.monotonic() + 20
         while sum(client.get(f"/task/{i}").json()["output"]["task_status"] == "RUNNING" for i in ids) < 2:
             assert time.monotonic() < deadline, log.read_text()

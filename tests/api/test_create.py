@@ -6,7 +6,7 @@ import time
 import httpx
 import pytest
 
-from tests.live import LiveServer, make_body
+from tests.live import LiveServer
 from tests.test_spec import SEED_BODY
 
 NATIVE = "/api/v1/services/aigc/video-generation/video-synthesis"
@@ -105,7 +105,8 @@ def test_the_authenticator_forgets_a_key_after_its_time_to_live(idle: LiveServer
          "reference 1"),
     ],
 )
-def test_bad_bodies_get_their_own_clear_4xx(idle: LiveServer, content: bytes, status: int, code: str, words: str) -> None:
+def test_bad_bodies_get_their_own_clear_4xx(idle: LiveServer, content: bytes, status: int, code: str,
+                                            words: str) -> None:
     r = idle.client().post("/task/bailian/ref2video", content=content, headers={"Content-Type": "application/json"})
     assert_error(r, status, code, words)
 

@@ -171,12 +171,11 @@ def test_a_full_disk_is_a_503_and_health_says_so(tmp_path: Path, tiny_disk: Path
         client = server.client()
         assert client.get("/health").json()["database"] == "ok"
         filler = tiny_disk / "filler"
-        with open(filler, "wb") as f:  # fill the disk to the last block
-            with pytest.raises(OSError):
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-                    os.fsync(f.fileno())
+        with open(filler, "wb") as f, pytest.raises(OSError):  # fill the disk to the last block
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+                os.fsync(f.fileno())
         r = client.post(GATEWAY, json=make_body(prompt="character1 " + "x" * 1400))
         assert_envelope(r, 503, "ServiceUnavailable")
         assert r.headers["retry-after"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 
 from sqlalchemy import select
 
@@ -127,5 +127,5 @@ def test_the_zone_is_a_setting(make_server) -> None:  # type: ignore[no-untyped-
     with server.service.db.connect() as conn:
         stored = conn.execute(select(Task.submitted_at).where(Task.id == task_id)).scalar_one()
     submit = server.get(task_id)["output"]["submit_time"]
-    as_read = datetime.strptime(submit, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc)
+    as_read = datetime.strptime(submit, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
     assert int(as_read.timestamp() * 1000) == stored

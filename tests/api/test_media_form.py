@@ -46,12 +46,14 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("the two forms at once", {"input__reference_urls": ["https://x/a.png"]},
      "input.media and input.reference_urls are two request forms; send one of them"),
     ("the other form's size", {"parameters__size": "1280*720"}, "parameters.size belongs to the other request form"),
-    ("a resolution it does not have", {"parameters__resolution": "4K"}, "parameters.resolution must be one of 720P, 1080P"),
+    ("a resolution it does not have", {"parameters__resolution": "4K"},
+     "parameters.resolution must be one of 720P, 1080P"),
     ("a ratio it does not have", {"parameters__ratio": "21:9"}, "parameters.ratio must be one of 16:9"),
     ("more than 10 s with a video", {"input__media": [image(), video()], "parameters__duration": 12},
      "parameters.duration must be between 2 and 10, not 12 (input.media holds a reference_video)"),
     ("more than 15 s", {"parameters__duration": 16}, "parameters.duration must be between 2 and 15, not 16"),
-    ("six references", {"input__media": [image()] * 6}, "input.media must hold 1 to 5 reference_image and reference_video"),
+    ("six references", {"input__media": [image()] * 6},
+     "input.media must hold 1 to 5 reference_image and reference_video"),
     ("a first frame alone", {"input__media": [{"type": "first_frame", "url": "https://x/f.png"}]},
      "input.media must hold 1 to 5 reference_image and reference_video items, not 0"),
     ("two first frames", {"input__media": [image()] + [{"type": "first_frame", "url": "https://x/f.png"}] * 2},
@@ -84,7 +86,8 @@ def test_each_model_takes_its_own_form(make_server) -> None:  # type: ignore[no-
     r = post(server, changed(make_body(), parameters__ratio="16:9"))
     assert r.status_code == 400 and r.json()["message"].startswith("parameters.ratio belongs to the other request form")
     r = post(server, changed(media_body(), input__media=[{"type": "reference_image", "url": "ftp://x/a.png"}]))
-    assert (r.status_code, r.json()["code"]) == (400, "InvalidURL") and r.json()["message"].startswith("input.media[0].url")
+    assert (r.status_code, r.json()["code"]) == (400, "InvalidURL")
+    assert r.json()["message"].startswith("input.media[0].url")
 
 
 def test_a_media_task_runs_with_its_references_in_order_and_the_providers_usage(server: LiveServer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import selectors
 import socket
@@ -120,7 +121,8 @@ def test_certificates_are_checked(make_server) -> None:  # type: ignore[no-untyp
 
 def test_get_policy_needs_a_key_and_a_served_model(make_server) -> None:  # type: ignore[no-untyped-def]
     server = make_server(workers=0)
-    assert httpx.get(f"{server.url}/api/v1/uploads", params={"action": "getPolicy", "model": "wan2.6-r2v"}).status_code == 401
+    policy = {"action": "getPolicy", "model": "wan2.6-r2v"}
+    assert httpx.get(f"{server.url}/api/v1/uploads", params=policy).status_code == 401
     r = server.client().get("/api/v1/uploads", params={"action": "getPolicy", "model": "nope"})
     assert r.status_code == 404 and r.json()["code"] == "ModelNotFound"
     r = server.client().get("/api/v1/uploads", params={"action": "other", "model": "wan2.6-r2v"})
@@ -215,10 +217,8 @@ def send_until_answered(server: LiveServer, prefix: bytes, file_size: int) -> tu
             assert events, f"the server neither answered nor read on after {sent} bytes of the file"
             if events[0][1] & selectors.EVENT_READ:
                 break
-            try:
+            with contextlib.suppress(BlockingIOError):
                 sent += sock.send(chunk[:file_size - sent])
-            except BlockingIOError:
-                pass
         sock.setblocking(True)
         if sent == file_size:
             sock.sendall(END)

@@ -42,7 +42,8 @@ def test_generate_in_process_with_no_server(tmp_path: Path) -> None:
 
 def test_generate_status_list_against_a_server(server: LiveServer, tmp_path: Path) -> None:
     opts = ["--server", server.url, "--key", server.key]
-    done = run(["generate", "character1 steps=5 step_ms=20", "-r", ref_url("a.png"), "-o", "v.mp4", "--json", *opts], tmp_path)
+    done = run(["generate", "character1 steps=5 step_ms=20", "-r", ref_url("a.png"), "-o", "v.mp4", "--json", *opts],
+               tmp_path)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["output"]["task_status"] == "SUCCEEDED" and Path(result["file"]).exists()

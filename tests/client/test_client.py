@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 import pytest
@@ -93,7 +93,7 @@ def test_list_pages_and_filters(make_server: Callable[..., LiveServer]) -> None:
         assert [t.id for t in page.items] == [ids[2], ids[1]] and [t.id for t in page] == [ids[2], ids[1]]
         item = page.items[0]
         assert isinstance(item, TaskSummary) and item.status == "PENDING" and item.model == "wan2.6-r2v-flash"
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         assert item.created.tzinfo is not None and abs(item.created - now) < timedelta(minutes=1)
         assert item.started is None and item.ended is None
 

@@ -60,8 +60,8 @@ def test_boxes_keep_the_reference_aspect_and_stay_mostly_in_frame() -> None:
             assert abs(placement.box.w / placement.box.h - ref.width / ref.height) < 0.02
             for frame in (shot.start, shot.end - 1):
                 box = shot.box_of(placement.character, frame)
-                assert -0.1 * 1280 < box.x and box.x + box.w < 1.1 * 1280
-                assert 0 <= box.y and box.y + box.h <= 720
+                assert box.x > -0.1 * 1280 and box.x + box.w < 1.1 * 1280
+                assert box.y >= 0 and box.y + box.h <= 720
 
 
 def test_same_seed_same_plan_other_seed_other_layout() -> None:

@@ -141,7 +141,8 @@ def test_each_shot_shows_the_references_its_plan_names(engine: PreviewEngine, re
         for character in shot.characters:
             box = shot.box_of(character, middle)
             inset = max(8, box.w // 8)
-            region = frames[middle][box.y + inset : box.y + box.h - inset, max(0, box.x + inset) : box.x + box.w - inset]
+            rows = slice(box.y + inset, box.y + box.h - inset)
+            region = frames[middle][rows, max(0, box.x + inset) : box.x + box.w - inset]
             mean = region.reshape(-1, 3).mean(axis=0)
             assert np.abs(mean - COLOURS[character]).max() < 30, (shot, character, mean)
 

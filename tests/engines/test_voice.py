@@ -89,7 +89,8 @@ def test_a_chinese_line_is_spoken_in_mandarin(speech: Speech) -> None:
 
 @pytest.mark.parametrize(
     "text, language",
-    [("Hello there", "en-us"), ("你好", "cmn"), ("他说: OK 好的好的", "cmn"), ("Meet Li 李 at noon", "en-us"), ("", "en-us")],
+    [("Hello there", "en-us"), ("你好", "cmn"), ("他说: OK 好的好的", "cmn"), ("Meet Li 李 at noon", "en-us"),
+     ("", "en-us")],
 )
 def test_language_of_picks_mandarin_for_mostly_han_text(text: str, language: str) -> None:
     assert language_of(text) == language

@@ -63,7 +63,8 @@ def test_kinds_and_decoders() -> None:
 
 def test_what_each_place_accepts() -> None:
     assert refusal(PNG, None) is None and refusal(MP4, None) is None
-    assert refusal(WAV, None) == "unsupported format: a WAV audio file is not a JPEG, PNG, BMP or WEBP image, nor an MP4 or MOV video"
+    assert refusal(WAV, None) == ("unsupported format: a WAV audio file is not a JPEG, PNG, BMP or WEBP image,"
+                                  " nor an MP4 or MOV video")
     assert refusal(MP3, "audio") is None
     assert refusal(PNG, "audio") == "expected a voice recording (WAV or MP3), got a PNG image"
     assert refusal(MP4, "image") == "expected an image, got a MP4 video"

@@ -146,7 +146,8 @@ def test_an_oss_style_xml_error_from_the_upload_host(faults: FaultServer, tmp_pa
 
     with pytest.raises(ProviderError) as caught:
         run(faults.url, work)
-    assert (caught.value.code, caught.value.message, caught.value.status) == ("FileAlreadyExists", "upload: exists", 409)
+    failure = caught.value
+    assert (failure.code, failure.message, failure.status) == ("FileAlreadyExists", "upload: exists", 409)
     get_policy, upload = faults.hits
     assert get_policy.path == "/api/v1/uploads?action=getPolicy&model=wan2.6-r2v"
     assert get_policy.headers["authorization"] == "Bearer sk-test"

@@ -12,10 +12,12 @@ from pydantic import ValidationError
 
 from ref2video.engines.dashscope import DashscopeEngine
 from ref2video.config import Settings
-from tests.conftest import database_url  # noqa: F401  the relay's own database: SQLite and PostgreSQL again
+from tests import conftest
 from tests.live import LiveServer, make_body, media_body, ref_url
 from tests.relay.proxy import FaultProxy, Rule
 from tests.relay.relays import QUICK, provider_tasks, row, start_provider, start_relay, wait_for
+
+database_url = conftest.database_url  # the relay's own database: SQLite and PostgreSQL again
 
 
 
@@ -238,7 +240,8 @@ def test_the_media_form_is_passed_on_as_sent(relay: LiveServer, provider: LiveSe
     """wan2.7-r2v through the relay: the provider gets input.media (our upload sent on to its
     storage first, with its voice) and the resolution and ratio, and its usage comes back."""
     image = httpx.get(ref_url("b.jpg")).content
-    ours = relay.client().post("/api/v1/uploads", files={"file": ("hero.jpg", image, "image/jpeg")}).json()["output"]["url"]
+    uploaded = relay.client().post("/api/v1/uploads", files={"file": ("hero.jpg", image, "image/jpeg")})
+    ours = uploaded.json()["output"]["url"]
     body = media_body("Image 1 waves at Video 1 steps=3 step_ms=50 refs=image,video",
                       [{"type": "reference_image", "url": ours, "reference_voice": ref_url("voice.wav")},
                        {"type": "reference_video", "url": ref_url("c.mp4")}], resolution="720P", ratio="3:4")

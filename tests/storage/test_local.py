@@ -54,7 +54,8 @@ def test_a_put_killed_before_its_rename_leaves_a_partial_the_listing_reports(
 def test_a_key_that_ends_in_partial_is_a_complete_file_not_a_leftover(storage: LocalStorage, source: Path) -> None:
     # An upload named `notes.partial` is stored under a blob name with that suffix.
     storage.put("0123abcd.partial", source)
-    assert list(storage.listing()) == [StoredObject("0123abcd.partial", (storage.root / "0123abcd.partial").stat().st_mtime)]
+    mtime = (storage.root / "0123abcd.partial").stat().st_mtime
+    assert list(storage.listing()) == [StoredObject("0123abcd.partial", mtime)]
 
 
 def test_what_is_not_ours_is_never_listed(storage: LocalStorage, source: Path) -> None:

@@ -45,7 +45,8 @@ LIST_PARAMETERS: dict[str, Any] = {"parameters": [
     _query("model_name", {"type": "string"}, "only this model's tasks"),
     _query("status", {"type": "string"}, "PENDING, RUNNING, SUCCEEDED, FAILED or CANCELED; several comma-separated"),
     _query("task_id_prefix", {"type": "string"},
-           "a ref2video extension: only the tasks whose id starts with this (exact case); the provider has no such filter"),
+           "a ref2video extension: only the tasks whose id starts with this (exact case);"
+           " the provider has no such filter"),
 ]}
 
 _CREATE_BODY = {

@@ -39,7 +39,8 @@ class InputBody(BaseModel):
 
 
 class ParametersBody(BaseModel):
-    size: str | None = Field(None, description="the urls form: exact W*H from the 720P or 1080P tier; default 1920*1080")
+    size: str | None = Field(
+        None, description="the urls form: exact W*H from the 720P or 1080P tier; default 1920*1080")
     resolution: Literal["720P", "1080P"] | None = Field(None, description="the media form; default 1080P")
     ratio: Literal["16:9", "9:16", "1:1", "4:3", "3:4"] | None = Field(None, description="the media form; default 16:9")
     duration: int = Field(5, ge=2, le=15, description="2 to 10 s; the media form without a reference video: to 15")

@@ -10,9 +10,9 @@ import signal
 import socket
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -31,7 +31,7 @@ app = typer.Typer(help="ref2video: reference-to-video tasks on your own terms.",
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML settings file")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file")]
 # Click's exception base, as the installed typer has it (newer ones carry their own copy of click).
 _ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 InitOpt = Annotated[bool, typer.Option("--init", help="create the database if there is none (serve always does)")]
@@ -62,9 +62,9 @@ def _where(settings: Settings) -> str:
 @app.command()
 def serve(
     config: ConfigOpt = None,
-    host: Annotated[Optional[str], typer.Option(help="address to listen on")] = None,
-    port: Annotated[Optional[int], typer.Option(help="port to listen on")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="tasks run at once in this process (0: API only)")] = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
+    workers: Annotated[int | None, typer.Option(help="tasks run at once in this process (0: API only)")] = None,
 ) -> None:
     """Run the HTTP API (and, by default, workers in the same process); creates the database if needed."""
     import uvicorn
@@ -101,8 +101,8 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 @app.command()
-def worker(config: ConfigOpt = None, workers: Annotated[Optional[int], typer.Option()] = None,
-           models: Annotated[Optional[str], typer.Option(
+def worker(config: ConfigOpt = None, workers: Annotated[int | None, typer.Option()] = None,
+           models: Annotated[str | None, typer.Option(
                help="comma-separated models whose tasks this process runs (default: all)")] = None,
            init: InitOpt = False) -> None:
     """Run workers only, against the configured database (scale-out)."""
@@ -185,7 +185,7 @@ def _check_database(settings: Settings, *, init: bool) -> None:
 def _when(epoch_ms: int | None) -> str:
     if epoch_ms is None:
         return ""
-    return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 from .accounts import register as register_accounts  # noqa: E402  (after `app` exists)

@@ -16,7 +16,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -42,8 +42,9 @@ from .output import emit_json, err, fail, one_line, out, piped
 
 __all__ = ["register"]
 
-ServerOpt = Annotated[Optional[str], typer.Option("--server", envvar="REF2VIDEO_SERVER", help="base URL of a ref2video server")]
-KeyOpt = Annotated[Optional[str], typer.Option("--key", envvar="REF2VIDEO_API_KEY", help="API key")]
+ServerOpt = Annotated[
+    str | None, typer.Option("--server", envvar="REF2VIDEO_SERVER", help="base URL of a ref2video server")]
+KeyOpt = Annotated[str | None, typer.Option("--key", envvar="REF2VIDEO_API_KEY", help="API key")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout, for scripts")]
 TaskIdArg = Annotated[str, typer.Argument(help="task id, or a unique prefix of it (at least 4 characters)")]
 
@@ -58,29 +59,32 @@ def register(app: typer.Typer) -> None:
 
 def generate(
     prompt: Annotated[str, typer.Argument(help="what happens; name references character1, character2, ...")],
-    reference: Annotated[list[str], typer.Option("--reference", "-r", help="image or video: URL or local file (1 to 5, in character order)")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="where to save the video (default <task id>.mp4)")] = None,
+    reference: Annotated[list[str], typer.Option(
+        "--reference", "-r", help="image or video: URL or local file (1 to 5, in character order)")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="where to save the video (default <task id>.mp4)")] = None,
     model: Annotated[str, typer.Option(help="wan2.6-r2v-flash, wan2.6-r2v or wan2.7-r2v")] = "wan2.6-r2v-flash",
-    size: Annotated[Optional[str], typer.Option(help="W*H, e.g. 1280*720 (wan2.6)")] = None,
-    resolution: Annotated[Optional[str], typer.Option(help="720P or 1080P (wan2.7)")] = None,
-    ratio: Annotated[Optional[str], typer.Option(help="16:9, 9:16, 1:1, 4:3 or 3:4 (wan2.7)")] = None,
-    duration: Annotated[Optional[int], typer.Option(help="seconds, 2 to 10")] = None,
-    shot: Annotated[Optional[str], typer.Option(help="single or multi")] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    audio: Annotated[Optional[bool], typer.Option("--audio/--no-audio")] = None,
-    watermark: Annotated[Optional[bool], typer.Option("--watermark/--no-watermark")] = None,
-    negative: Annotated[Optional[str], typer.Option("--negative", help="negative prompt")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="give up waiting after this many seconds")] = None,
+    size: Annotated[str | None, typer.Option(help="W*H, e.g. 1280*720 (wan2.6)")] = None,
+    resolution: Annotated[str | None, typer.Option(help="720P or 1080P (wan2.7)")] = None,
+    ratio: Annotated[str | None, typer.Option(help="16:9, 9:16, 1:1, 4:3 or 3:4 (wan2.7)")] = None,
+    duration: Annotated[int | None, typer.Option(help="seconds, 2 to 10")] = None,
+    shot: Annotated[str | None, typer.Option(help="single or multi")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    audio: Annotated[bool | None, typer.Option("--audio/--no-audio")] = None,
+    watermark: Annotated[bool | None, typer.Option("--watermark/--no-watermark")] = None,
+    negative: Annotated[str | None, typer.Option("--negative", help="negative prompt")] = None,
+    timeout: Annotated[float | None, typer.Option(help="give up waiting after this many seconds")] = None,
     server: ServerOpt = None,
     key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a task, show its progress, and save the video."""
-    params = dict(model=model, size=size, duration=duration, shot_type=shot, seed=seed, audio=audio,
-                  watermark=watermark, negative_prompt=negative, resolution=resolution, ratio=ratio)
     in_process = not server  # _connect runs a server here exactly when none is named
     with _errors(as_json, in_process=in_process), _connect(server, key, in_process_ok=True) as client:
-        task = client.create(prompt, reference, **{k: v for k, v in params.items() if v is not None})
+        # An option not given is None, as create's own default for each of these is.
+        task = client.create(prompt, reference, model=model, size=size, duration=duration, shot_type=shot, seed=seed,
+                             audio=audio, watermark=watermark, negative_prompt=negative, resolution=resolution,
+                             ratio=ratio)
         if not as_json:
             err.print(f"task {task.id}")  # the whole id at once: `status` and `cancel` from another shell
         task = _watch(client, task, timeout, quiet=as_json)
@@ -131,8 +135,9 @@ def cancel(task_id: TaskIdArg, server: ServerOpt = None, key: KeyOpt = None, as_
 
 
 def list_tasks(
-    status_filter: Annotated[Optional[str], typer.Option("--status", help="PENDING, RUNNING, SUCCEEDED, FAILED or CANCELED")] = None,
-    model: Annotated[Optional[str], typer.Option()] = None,
+    status_filter: Annotated[str | None, typer.Option(
+        "--status", help="PENDING, RUNNING, SUCCEEDED, FAILED or CANCELED")] = None,
+    model: Annotated[str | None, typer.Option()] = None,
     page: Annotated[int, typer.Option(min=1)] = 1,
     page_size: Annotated[int, typer.Option(min=1, max=100)] = 20,
     server: ServerOpt = None,
@@ -198,7 +203,8 @@ def _watch(client: Client, task: Task, timeout: float | None, *, quiet: bool) ->
     """Wait for the task, with a live bar of its state and progress unless `quiet`."""
     if quiet:
         return client.wait(task, timeout=timeout)
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False) as bar:
         row = bar.add_task(f"{task.id[:8]} PENDING", total=100)
 
@@ -221,7 +227,8 @@ def _connect(server: str | None, key: str | None, *, in_process_ok: bool = False
             yield client
         return
     if not in_process_ok:
-        raise typer.BadParameter("no server configured: pass --server and --key, or set REF2VIDEO_SERVER and REF2VIDEO_API_KEY")
+        raise typer.BadParameter("no server configured: pass --server and --key,"
+                                 " or set REF2VIDEO_SERVER and REF2VIDEO_API_KEY")
     from ..config import Settings
     from ..embedded import embedded_server
 

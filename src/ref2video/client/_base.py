@@ -19,7 +19,7 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone, tzinfo
+from datetime import datetime, tzinfo, UTC
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeAlias
@@ -200,7 +200,8 @@ class _BaseClient:
         return [_reference(ref) for ref in references]
 
     @staticmethod
-    def _media_types(model: str, references: Sequence[str | Path], parameters: dict[str, Any]) -> builtins.list[str] | None:
+    def _media_types(model: str, references: Sequence[str | Path],
+                     parameters: dict[str, Any]) -> builtins.list[str] | None:
         """For a media-form model (or when resolution or ratio is given): each reference's
         `type`, from its file name; None for the urls form."""
         if model not in MEDIA_MODELS and parameters.get("resolution") is None and parameters.get("ratio") is None:
@@ -378,7 +379,7 @@ def _media_type(reference: str | Path) -> str:
 def _server_time(moment: datetime, zone: tzinfo) -> str:
     """`moment` (naive: UTC) as the server reads list times: in its zone, without an offset."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(zone).strftime(_TIME_FORMAT)
 
 
@@ -396,8 +397,8 @@ def _retry_after(response: httpx.Response) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _describe(exc: httpx.TransportError) -> str:

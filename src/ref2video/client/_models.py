@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 __all__ = ["Task", "Usage", "TaskSummary", "TaskPage", "TERMINAL_STATES"]
@@ -120,7 +120,7 @@ class TaskSummary:
             id=str(item.get("task_id", "")),
             status=str(item.get("status", "UNKNOWN")),
             model=str(item.get("model_name", "")),
-            created=created or datetime.fromtimestamp(0, timezone.utc),
+            created=created or datetime.fromtimestamp(0, UTC),
             started=_from_epoch_ms(item.get("start_time")),
             ended=_from_epoch_ms(item.get("end_time")),
         )
@@ -174,4 +174,4 @@ def _optional_str(value: Any) -> str | None:
 
 def _from_epoch_ms(value: Any) -> datetime | None:
     ms = _optional_int(value)
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, timezone.utc)
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)

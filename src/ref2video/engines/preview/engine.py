@@ -21,6 +21,7 @@ from .script import read_prompt
 
 if TYPE_CHECKING:
     from ...config import Settings
+    from .voice import Speech
 
 __all__ = ["PreviewEngine"]
 
@@ -38,7 +39,7 @@ class PreviewEngine:
 
     def __init__(self, *, badge: bool = True) -> None:
         self.badge = badge
-        self._speech = None
+        self._speech: Speech | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PreviewEngine:
@@ -63,7 +64,7 @@ class PreviewEngine:
 
         # 3. Speak the lines first, so the plan can time the subtitles to the speech. Each
         #    speaker speaks at the height of their own voice, when the request gave one.
-        spoken = []
+        spoken: list[np.ndarray] = []
         if spec.audio and script.lines:
             assert self._speech is not None
             spoken = speak_lines(script.lines, len(refs), spec.seed, self._speech, self._recordings(request))

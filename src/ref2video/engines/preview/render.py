@@ -10,7 +10,6 @@ overlay); the encoder runs on its own thread alongside.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import queue
@@ -96,7 +95,8 @@ class _Layer:
         if partial.mean() > 0.3:  # mostly translucent: blending it all is cheaper
             a = np.repeat(alpha, 3, axis=2).astype(np.uint16)
             return cls(rgb, alpha, over=(rgb.astype(np.uint16) * a, 255 - a))
-        return cls(rgb, alpha, np.repeat(alpha == 255, 3, axis=2), np.nonzero(partial))
+        rows, columns = np.nonzero(partial)
+        return cls(rgb, alpha, np.repeat(alpha == 255, 3, axis=2), (rows, columns))
 
 
 def _blit(canvas: np.ndarray, layer: _Layer, x: int, y: int) -> None:
@@ -217,7 +217,8 @@ def _framed(picture: Image.Image) -> Image.Image:
     return framed
 
 
-def _video_frames(ref: Reference, width: int, height: int, fps: int, *, cover: bool, dim: float = 1.0) -> Iterator[np.ndarray]:
+def _video_frames(ref: Reference, width: int, height: int, fps: int, *, cover: bool,
+                  dim: float = 1.0) -> Iterator[np.ndarray]:
     """The reference's frames at `fps`, looping forever, scaled to width x height (for `cover`,
     scaled to fill and centre-cropped, so the picture keeps its aspect).
 
@@ -486,7 +487,8 @@ class Encoder:
         for _ in range(self.POOL):
             frame = av.VideoFrame(width, height, "rgb24")
             plane = frame.planes[0]
-            rows = np.frombuffer(plane, np.uint8).reshape(height, plane.line_size)
+            # memoryview: on Python 3.11 numpy's types take no buffer protocol, only named kinds
+            rows = np.frombuffer(memoryview(plane), np.uint8).reshape(height, plane.line_size)
             self.free.put((frame, rows[:, : width * 3].reshape(height, width, 3)))
         self.ready: queue.Queue[tuple[av.VideoFrame, np.ndarray] | None] = queue.Queue()
         self.current: tuple[av.VideoFrame, np.ndarray] | None = None

@@ -97,7 +97,7 @@ def read_prompt(prompt: str, references: int, scene_hints: dict[int, bool] | Non
     """
     quotes: list[str] = []
     masked = _mask_quotes(prompt, quotes)
-    beats = []
+    beats: list[Beat] = []
     for text in _beats_of(masked):
         beats.append(_beat(text, len(beats), quotes, references))
     lines = tuple(line for beat in beats for line in beat.lines)

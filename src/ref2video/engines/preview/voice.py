@@ -269,7 +269,7 @@ def _library() -> Iterator[tuple[ctypes.CDLL, int]]:
 def _files() -> tuple[str, str]:
     """The wheel's shared library and data folder."""
     try:
-        import espeakng_loader  # type: ignore[import-untyped]
+        import espeakng_loader
 
         return str(espeakng_loader.get_library_path()), str(espeakng_loader.get_data_path())
     except (ImportError, RuntimeError) as exc:
