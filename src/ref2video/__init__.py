@@ -1,7 +1,6 @@
 """ref2video: a self-hostable reference-to-video task service, wire-compatible with DashScope."""
 
-__version__ = "0.1.0"
-
+from .version import __version__
 from .client import AsyncClient, Client
 from .config import Settings
 from .engines.base import Engine, GenerationRequest, GenerationResult, JobContext

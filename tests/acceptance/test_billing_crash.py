@@ -75,7 +75,8 @@ def test_random_sigkills_leave_the_books_exact(tmp_path: Path, database_url: str
                 prompt = ("character1 waves fail=Boom" if kind < 0.15 else
                           f"character1 waves steps={rng.randint(2, 10)} step_ms={rng.randint(50, 150)}")
                 try:
-                    r = clients[owner].post("/task/bailian/ref2video", json=make_body(prompt, duration=rng.choice([5, 10])))
+                    body = make_body(prompt, duration=rng.choice([5, 10]))
+                    r = clients[owner].post("/task/bailian/ref2video", json=body)
                     if r.status_code == 200:
                         task_id = r.json()["output"]["task_id"]
                         created.append(task_id)

@@ -41,7 +41,8 @@ def test_worker_processes_share_one_table_without_double_runs(tmp_path: Path, pg
         time.sleep(0.3)
         wakeup = Wakeup(db)
         spec = TaskSpec(model="wan2.6-r2v-flash", prompt="steps=2 step_ms=20", reference_urls=(ref_url("a.png"),))
-        ids = [tasks.create(db, spec, Principal("k", "o"), retention_ms=86_400_000, on_insert=wakeup.notify_in).id for _ in range(30)]
+        ids = [tasks.create(db, spec, Principal("k", "o"), retention_ms=86_400_000, on_insert=wakeup.notify_in).id
+               for _ in range(30)]
         deadline = time.monotonic() + 60
         while True:
             with db.connect() as conn:

@@ -39,7 +39,8 @@ def test_an_operator_runs_accounts_and_keys_over_http(make_server: Any) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["account"]["balance"] == "10" and r.json()["account"]["daily_limit"] == "5"
     assert admin.post("/admin/v1/accounts", json={"owner": "acme"}).status_code == 400  # exists
-    assert admin.post("/admin/v1/accounts/acme/credit", json={"amount": 2.5, "note": "gift"}).json()["balance"] == "12.5"
+    topped = admin.post("/admin/v1/accounts/acme/credit", json={"amount": 2.5, "note": "gift"})
+    assert topped.json()["balance"] == "12.5"
     assert admin.post("/admin/v1/accounts/nobody/credit", json={"amount": 1}).status_code == 404
     bad = admin.post("/admin/v1/accounts/acme/credit", json={"amount": "lots"})
     assert bad.status_code == 400 and bad.json()["code"] == "InvalidParameter"

@@ -10,7 +10,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from .. import __version__
+from ..version import __version__
 from ..config import Settings
 from ..service import Service
 from .errors import install_error_handlers
@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        running = service or await to_thread.run_sync(Service, settings or Settings())
+        running = service if service is not None else await to_thread.run_sync(Service, settings or Settings())
         app.state.service = running
         await to_thread.run_sync(running.start)
         try:

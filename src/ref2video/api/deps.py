@@ -22,7 +22,8 @@ T = TypeVar("T")
 
 
 def service_of(request: Request) -> Service:
-    return request.app.state.service
+    service: Service = request.app.state.service
+    return service
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:

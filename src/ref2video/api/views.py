@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from ..protocol import Status, format_time
 from ..storage.signing import UrlSigner
-from ..store.tasks import TaskRecord
+from ..app.tasks import TaskRecord
 
 __all__ = ["task_output", "unknown_output", "list_item", "wire_status"]
 

@@ -147,14 +147,16 @@ def usage(db: Engine, *, tz: ZoneInfo, owner: str | None = None, since_ms: int |
         total[0] += 1
         total[1] += int((r.detail or {}).get("seconds", 0))
         total[2] += -r.amount
-    return [UsageRow(o, m, d, *t) for (o, m, d), t in sorted(totals.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1]))]
+    ordered = sorted(totals.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1]))  # day, owner, model
+    return [UsageRow(o, m, d, *t) for (o, m, d), t in ordered]
 
 
 def audit(db: Engine, owners: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
     """Accounts whose balance is not the sum of their ledger: owner -> (balance, sum). Empty
     when the books are right."""
     with db.connect() as conn:
-        sums = dict(conn.execute(select(LedgerEntry.owner, func.sum(LedgerEntry.amount)).group_by(LedgerEntry.owner)).all())
+        sums = dict(conn.execute(
+            select(LedgerEntry.owner, func.sum(LedgerEntry.amount)).group_by(LedgerEntry.owner)).all())
         balances = dict(conn.execute(select(Account.owner, Account.balance)).all())
     wanted = set(owners) if owners is not None else set(balances) | set(sums)
     return {o: (int(balances.get(o, 0)), int(sums.get(o) or 0)) for o in wanted

@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from ..store import keys
-from ..store.keys import KeyInfo
+from ..store.keys import ROLES, KeyInfo
 
-__all__ = ["KeyInfo", "create_key", "list_keys", "revoke_key", "count_keys", "server_secret", "is_live"]
+__all__ = ["ROLES", "KeyInfo", "create_key", "list_keys", "revoke_key", "count_keys", "server_secret", "is_live"]
 
 
 def create_key(db: Engine, owner: str = "default", name: str = "", role: str = "user") -> tuple[str, KeyInfo]:

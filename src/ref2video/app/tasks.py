@@ -23,6 +23,9 @@ from .ledger import Prices
 __all__ = ["TaskRecord", "TaskPage", "Billing", "create", "get", "page", "cancel"]
 
 
+_NO_LOCK = contextlib.nullcontext()  # reusable: it holds nothing
+
+
 @dataclasses.dataclass(frozen=True)
 class Billing:
     """What a create needs when billing is on: the prices, and the zone spend limits' days are in."""
@@ -32,7 +35,7 @@ class Billing:
 
 
 def create(db: Engine, spec: TaskSpec, principal: Principal, *, retention_ms: int,
-           write_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext(),
+           write_lock: contextlib.AbstractContextManager[object] = _NO_LOCK,
            on_insert: Callable[[Connection], None] | None = None, billing: Billing | None = None) -> TaskRecord:
     """A new PENDING task of `principal`'s, once every `oss://` file it names is theirs, and,
     with `billing`, once its largest cost is held against the owner's balance (else `Arrearage`,
@@ -69,7 +72,7 @@ def page(db: Engine, principal: Principal, *, retention_ms: int, page_no: int = 
 
 
 def cancel(db: Engine, principal: Principal, task_id: str, *,
-           write_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()) -> Status | None:
+           write_lock: contextlib.AbstractContextManager[object] = _NO_LOCK) -> Status | None:
     """Cancel the principal's task (see `transitions.cancel`)."""
     with write_lock, db.begin() as conn:
         return transitions.cancel(conn, principal.owner, task_id)

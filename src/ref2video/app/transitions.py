@@ -241,8 +241,8 @@ def _end(conn: Connection, held: Held, status: Status, engine: str | None, **val
             effects.after(conn, [held.task_id], status, usage=values.get("usage"))
             return status
     promised = [] if status is Status.CANCELED else [Task.cancel_requested]
-    done = conn.execute(update(Task).where(_held(held), *promised).values(**ended, status=Status.CANCELED.value))
-    if not done.rowcount:
+    canceled = conn.execute(update(Task).where(_held(held), *promised).values(**ended, status=Status.CANCELED.value))
+    if not canceled.rowcount:
         return None
     effects.after(conn, [held.task_id], Status.CANCELED)
     return Status.CANCELED

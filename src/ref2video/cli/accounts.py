@@ -9,7 +9,7 @@ import sys
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 from zoneinfo import ZoneInfo
 
 import typer
@@ -24,9 +24,9 @@ __all__ = ["register"]
 
 accounts_app = typer.Typer(help="Accounts, balances and usage (when billing is on).", no_args_is_help=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML settings file")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file")]
 InitOpt = Annotated[bool, typer.Option("--init", help="create the database if there is none")]
-LimitOpt = Annotated[Optional[str], typer.Option(help="credits; 'none' lifts the limit")]
+LimitOpt = Annotated[str | None, typer.Option(help="credits; 'none' lifts the limit")]
 
 
 def register(app: typer.Typer) -> None:
@@ -153,7 +153,7 @@ def statement(owner: str, as_csv: Annotated[bool, typer.Option("--csv", help="CS
 
 
 @accounts_app.command("usage")
-def usage(owner: Annotated[Optional[str], typer.Option(help="one owner (default: all)")] = None,
+def usage(owner: Annotated[str | None, typer.Option(help="one owner (default: all)")] = None,
           as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout")] = False,
           config: ConfigOpt = None, init: InitOpt = False) -> None:
     """What was charged, by owner, model and day."""

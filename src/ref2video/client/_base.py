@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from .. import __version__
+from ..version import __version__
 from ._errors import AmbiguousTaskId, ClientError, TaskFailed, TaskNotFound, TransportError, error_for_response
 from ._models import Task, TaskPage
 

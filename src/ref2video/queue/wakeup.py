@@ -78,6 +78,7 @@ class Wakeup:
                 raw = self.engine.raw_connection()
                 try:
                     pg = raw.driver_connection
+                    assert pg is not None
                     pg.autocommit = True
                     pg.execute(f"LISTEN {CHANNEL}")
                     while not self._stopping.is_set():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -23,7 +25,7 @@ class Task(Base):
     key_id: Mapped[str] = mapped_column(String(32))
     model: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))
-    spec: Mapped[dict] = mapped_column(JSON)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     progress: Mapped[int] = mapped_column(Integer, default=0)
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # claims so far
     lease_token: Mapped[str | None] = mapped_column(String(36))
@@ -35,7 +37,7 @@ class Task(Base):
     ended_at: Mapped[int | None] = mapped_column(BigInteger)
     engine: Mapped[str | None] = mapped_column(String(64))
     result_key: Mapped[str | None] = mapped_column(String(255))
-    usage: Mapped[dict | None] = mapped_column(JSON)
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     # The DashScope relay (ref2video.engines.dashscope): the provider's task, the account (a key's
@@ -135,7 +137,7 @@ class LedgerEntry(Base):
     task_id: Mapped[str | None] = mapped_column(String(36))
     task_at: Mapped[int | None] = mapped_column(BigInteger)  # the task's submit time: spend limits count by it
     model: Mapped[str | None] = mapped_column(String(64))
-    detail: Mapped[dict | None] = mapped_column(JSON)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[int] = mapped_column(BigInteger)
 
@@ -169,7 +171,7 @@ class WebhookEndpoint(Base):
     owner: Mapped[str] = mapped_column(String(64))
     url: Mapped[str] = mapped_column(Text)
     secret: Mapped[str] = mapped_column(String(128))
-    events: Mapped[list] = mapped_column(JSON)
+    events: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[int] = mapped_column(BigInteger)
     disabled_at: Mapped[int | None] = mapped_column(BigInteger)
 
@@ -188,7 +190,7 @@ class OutboxMessage(Base):
     url: Mapped[str] = mapped_column(Text)
     event: Mapped[str] = mapped_column(String(32))
     task_id: Mapped[str] = mapped_column(String(36))
-    payload: Mapped[dict] = mapped_column(JSON)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[int] = mapped_column(BigInteger)
     next_at: Mapped[int] = mapped_column(BigInteger)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -152,4 +152,5 @@ def owned_result_keys(conn: Connection, keys: Collection[str]) -> set[str]:
     """Those of `keys` that some task names as its result: one query, so pass a batch."""
     if not keys:
         return set()
-    return set(conn.execute(select(Task.result_key).where(Task.result_key.in_(list(keys)))).scalars())
+    found = conn.execute(select(Task.result_key).where(Task.result_key.in_(list(keys)))).scalars()
+    return {key for key in found if key is not None}

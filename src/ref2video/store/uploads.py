@@ -16,8 +16,8 @@ from .db import now_ms
 from .keys import Principal
 from .models import Upload
 
-__all__ = ["UploadRecord", "record_upload", "key_taken", "find_upload", "unknown_keys", "expired_uploads", "delete_uploads",
-           "owned_blobs"]
+__all__ = ["UploadRecord", "record_upload", "key_taken", "find_upload", "unknown_keys", "expired_uploads",
+           "delete_uploads", "owned_blobs"]
 
 
 @dataclasses.dataclass(frozen=True)

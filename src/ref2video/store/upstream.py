@@ -70,7 +70,8 @@ def recorded(conn: Connection, upstream_ids: Sequence[str]) -> set[str]:
     """Which of these upstream tasks already belong to a task of ours."""
     if not upstream_ids:
         return set()
-    return set(conn.execute(select(Task.upstream_id).where(Task.upstream_id.in_(list(upstream_ids)))).scalars())
+    found = conn.execute(select(Task.upstream_id).where(Task.upstream_id.in_(list(upstream_ids)))).scalars()
+    return {upstream_id for upstream_id in found if upstream_id is not None}
 
 
 def siblings(conn: Connection, task_id: str, account: str, model: str, start_ms: int, end_ms: int) -> int:

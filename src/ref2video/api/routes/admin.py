@@ -13,10 +13,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from ...app import accounts, keys
+from ...app.keys import ROLES
 from ...app.auth import Principal
 from ...app.ledger import to_credits, to_micro
 from ...errors import AccessDenied, InvalidParameter, NotFound, UnsupportedOperation, clip
-from ...store.keys import ROLES
 from ..deps import in_thread, principal_of, read_json, service_of
 from ..errors import request_id
 from ..openapi import SECURITY, errors

@@ -111,26 +111,27 @@ async def cancel(request: Request, task_id: str) -> JSONResponse:
 
 
 @router.get("/api/v1/tasks", tags=["native"], summary="List your tasks, newest first",
-            response_model=TaskList, responses=errors(400, 401), openapi_extra={**LIST_PARAMETERS, "security": SECURITY})
+            response_model=TaskList, responses=errors(400, 401),
+            openapi_extra={**LIST_PARAMETERS, "security": SECURITY})
 async def list_tasks(request: Request) -> JSONResponse:
     service = service_of(request)
     principal = await principal_of(request)
     q = request.query_params
     page_no = _int_param(q.get("page_no"), "page_no", 1, 1, 1_000_000)
     page_size = _int_param(q.get("page_size"), "page_size", 10, 1, 100)
-    filters = dict(
-        page_no=page_no, page_size=page_size, status=_statuses(q.get("status")),
-        start_ms=_time_param(q.get("start_time"), "start_time", service),
-        end_ms=_time_param(q.get("end_time"), "end_time", service),
-        model=text_param(request, "model_name") or None,
-    )
+    statuses = _statuses(q.get("status"))
+    start_ms = _time_param(q.get("start_time"), "start_time", service)
+    end_ms = _time_param(q.get("end_time"), "end_time", service)
+    model = text_param(request, "model_name") or None
     # A ref2video extension (PROTOCOL.md 6); a prefix no id of ours can start with matches nothing.
     prefix = text_param(request, "task_id_prefix") or None
     if prefix is not None and not _plausible(prefix):
         page = tasks.TaskPage(items=[], total=0)
     else:
         page = await in_thread(
-            lambda: tasks.page(service.db, principal, retention_ms=service.retention_ms, id_prefix=prefix, **filters)
+            lambda: tasks.page(service.db, principal, retention_ms=service.retention_ms, page_no=page_no,
+                               page_size=page_size, status=statuses, start_ms=start_ms, end_ms=end_ms, model=model,
+                               id_prefix=prefix)
         )
     return _ok({
         "data": [list_item(t) for t in page.items],

@@ -20,6 +20,7 @@ fail) is the `Handler`'s business.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -164,10 +165,8 @@ class AccountPoller:
             wait = self._idle_for(self._clock())
             if wait > 0:
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=min(wait, 1.0))
-                except TimeoutError:
-                    pass
                 continue
             await self.limiter.acquire()
             job = self._take(self._clock())

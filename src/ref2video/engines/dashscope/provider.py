@@ -19,7 +19,7 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import datetime, timedelta, tzinfo, UTC
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ... import __version__
+from ...version import __version__
 from ...protocol import TERMINAL
 from .errors import ProviderError, ProviderTransient
 from .limiter import RateLimiter
@@ -140,7 +140,7 @@ class ProviderClient:
 
     def __init__(self, base_url: str, api_keys: Sequence[str], *, timeout: float = 30.0,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 limiters: Sequence[RateLimiter] | None = None, tz: tzinfo = timezone.utc) -> None:
+                 limiters: Sequence[RateLimiter] | None = None, tz: tzinfo = UTC) -> None:
         self.base_url = _checked_base_url(base_url)
         self._keys = [key.strip() for key in api_keys if isinstance(key, str) and key.strip()]
         if not self._keys or len(self._keys) != len(api_keys):
@@ -453,12 +453,12 @@ def _quoted(task_id: str) -> str:
 
 def utc(epoch_ms: int) -> datetime:
     """An epoch-milliseconds moment as an aware datetime, for `ProviderClient.list`."""
-    return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc)
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC)
 
 
 def _list_time(moment: datetime, tz: tzinfo, *, up: bool) -> str:
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     local = moment.astimezone(tz)
     if up and local.microsecond:
         local += timedelta(seconds=1)
@@ -498,5 +498,5 @@ def _retry_after(response: httpx.Response) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

@@ -29,7 +29,9 @@ def provider_body(spec: TaskSpec, model: str, resolve: Mapping[str, str] | None 
     """The create body the provider expects, in the form the client sent (PROTOCOL.md sections
     2 and 8), from a checked spec; `resolve` replaces URLs (our uploads, sent on to the
     provider's storage) by the provider's own."""
-    url = (lambda u: (resolve or {}).get(u, u))
+    def url(u: str) -> str:
+        return (resolve or {}).get(u, u)
+
     inputs: dict[str, Any] = {"prompt": spec.prompt}
     if spec.negative_prompt:
         inputs["negative_prompt"] = spec.negative_prompt
@@ -95,7 +97,8 @@ class Submitting(RelayParts):
             return
         self._watch(task, k, upstream.task_id, intent, upstream.status, None)
 
-    async def _references(self, task: HeldTask, spec: TaskSpec, model: str, k: int) -> tuple[dict[str, str] | None, bool]:
+    async def _references(self, task: HeldTask, spec: TaskSpec, model: str,
+                          k: int) -> tuple[dict[str, str] | None, bool]:
         """Our own uploads among the task's files, sent on to the provider's storage: our
         `oss://` URL -> the provider's. Public URLs go as they are (the provider fetches and
         checks them). None when a file is not the owner's (the task has failed)."""
