@@ -66,7 +66,10 @@ def test_a_crash_between_submit_and_record_is_adopted_after_restart(tmp_path: Pa
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
         client.close()
-        (lost_answer,) = [task.spec["prompt"] for task in provider_tasks(provider)]
+        # Made upstream before the kill, answers never recorded: the one the proxy held back, and
+        # any other submit already in flight at that moment (a loaded machine may send one).
+        lost_answers = [task.spec["prompt"] for task in provider_tasks(provider)]
+        assert lost_answers
 
         procs.append(spawn(["serve"], env, log))
         wait_healthy(url, procs[1])
@@ -82,7 +85,8 @@ def test_a_crash_between_submit_and_record_is_adopted_after_restart(tmp_path: Pa
         made = [task.spec["prompt"] for task in provider_tasks(provider)]
         assert len(made) == len(set(made)), made  # none twice
         by_prompt = {o.get("orig_prompt"): o for o in outs}
-        assert by_prompt[lost_answer]["task_status"] == "SUCCEEDED"  # adopted after the restart
+        for lost in lost_answers:
+            assert by_prompt[lost]["task_status"] == "SUCCEEDED"  # adopted after the restart
         for out in outs:  # the others were submitted after the restart, or cleanly failed
             assert out["task_status"] == "SUCCEEDED" or out["code"] == "InternalError.SubmitUnconfirmed", out
         assert sum(o["task_status"] == "SUCCEEDED" for o in outs) == len(made)
