@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy import Connection
 
 from ..protocol import Status
-from . import ledger
+from . import ledger, outbox
 
 __all__ = ["after", "expired"]
 
@@ -19,6 +19,7 @@ def after(conn: Connection, task_ids: Sequence[str], status: Status) -> None:
         return
     if status in (Status.SUCCEEDED, Status.FAILED, Status.CANCELED):
         ledger.settle(conn, task_ids)
+    outbox.enqueue(conn, task_ids, status)
 
 
 def expired(conn: Connection, task_ids: Sequence[str]) -> None:

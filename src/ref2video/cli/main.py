@@ -187,8 +187,10 @@ def _when(epoch_ms: int | None) -> str:
 
 
 from .tasks import register  # noqa: E402  (after `app` exists)
+from .webhooks import webhooks_app  # noqa: E402
 
 register(app)
+app.add_typer(webhooks_app, name="webhooks")
 
 
 def main() -> None:
