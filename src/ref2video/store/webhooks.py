@@ -6,7 +6,8 @@ An outbox row is one message to one URL. It is due while it is neither delivered
 its `next_at` has come and no sender holds it (`lease_until` unset or past). A sender takes due
 rows with `claim_due` (a lease, and `attempts + 1`); every later write about that attempt is a
 compare-and-set on the row's `attempts`, so a sender whose lease lapsed, and whose row another
-sender took meanwhile, can never record its late outcome over the newer one.
+sender took meanwhile, can never record its late outcome over the newer one, and an attempt is
+recorded once (recording ends the lease).
 """
 
 from __future__ import annotations
@@ -165,8 +166,10 @@ def claim_due(conn: Connection, *, now: int, limit: int, lease_ms: int, skip_loc
 
 
 def _attempt(row_id: int, attempts: int) -> Any:
-    """The row as this attempt claimed it: still open, and claimed by no one since."""
-    return and_(OutboxMessage.id == row_id, OutboxMessage.attempts == attempts, _OPEN)
+    """The row as this attempt claimed it: still open, still leased (nothing recorded of the
+    attempt yet), and claimed by no one since."""
+    return and_(OutboxMessage.id == row_id, OutboxMessage.attempts == attempts, _OPEN,
+                OutboxMessage.lease_until.is_not(None))
 
 
 def delivered(conn: Connection, row_id: int, attempts: int, now: int) -> bool:
@@ -190,7 +193,7 @@ def give_up(conn: Connection, row_id: int, attempts: int, now: int, error: str) 
 def release(conn: Connection, row_id: int, attempts: int) -> bool:
     """Hand a claimed message back untried (its sender is stopping): due again at once, and
     the attempt it was claimed for is not counted."""
-    done = conn.execute(update(OutboxMessage).where(_attempt(row_id, attempts), OutboxMessage.lease_until.is_not(None))
+    done = conn.execute(update(OutboxMessage).where(_attempt(row_id, attempts))
                         .values(lease_until=None, attempts=OutboxMessage.attempts - 1))
     return done.rowcount == 1
 
