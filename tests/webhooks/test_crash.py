@@ -29,7 +29,7 @@ def test_a_message_in_flight_when_the_sender_dies_is_sent_again_with_its_id(
         tmp_path: Path, database_url: str, receiver: Receiver) -> None:
     db = make_engine(database_url)
     migrate(db)
-    endpoint, secret = webhooks.add(db, "default", receiver.url("/hooks"))
+    _, secret = webhooks.add(db, "default", receiver.url("/hooks"))
     receiver.url("/hooks", secret)
     # The first task.succeeded is held until the sender is dead, then refused (its socket is gone).
     let_go = threading.Event()

@@ -131,13 +131,22 @@ class Sender:
                     for delivery in await self._claim(room):
                         task = asyncio.create_task(self._deliver(client, delivery))
                         in_flight[task] = delivery
-                        task.add_done_callback(lambda t: (in_flight.pop(t, None), self._nudge and self._nudge.set()))
+                        task.add_done_callback(lambda t: self._done(in_flight, t))
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.settings.sweep_interval
                     await self._sweep()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._nudge.wait(), self.settings.poll_interval)
             await self._finish(in_flight)
+
+    def _done(self, in_flight: dict[asyncio.Task[None], Delivery], task: asyncio.Task[None]) -> None:
+        """An attempt ended: its slot is free, so look for more at once."""
+        delivery = in_flight.pop(task, None)
+        if not task.cancelled() and (exc := task.exception()) is not None and delivery is not None:
+            log.error("webhook %s failed unexpectedly; it will be sent again once its lease lapses",
+                      delivery.message.message_id, exc_info=exc)
+        if self._nudge is not None:
+            self._nudge.set()
 
     async def _claim(self, room: int) -> list[Delivery]:
         try:
