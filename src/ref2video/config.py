@@ -115,6 +115,14 @@ class Settings(BaseSettings):
     fetch_timeout: float = Field(120.0, gt=0, description="seconds one reference download may take in all")
     fetch_max_redirects: int = Field(5, ge=0, description="redirects followed per reference")
     cache_max_bytes: int = Field(2 << 30, ge=0, description="size of the reference cache; 0 turns it off")
+    # Webhooks (docs/webhooks.md); their addresses are checked like references' (fetch_allow).
+    webhook_sender: bool = Field(True, description="this process delivers webhooks (leases keep processes apart)")
+    webhook_timeout: float = Field(10.0, gt=0, description="seconds one webhook attempt may take in all")
+    webhook_concurrency: int = Field(16, ge=1, description="webhook attempts in flight at once per process")
+    webhook_poll_interval: float = Field(1.0, gt=0, description="seconds between looks for due webhooks")
+    webhook_backoff_seconds: float = Field(5.0, gt=0, description="wait after a webhook's first failure; doubles")
+    webhook_backoff_max_seconds: float = Field(3600.0, gt=0, description="longest wait between two webhook attempts")
+    webhook_retry_hours: float = Field(24.0, gt=0, description="a webhook is retried this long, then given up")
     timezone: str = Field(
         "Asia/Shanghai",
         description="zone of the times in task answers and of the list's start_time/end_time;"

@@ -40,6 +40,7 @@ from .storage.local import LocalStorage
 from .storage.policy import PolicySigner
 from .storage.signing import UrlSigner
 from .store.db import is_postgres, make_engine, migrate
+from .webhooks import Sender, SenderSettings
 
 __all__ = ["Service"]
 
@@ -103,6 +104,8 @@ class Service:
         self.sweeper = Sweeper(self.db, self.storage, self.uploads, settings.scratch_dir, self.retention_ms,
                                orphan_grace_seconds=settings.orphan_grace_seconds)
         self._sweeping = Periodic("retention", self._sweep, settings.sweep_interval)
+        # Webhooks go out from every process (one with workers=0 too) unless turned off.
+        self.webhooks = Sender(self.db, SenderSettings.from_settings(settings)) if settings.webhook_sender else None
 
     @property
     def running(self) -> int:
@@ -119,6 +122,8 @@ class Service:
         if self.reaper is not None:
             self.reaper.start()
         self._sweeping.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
 
     def stop(self) -> None:
         self._sweeping.stop()
@@ -126,6 +131,8 @@ class Service:
             self.reaper.stop()
         self.held.stop(self.settings.shutdown_grace)
         self.pool.stop(self.settings.shutdown_grace)
+        if self.webhooks is not None:
+            self.webhooks.stop(min(self.settings.shutdown_grace, self.settings.webhook_timeout))
         self.db.dispose()
 
     def _sweep(self) -> None:

@@ -1,5 +1,5 @@
 """What follows a change of a task's state, in the transaction of that change: the ledger
-settles the task's hold (and the outbox queues its webhooks). Called by `transitions` alone,
+settles the task's hold, the outbox queues its webhooks. Called by `transitions` alone,
 always after its own write, so the transaction already holds SQLite's write lock."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..protocol import Status
-from . import ledger
+from . import ledger, outbox
 
 __all__ = ["after", "expired"]
 
@@ -23,6 +23,7 @@ def after(conn: Connection, task_ids: Sequence[str], status: Status, *, usage: M
         return
     if status in _ENDS:
         ledger.settle(conn, task_ids, status, usage)
+    outbox.enqueue(conn, task_ids, status)
 
 
 def expired(conn: Connection, task_ids: Sequence[str]) -> None:

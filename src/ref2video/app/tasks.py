@@ -36,10 +36,12 @@ class Billing:
 
 def create(db: Engine, spec: TaskSpec, principal: Principal, *, retention_ms: int,
            write_lock: contextlib.AbstractContextManager[object] = _NO_LOCK,
-           on_insert: Callable[[Connection], None] | None = None, billing: Billing | None = None) -> TaskRecord:
+           on_insert: Callable[[Connection], None] | None = None, billing: Billing | None = None,
+           callback_url: str | None = None) -> TaskRecord:
     """A new PENDING task of `principal`'s, once every `oss://` file it names is theirs, and,
     with `billing`, once its largest cost is held against the owner's balance (else `Arrearage`,
-    and no task). `on_insert` runs in the same transaction (the queue's wake-up on PostgreSQL)."""
+    and no task). `on_insert` runs in the same transaction (the queue's wake-up on PostgreSQL);
+    `callback_url` gets the task's webhooks (docs/webhooks.md)."""
     names = {oss_key(url): what for what, url in reversed(spec.all_urls) if oss_key(url)}
     if names:
         with db.connect() as conn:
@@ -47,7 +49,7 @@ def create(db: Engine, spec: TaskSpec, principal: Principal, *, retention_ms: in
         for key in unknown:
             raise InvalidURL(f"{names[key]}: unknown oss:// key {key[:200]!r}; upload the file first")
     with write_lock, db.begin() as conn:
-        task = transitions.create(conn, spec, principal)
+        task = transitions.create(conn, spec, principal, callback_url=callback_url)
         if billing is not None:
             ledger.hold(conn, task, spec, billing.prices, billing.tz)
         if on_insert is not None:

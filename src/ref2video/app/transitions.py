@@ -55,13 +55,13 @@ class Held:
 # -- the owner's side ----------------------------------------------------------------------------
 
 
-def create(conn: Connection, spec: TaskSpec, principal: Principal) -> TaskRecord:
-    """A new PENDING task."""
+def create(conn: Connection, spec: TaskSpec, principal: Principal, *, callback_url: str | None = None) -> TaskRecord:
+    """A new PENDING task; `callback_url` also gets its webhooks (X-Ref2video-Callback)."""
     now = now_ms()
     values: dict[str, Any] = dict(
         id=str(uuid.uuid4()), owner=principal.owner, key_id=principal.key_id, model=spec.model,
         status=Status.PENDING.value, spec=spec.to_json(), progress=0, attempt=0,
-        cancel_requested=False, run_after=now, submitted_at=now,
+        cancel_requested=False, run_after=now, submitted_at=now, callback_url=callback_url,
     )
     conn.execute(insert(Task).values(**values))
     return TaskRecord(

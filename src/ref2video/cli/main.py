@@ -190,9 +190,11 @@ def _when(epoch_ms: int | None) -> str:
 
 from .accounts import register as register_accounts  # noqa: E402  (after `app` exists)
 from .tasks import register  # noqa: E402
+from .webhooks import webhooks_app  # noqa: E402
 
 register(app)
 register_accounts(app)
+app.add_typer(webhooks_app, name="webhooks")
 
 
 def main() -> None:

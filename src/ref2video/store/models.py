@@ -8,7 +8,7 @@ from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, String,
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "Task", "ApiKey", "ServerSecret", "Upload", "HealthProbe", "Account", "LedgerEntry",
-           "IdempotencyKey", "WebhookEndpoint", "OutboxMessage", "RateBucket"]
+           "IdempotencyKey", "WebhookEndpoint", "OutboxMessage", "WebhookSecret", "RateBucket"]
 
 
 class Base(DeclarativeBase):
@@ -202,7 +202,20 @@ class OutboxMessage(Base):
     __table_args__ = (
         Index("ux_outbox_message", "message_id", unique=True),
         Index("ix_outbox_due", "delivered_at", "given_up_at", "next_at"),
+        Index("ix_outbox_owner_created", "owner", "created_at"),  # an owner's delivery log
+        Index("ix_outbox_created", "created_at"),  # the sweep of finished rows
     )
+
+
+class WebhookSecret(Base):
+    """The secret that signs an owner's per-task callbacks (`X-Ref2video-Callback`); made on
+    first use, shown by `ref2video webhooks secret`."""
+
+    __tablename__ = "webhook_secrets"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[int] = mapped_column(BigInteger)
 
 
 class RateBucket(Base):

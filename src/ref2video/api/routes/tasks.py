@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
-from ...app import tasks
+from ...app import tasks, webhooks
 from ...errors import AccessDenied, InvalidParameter, UnsupportedOperation, clip
 from ...protocol import Status
 from ...service import Service
@@ -44,10 +44,11 @@ async def _create(request: Request) -> JSONResponse:
     body = await read_json(request, service.settings.max_body_bytes)
     principal = await principal_of(request)
     spec = parse_spec(body, service.models)
+    callback = webhooks.callback_of(request.headers.get(webhooks.CALLBACK_HEADER))
     task = await in_thread(
         lambda: tasks.create(service.db, spec, principal, retention_ms=service.retention_ms,
                              write_lock=service.write_lock, on_insert=service.wakeup.notify_in,
-                             billing=service.billing)
+                             billing=service.billing, callback_url=callback)
     )
     service.wakeup.wake_local()
     return _ok({"output": {"task_id": task.id, "task_status": task.status.value}})

@@ -1,5 +1,5 @@
 """The gateway's tables: accounts and their append-only ledger, key roles, idempotency keys,
-webhook endpoints and their outbox, shared rate-limit buckets, and a task's own callback.
+webhook endpoints, their outbox and the owners' callback secrets, shared rate-limit buckets, and a task's own callback.
 
 Revision ID: 0007
 Revises: 0006
@@ -84,6 +84,14 @@ def upgrade() -> None:
     )
     op.create_index("ux_outbox_message", "webhook_outbox", ["message_id"], unique=True)
     op.create_index("ix_outbox_due", "webhook_outbox", ["delivered_at", "given_up_at", "next_at"])
+    op.create_index("ix_outbox_owner_created", "webhook_outbox", ["owner", "created_at"])
+    op.create_index("ix_outbox_created", "webhook_outbox", ["created_at"])
+    op.create_table(  # the secret that signs an owner's per-task callbacks (X-Ref2video-Callback)
+        "webhook_secrets",
+        sa.Column("owner", sa.String(64), primary_key=True),
+        sa.Column("secret", sa.String(128), nullable=False),
+        sa.Column("created_at", sa.BigInteger(), nullable=False),
+    )
     op.create_table(
         "rate_buckets",
         sa.Column("name", sa.String(160), primary_key=True),
@@ -94,6 +102,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("rate_buckets")
+    op.drop_table("webhook_secrets")
+    op.drop_index("ix_outbox_created", "webhook_outbox")
+    op.drop_index("ix_outbox_owner_created", "webhook_outbox")
     op.drop_index("ix_outbox_due", "webhook_outbox")
     op.drop_index("ux_outbox_message", "webhook_outbox")
     op.drop_table("webhook_outbox")
