@@ -15,7 +15,8 @@ ROUTES = [("POST", "/admin/v1/accounts", {"owner": "x"}), ("GET", "/admin/v1/acc
           ("POST", "/admin/v1/accounts/x/credit", {"amount": 1}), ("PUT", "/admin/v1/accounts/x/limits", {}),
           ("GET", "/admin/v1/accounts/x/statement", None), ("GET", "/admin/v1/usage", None),
           ("POST", "/admin/v1/keys", {"owner": "x"}), ("GET", "/admin/v1/keys", None),
-          ("DELETE", "/admin/v1/keys/abc", None)]
+          ("DELETE", "/admin/v1/keys/abc", None), ("POST", "/admin/v1/webhooks", {"owner": "x"}),
+          ("GET", "/admin/v1/webhooks?owner=x", None), ("DELETE", "/admin/v1/webhooks/ep?owner=x", None)]
 
 
 def admin_client(server: LiveServer) -> Any:
@@ -65,3 +66,19 @@ def test_an_operator_runs_accounts_and_keys_over_http(make_server: Any) -> None:
 
     assert admin.delete(f"/admin/v1/keys/{made['id']}").status_code == 200
     assert server.client(key).get("/api/v1/tasks").status_code == 401  # this server forgets it at once
+
+
+def test_an_operator_registers_webhooks_for_an_owner(server: LiveServer) -> None:
+    admin = admin_client(server)
+    made = admin.post("/admin/v1/webhooks", json={"owner": "acme", "url": "https://hooks.example/r2v",
+                                                   "events": ["task.succeeded"]})
+    assert made.status_code == 200, made.text
+    endpoint = made.json()["endpoint"]
+    assert endpoint["events"] == ["task.succeeded"] and made.json()["secret"].startswith("whsec_")
+    listed = admin.get("/admin/v1/webhooks", params={"owner": "acme"}).json()
+    assert [e["id"] for e in listed["endpoints"]] == [endpoint["id"]] and listed["callback_secret"]
+    bad = admin.post("/admin/v1/webhooks", json={"owner": "acme", "url": "ftp://nope"})
+    assert bad.status_code == 400 and bad.json()["code"] == "InvalidParameter"
+    assert admin.delete(f"/admin/v1/webhooks/{endpoint['id']}", params={"owner": "acme"}).status_code == 200
+    assert admin.delete(f"/admin/v1/webhooks/{endpoint['id']}", params={"owner": "acme"}).status_code == 404
+    assert admin.get("/admin/v1/webhooks", params={"owner": "acme"}).json()["endpoints"] == []

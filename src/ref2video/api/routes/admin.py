@@ -1,4 +1,4 @@
-"""The admin API (`/admin/v1/...`): owners' accounts, keys and usage, for keys with the admin
+"""The admin API (`/admin/v1/...`): owners' accounts, keys, usage and webhook endpoints, for keys with the admin
 role only; an ordinary key is refused (403 AccessDenied) before anything is read. Amounts are
 credits, as decimal strings ("12.5"); numbers are taken too. docs/billing.md."""
 
@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from ...app import accounts, keys
+from ...app import accounts, keys, webhooks
 from ...app.keys import ROLES
 from ...app.auth import Principal
 from ...app.ledger import to_credits, to_micro
@@ -210,3 +210,46 @@ async def revoke_key(request: Request, key_id: str) -> JSONResponse:
         raise NotFound(f"no live key {clip(key_id)}")
     service.auth.forget(key_id)
     return _ok({"id": key_id, "revoked": True})
+
+
+def _endpoint(endpoint: webhooks.Endpoint) -> dict[str, Any]:
+    return {"id": endpoint.id, "owner": endpoint.owner, "url": endpoint.url, "events": endpoint.events,
+            "created_at": endpoint.created_at}
+
+
+@router.post("/webhooks", summary="Register a webhook endpoint for an owner (its secret is in the answer)",
+             responses=errors(400, 401, 403), openapi_extra={"security": SECURITY})
+async def add_webhook(request: Request) -> JSONResponse:
+    await _admin(request)
+    service = service_of(request)
+    body = await read_json(request, _BODY_LIMIT)
+    if not isinstance(body, dict):
+        raise InvalidParameter("the request body must be a JSON object")
+    owner = _owner(body.get("owner"))
+    events = body.get("events")
+    if events is not None and not isinstance(events, list):
+        raise InvalidParameter("events must be a list of event names")
+    endpoint, secret = await in_thread(lambda: webhooks.add(service.db, owner, body.get("url"), events))
+    return _ok({"endpoint": _endpoint(endpoint), "secret": secret})
+
+
+@router.get("/webhooks", summary="An owner's webhook endpoints, and its callbacks' signing secret",
+            responses=errors(400, 401, 403), openapi_extra={"security": SECURITY})
+async def list_webhooks(request: Request, owner: str) -> JSONResponse:
+    await _admin(request)
+    service = service_of(request)
+    owner = _owner(owner)
+    found = await in_thread(lambda: webhooks.list(service.db, owner))
+    callback_secret = await in_thread(lambda: webhooks.secret(service.db, owner))
+    return _ok({"endpoints": [_endpoint(e) for e in found], "callback_secret": callback_secret})
+
+
+@router.delete("/webhooks/{endpoint_id}", summary="Remove an owner's endpoint (undelivered messages are given up)",
+               responses=errors(400, 401, 403, 404), openapi_extra={"security": SECURITY})
+async def remove_webhook(request: Request, endpoint_id: str, owner: str) -> JSONResponse:
+    await _admin(request)
+    service = service_of(request)
+    owner = _owner(owner)
+    if not await in_thread(lambda: webhooks.remove(service.db, owner, endpoint_id)):
+        raise NotFound(f"owner {clip(owner)} has no endpoint {clip(endpoint_id)}")
+    return _ok({"id": endpoint_id, "removed": True})
