@@ -229,7 +229,8 @@ async def add_webhook(request: Request) -> JSONResponse:
     events = body.get("events")
     if events is not None and not isinstance(events, list):
         raise InvalidParameter("events must be a list of event names")
-    endpoint, secret = await in_thread(lambda: webhooks.add(service.db, owner, body.get("url"), events))
+    url = webhooks.check_url(body.get("url"))
+    endpoint, secret = await in_thread(lambda: webhooks.add(service.db, owner, url, events))
     return _ok({"endpoint": _endpoint(endpoint), "secret": secret})
 
 
