@@ -217,8 +217,9 @@ def test_multi_shot_makes_one_segment_per_planned_shot(make_server, wan_dir: Pat
     spy = _spy(server)
     facts, _ = _decode(_run(server, prompt=prompt, urls=[ref_url("a.png"), ref_url("b.jpg")], size="1280*720",
                             duration=4, audio=False, shot_type="multi", seed=3))
-    plan = make_plan(read_prompt(prompt, 2, scene_hints={1: True, 2: False}), [RefShape(1, "image", 320, 240), RefShape(2, "image", 400, 600)],
-                     width=1280, height=720, duration=4, shot_type="multi", seed=3)
+    shapes = [RefShape(1, "image", 320, 240), RefShape(2, "image", 400, 600)]
+    plan = make_plan(read_prompt(prompt, 2, scene_hints={1: True, 2: False}), shapes, width=1280, height=720,
+                     duration=4, shot_type="multi", seed=3)
     assert len(plan.shots) >= 2
     assert len(spy.calls) == len(plan.shots)
     assert [c["num_frames"] for c in spy.calls] == [native_frames(s.frames / 30) for s in plan.shots]

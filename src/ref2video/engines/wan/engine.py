@@ -24,6 +24,7 @@ import gc
 import json
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -164,9 +165,12 @@ class WanEngine:
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(
             opts.dtype, torch.bfloat16 if on_gpu else torch.float32)
         try:
-            vae = AutoencoderKLWan.from_pretrained(str(folder), subfolder="vae", torch_dtype=torch.float32,
-                                                   local_files_only=True)
-            pipe = WanVACEPipeline.from_pretrained(str(folder), vae=vae, torch_dtype=dtype, local_files_only=True)
+            with warnings.catch_warnings():
+                # diffusers 0.42 renames torch_dtype to dtype; older releases know only torch_dtype
+                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                vae = AutoencoderKLWan.from_pretrained(str(folder), subfolder="vae", torch_dtype=torch.float32,
+                                                       local_files_only=True)
+                pipe = WanVACEPipeline.from_pretrained(str(folder), vae=vae, torch_dtype=dtype, local_files_only=True)
         except (OSError, ValueError, KeyError) as exc:
             raise EngineError(f"the model in {str(folder)!r} could not be loaded: {exc}",
                               code="ModelNotFound") from exc

@@ -12,9 +12,10 @@ __all__ = ["NATIVE_FPS", "DEFAULT_NEGATIVE", "describe_characters", "generation_
 NATIVE_FPS = 16
 
 # Wan's own default negative prompt (wan/configs/shared_config.py, sample_neg_prompt).
-DEFAULT_NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
-                    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
-                    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
+DEFAULT_NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，"
+                    "最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，"
+                    "画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，"
+                    "杂乱的背景，三条腿，背景人很多，倒着走")
 
 _ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth")
 _CJK_ORDINALS = "一二三四五六七八九"
