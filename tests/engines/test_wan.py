@@ -250,19 +250,20 @@ def test_missing_weights_fail_the_task_and_the_worker_lives_on(make_server, tmp_
 
 
 @pytest.mark.gpu
-def test_the_1_3b_architecture_runs_two_steps_at_480p_on_cuda(tmp_path: Path) -> None:
+def test_the_1_3b_architecture_runs_two_steps_at_480p_on_cuda() -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("diffusers")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     from PIL import Image
 
-    from ref2video.engines.wan.engine import WanEngine, WanOptions
-    from ref2video.engines.wan.random_pipeline import VACE_1_3B, build_pipeline
+    from ref2video.engines.wan.random_pipeline import VACE_1_3B, make_pipeline
 
-    folder = build_pipeline(tmp_path / "vace-1.3b", VACE_1_3B, real_vae=True)
-    engine = WanEngine(WanOptions(model_dir=folder, device="cuda:0", steps=2))
-    engine.load()
-    frames = engine._pipe(prompt="a cat", reference_images=[Image.new("RGB", (320, 240), "red")], height=480,
-                          width=832, num_frames=81, num_inference_steps=2, output_type="np").frames[0]
-    assert frames.shape == (81, 480, 832, 3)
+    pipe = make_pipeline(VACE_1_3B, real_vae=True)
+    pipe.transformer.to(torch.bfloat16)
+    pipe.to("cuda:0")
+    steps: list[int] = []
+    frames = pipe(prompt="a cat", reference_images=[Image.new("RGB", (320, 240), "red")], height=480, width=832,
+                  num_frames=81, num_inference_steps=2, output_type="np",
+                  callback_on_step_end=lambda p, i, t, k: steps.append(i) or k).frames[0]
+    assert frames.shape == (81, 480, 832, 3) and steps == [0, 1]

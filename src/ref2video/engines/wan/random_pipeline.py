@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TINY", "VACE_1_3B", "build_pipeline"]
+__all__ = ["TINY", "VACE_1_3B", "make_pipeline", "build_pipeline"]
 
 # diffusers' own test config (tests/pipelines/wan/test_wan_vace.py), with room for more latent
 # frames (rope_max_seq_len) so 5 s videos and several references fit.
@@ -30,10 +30,18 @@ VACE_1_3B: dict[str, Any] = dict(
 
 
 def build_pipeline(folder: Path, transformer: dict[str, Any], *, seed: int = 0, real_vae: bool = False) -> Path:
-    """Save a random WanVACEPipeline under `folder`: the given transformer config, a tiny
-    UMT5 text encoder with the right output width (transformer `text_dim`), a byte-level
-    tokenizer that needs no vocabulary file, and a tiny VAE (or, with `real_vae`, Wan2.1's
-    VAE architecture). Nothing is downloaded."""
+    """Save a random pipeline (`make_pipeline`) under `folder`, in diffusers layout."""
+    pipe = make_pipeline(transformer, seed=seed, real_vae=real_vae)
+    folder.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(str(folder))
+    return folder
+
+
+def make_pipeline(transformer: dict[str, Any], *, seed: int = 0, real_vae: bool = False) -> Any:
+    """A random WanVACEPipeline: the given transformer config, a tiny UMT5 text encoder with
+    the right output width (transformer `text_dim`), a byte-level tokenizer that needs no
+    vocabulary file, and a tiny VAE (or, with `real_vae`, Wan2.1's VAE architecture). Nothing
+    is downloaded."""
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACEPipeline, WanVACETransformer3DModel
     from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
@@ -52,8 +60,5 @@ def build_pipeline(folder: Path, transformer: dict[str, Any], *, seed: int = 0, 
     torch.manual_seed(seed)
     model = WanVACETransformer3DModel(**transformer)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    pipe = WanVACEPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+    return WanVACEPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
                            transformer=model)
-    folder.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(str(folder))
-    return folder
