@@ -74,6 +74,19 @@ def test_unsupported_speed_ups_are_configuration_errors_at_start_up(make_server)
         make_server(models={MODEL: "wan"}, wan_model_dir="/nowhere", wan_device="cpu", wan_cpu_offload=True)
 
 
+def test_a_folder_of_another_model_is_refused_with_a_clear_code(tmp_path: Path) -> None:
+    from ref2video.engines.wan.engine import WanEngine, WanOptions
+    from ref2video.errors import EngineError
+
+    (tmp_path / "model_index.json").write_text('{"_class_name": "WanPipeline"}')
+    with pytest.raises(EngineError) as caught:
+        WanEngine(WanOptions(model_dir=tmp_path, device="cpu")).load()
+    assert caught.value.code == "ModelNotSupported" and "WanVACEPipeline" in caught.value.message
+    with pytest.raises(EngineError) as caught:
+        WanEngine(WanOptions(device="cpu")).load()
+    assert caught.value.code == "ModelNotConfigured"
+
+
 # -- the engine on a tiny random pipeline -------------------------------------------------
 
 
