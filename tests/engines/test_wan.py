@@ -252,7 +252,6 @@ def test_a_long_shot_continues_from_the_previous_segment(make_server, wan_dir: P
 
 
 def test_missing_weights_fail_the_task_and_the_worker_lives_on(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    pytest.importorskip("torch")
     server = make_server(models={SOUND: "wan", MODEL: "preview"}, wan_model_dir=tmp_path / "none",
                          wan_device="cpu")
     body = server.wait(server.create(model=SOUND), timeout=60)
