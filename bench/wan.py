@@ -20,9 +20,10 @@ and x 50 (Wan's reference setting), denoising only, beside published figures.
 
 On a GPU (bfloat16, VAE in float32) it runs the real sizes: 832*480 (the 1.3B model's trained
 480p area) and 1280*720 (a 720p-class size). On the CPU (float32, tiny VAE) those sizes would
-take hours per step, so it runs them scaled down to 1/8 of the width and height
-(112*64 and 160*96, still 81 frames) and says so; CPU figures tell how the code path behaves,
-not what a GPU does.
+take hours per step, so it runs them scaled down (`--scale`, default 1/16 of the width and
+height: 48*32 and 80*48, still 81 frames), one step each, and says so; with one step, s/step
+is the transformer's own time (hooks around its forward). CPU figures tell how the code path
+behaves, not what a GPU does.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ PUBLISHED = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda:0" if _cuda() else "cpu")
-    parser.add_argument("--steps", type=int, default=0, help="denoising steps per size (default 4 on GPU, 2 on CPU)")
+    parser.add_argument("--steps", type=int, default=0, help="denoising steps per size (default 4 on GPU, 1 on CPU)")
+    parser.add_argument("--scale", type=int, default=16, help="on the CPU, divide width and height by this")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,8 +60,9 @@ def main() -> None:
     from ref2video.engines.wan.random_pipeline import VACE_1_3B, make_pipeline
 
     gpu = args.device.startswith("cuda")
-    steps = args.steps or (4 if gpu else 2)
-    sizes = [(832, 480), (1280, 720)] if gpu else [(112, 64), (160, 96)]
+    steps = args.steps or (4 if gpu else 1)
+    full = [(832, 480), (1280, 720)]
+    sizes = full if gpu else [(_sixteen(w / args.scale), _sixteen(h / args.scale)) for w, h in full]
     started = time.perf_counter()
     pipe = make_pipeline(VACE_1_3B, real_vae=gpu)
     if gpu:
@@ -70,8 +73,25 @@ def main() -> None:
     params = sum(p.numel() for p in pipe.transformer.parameters())
     print(f"built the 1.3B architecture ({params / 1e9:.2f}B parameters, random) on {args.device} "
           f"in {time.perf_counter() - started:.0f} s")
+    # The transformer's own time: what a step costs, without the text encoder and the VAE.
+    spent = [0.0]
+    began = [0.0]
+
+    def before(module, inputs):  # type: ignore[no-untyped-def]
+        if gpu:
+            torch.cuda.synchronize()
+        began[0] = time.perf_counter()
+
+    def after(module, inputs, output):  # type: ignore[no-untyped-def]
+        if gpu:
+            torch.cuda.synchronize()
+        spent[0] += time.perf_counter() - began[0]
+
+    pipe.transformer.register_forward_pre_hook(before)
+    pipe.transformer.register_forward_hook(after)
     rows = []
     for width, height in sizes:
+        spent[0] = 0.0
         stamps: list[float] = []
 
         def stamp(p, i, t, tensors, stamps=stamps):  # type: ignore[no-untyped-def]
@@ -86,8 +106,9 @@ def main() -> None:
              num_frames=81, num_inference_steps=steps, guidance_scale=5.0,
              generator=torch.Generator().manual_seed(0), output_type="np", callback_on_step_end=stamp)
         total = time.perf_counter() - begin
-        per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else stamps[0] - begin
+        per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else spent[0]
         row = {"size": f"{width}*{height}", "frames": 81, "steps": steps, "s_per_step": round(per_step, 2),
+               "transformer_s_per_step": round(spent[0] / steps, 2),
                "projected_s_30_steps": round(per_step * 30), "projected_s_50_steps": round(per_step * 50),
                "call_s": round(total, 1)}
         rows.append(row)
@@ -101,12 +122,17 @@ def main() -> None:
         "scaled_down": not gpu, "weights": "random (speed, not quality)", "rows": rows, "published": PUBLISHED,
     }
     if not gpu:
-        print("CPU run: sizes scaled down to 1/8 of 832*480 and 1280*720 (same 81 frames); a GPU runs the real sizes")
+        print(f"CPU run: sizes scaled down to 1/{args.scale} of 832*480 and 1280*720 (same 81 frames); "
+              "a GPU runs the real sizes")
     print("random weights: these figures measure speed, not quality")
     for line in PUBLISHED:
         print(f"published: {line}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+
+
+def _sixteen(value: float) -> int:
+    return max(16, round(value / 16) * 16)
 
 
 def _cuda() -> bool:
