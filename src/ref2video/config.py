@@ -56,6 +56,7 @@ DASHSCOPE = "dashscope"
 BUILTIN_ENGINES: dict[str, str] = {
     "preview": "ref2video.engines.preview.engine:PreviewEngine",
     DASHSCOPE: "ref2video.engines.dashscope:DashscopeEngine",
+    "wan": "ref2video.engines.wan:WanEngine",
 }
 
 
@@ -138,6 +139,31 @@ class Settings(BaseSettings):
         True, description="the preview engine marks every frame with a small 'PREVIEW · storyboard' badge"
     )
     log_level: str = "info"
+
+    # The open-weights engine "wan" (docs/engines.md): a Wan VACE model folder in diffusers layout.
+    wan_model_dir: Path | None = Field(None, description="the wan engine's model folder (diffusers layout, local)")
+    wan_device: str = Field("cuda:0", pattern=r"^(cpu|cuda(:\d+)?)$", description="where the wan engine runs")
+    wan_dtype: str = Field(
+        "auto", pattern=r"^(auto|bfloat16|float16|float32)$",
+        description="weights' type; auto: bfloat16 on CUDA, float32 on the CPU (the VAE stays float32)",
+    )
+    wan_steps: int = Field(30, ge=1, description="denoising steps per segment (without a step-distillation LoRA)")
+    wan_guidance: float = Field(5.0, ge=1.0, description="classifier-free guidance scale (1 turns it off)")
+    wan_area: str = Field(
+        "", pattern=r"^(\d+\*\d+)?$",
+        description="generation area W*H before resizing to the request; default: the model's trained area",
+    )
+    wan_segment_frames: int = Field(
+        81, ge=9, description="most frames (at 16 fps) one pass makes; longer videos continue in segments"
+    )
+    wan_cpu_offload: bool = Field(False, description="keep idle model parts in CPU memory (less GPU memory, slower)")
+    wan_lora: Path | None = Field(None, description="a step-distillation LoRA file (lightx2v, CausVid) to load")
+    wan_lora_steps: int = Field(4, ge=1, description="denoising steps with wan_lora")
+    wan_lora_guidance: float = Field(1.0, ge=1.0, description="guidance scale with wan_lora")
+    wan_attention: str = Field("", description="diffusers attention backend (sage, flash, ...); empty: default")
+    wan_first_block_cache: float = Field(
+        0.0, ge=0.0, lt=1.0, description="first-block cache threshold (e.g. 0.05); 0 turns it off"
+    )
 
     # The DashScope relay: models mapped to the engine "dashscope" go to the provider.
     dashscope_base_url: str = Field(
