@@ -13,7 +13,7 @@ from decimal import Decimal
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
@@ -130,6 +130,13 @@ class Settings(BaseSettings):
         True, description="the preview engine marks every frame with a small 'PREVIEW · storyboard' badge"
     )
     log_level: str = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as text, or one JSON object a line (with request_id and task_id)"
+    )
+    worker_metrics_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="port on host where `ref2video worker` serves Prometheus /metrics; default: none",
+    )
 
     # The DashScope relay: models mapped to the engine "dashscope" go to the provider.
     dashscope_base_url: str = Field(
