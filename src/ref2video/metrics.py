@@ -30,6 +30,9 @@ __all__ = [
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+if _folder := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(_folder, exist_ok=True)  # prometheus_client writes its files there from the first value
+
 # Buckets of a task's run, from its claim to its end: seconds to an hour and a half.
 _TASK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 2400, 5400, float("inf"))
 

@@ -56,7 +56,8 @@ class RequestMetrics:
             elapsed = time.perf_counter() - started
             route, method = route_of(scope), str(scope.get("method", ""))
             metrics.HTTP_DURATION.labels(method=method, route=route, status=str(status)).observe(elapsed)
-            log.info("%s %s %d %.1f ms", method, route, status, elapsed * 1000, extra={"fields": {
-                "event": "request", "method": method, "route": route, "path": scope.get("path", "")[:200],
-                "status": status, "duration_ms": round(elapsed * 1000, 2)}})
+            if log.isEnabledFor(logging.INFO):
+                log.info("%s %s %d %.1f ms", method, route, status, elapsed * 1000, extra={"fields": {
+                    "event": "request", "method": method, "route": route, "path": scope.get("path", "")[:200],
+                    "status": status, "duration_ms": round(elapsed * 1000, 2)}})
             REQUEST_ID.reset(token)

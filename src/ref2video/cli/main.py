@@ -117,7 +117,11 @@ def worker(config: ConfigOpt = None, workers: Annotated[int | None, typer.Option
         signal.signal(sig, lambda *_: stop.set())
     service.start(api=False)
     if settings.worker_metrics_port:
-        metrics.serve(settings.worker_metrics_port, settings.host, service.gauges)
+        try:
+            metrics.serve(settings.worker_metrics_port, settings.host, service.gauges)
+        except OSError as exc:
+            service.stop()
+            fail(f"cannot serve metrics on {settings.host}:{settings.worker_metrics_port}: {exc.strerror or exc}", 4)
     parts = [f"{capacity} slot(s) for {', '.join(names)}" for names, capacity in service.slots]
     parts += [f"the {engine.name} engine for {', '.join(sorted(engine.models))} (up to {engine.capacity} at once)"
               for engine in service.held.engines]
