@@ -18,7 +18,8 @@ from ref2video.app import accounts
 from ref2video.app.ledger import to_micro
 from ref2video.store.models import LedgerEntry
 from ref2video.storage.local import LocalStorage
-from tests.live import LiveServer, make_body, settings_for, start_server
+from tests.live import LiveServer, make_body, ref_url, settings_for, start_server
+from tests.relay.relays import start_provider, start_relay
 from tests.tcp_proxy import TcpProxy
 
 MODEL = "wan2.6-r2v-flash"
@@ -158,3 +159,39 @@ def test_readiness_fails_when_the_database_is_away_and_liveness_answers(tmp_path
     finally:
         server.stop()
         proxy.close()
+
+
+def test_a_failed_reference_fetch_is_counted_by_reason(make_server: Callable[..., LiveServer]) -> None:
+    server = make_server()
+    before = value(scrape(server.url), "ref2video_reference_fetch_failures_total", reason="http_status")
+    task_id = server.create(make_body("character1 waves", urls=[ref_url("no-such-file.png")]))
+    out = server.wait(task_id)["output"]
+    assert out["task_status"] == "FAILED" and out["code"] == "InvalidURL"
+    after = value(scrape(server.url), "ref2video_reference_fetch_failures_total", reason="http_status")
+    assert after - before == 1
+
+
+def test_the_relay_counts_provider_answers_and_tasks_in_flight(tmp_path: Path, database_url: str) -> None:
+    provider = start_provider(tmp_path)
+    gate = tmp_path / "gate"
+    relay = start_relay(tmp_path, database_url, provider.url, [provider.key])
+    try:
+        before = scrape(relay.url)
+        task_id = relay.create(make_body(f"character1 waves gate={gate}"))  # the provider's task waits
+        until(lambda: value(scrape(relay.url), "ref2video_relay_tasks_in_flight", engine="dashscope")
+              - value(before, "ref2video_relay_tasks_in_flight", engine="dashscope") == 1)
+        gate.touch()
+        assert relay.wait(task_id)["output"]["task_status"] == "SUCCEEDED"
+        after = scrape(relay.url)
+        assert value(after, "ref2video_relay_tasks_in_flight", engine="dashscope") == value(
+            before, "ref2video_relay_tasks_in_flight", engine="dashscope")
+
+        def delta(name: str, **labels: str) -> float:
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        assert delta("ref2video_provider_responses_total", call="submit", status="200") == 1
+        assert delta("ref2video_provider_responses_total", call="query", status="200") >= 1
+        assert delta("ref2video_task_duration_seconds_count", engine="dashscope", status="SUCCEEDED") == 1
+    finally:
+        relay.stop()
+        provider.stop()
