@@ -195,3 +195,14 @@ def test_the_relay_counts_provider_answers_and_tasks_in_flight(tmp_path: Path, d
     finally:
         relay.stop()
         provider.stop()
+
+
+def test_a_retry_counts_as_a_move_back_to_pending(make_server: Callable[..., LiveServer]) -> None:
+    server = make_server()
+    before = scrape(server.url)
+    task_id = server.create(make_body("character1 waves retry=1"))
+    assert server.wait(task_id)["output"]["task_status"] == "SUCCEEDED"
+    after = scrape(server.url)
+    moves = {to: value(after, "ref2video_task_transitions_total", to=to)
+             - value(before, "ref2video_task_transitions_total", to=to) for to in ("PENDING", "RUNNING", "SUCCEEDED")}
+    assert moves == {"PENDING": 2, "RUNNING": 2, "SUCCEEDED": 1}  # created, claimed, retried, claimed, done

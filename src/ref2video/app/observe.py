@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Engine, event
 from .. import metrics
 from ..protocol import Status
 
-__all__ = ["begin", "moved", "charged", "publish"]
+__all__ = ["begin", "moved", "charged", "publish", "requeued"]
 
 log = logging.getLogger("ref2video.tasks")
 
@@ -82,6 +82,12 @@ def charged(conn: Connection, model: str, amount: int) -> None:
         _notes(conn).append(_Charged(model, amount))
 
 
+def requeued(task_id: str, *, engine: str | None = None, attempt: int | None = None) -> None:
+    """Publish, after its commit, that a held task went back to the queue (retry or release:
+    verbs whose compare-and-set says only how many rows it moved)."""
+    publish([_Moved((task_id,), Status.PENDING, Status.RUNNING, engine, attempt)])
+
+
 @contextlib.contextmanager
 def begin(db: Engine) -> Iterator[Connection]:
     """`db.begin()`, publishing what its transaction noted once it has committed."""
@@ -111,6 +117,8 @@ def _publish_move(note: _Moved) -> None:
                 _claims[task_id] = now
                 if len(_claims) > _MAX_CLAIMS:
                     del _claims[next(iter(_claims))]
+            elif note.to is Status.PENDING:
+                _claims.pop(task_id, None)
             else:
                 claimed = _claims.pop(task_id, None)
                 elapsed = None if claimed is None else now - claimed

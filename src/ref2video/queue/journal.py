@@ -68,6 +68,7 @@ class TableJournal:
         with observe.begin(self.db) as conn:
             done = transitions.release(conn, self._held(task_id))
         if done is Status.PENDING:
+            observe.requeued(task_id, engine=self.engine_name)
             self._on_requeue()
         return done is not None
 
@@ -130,6 +131,7 @@ class TableJournal:
             done = transitions.retry(conn, self._held(task.id), attempt=task.attempt, max_attempts=self.max_attempts,
                                      code=code, message=message, delay_ms=int(delay * 1000), engine=self.engine_name)
         if done is Status.PENDING:
+            observe.requeued(task.id, engine=self.engine_name, attempt=task.attempt)
             self._on_requeue()
         return done
 

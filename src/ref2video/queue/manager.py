@@ -107,6 +107,7 @@ class QueueManager:
             done = transitions.retry(conn, claim.held, attempt=claim.task.attempt, max_attempts=self.max_attempts,
                                      code=code, message=message, delay_ms=int(delay * 1000))
         if done is Status.PENDING:
+            observe.requeued(claim.task.id, attempt=claim.task.attempt)
             self._on_requeue()
         return done
 
@@ -115,6 +116,7 @@ class QueueManager:
         with observe.begin(self.engine) as conn:
             done = transitions.release(conn, claim.held)
         if done is Status.PENDING:
+            observe.requeued(claim.task.id, attempt=claim.task.attempt)
             self._on_requeue()
         return done
 
