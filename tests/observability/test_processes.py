@@ -74,7 +74,7 @@ def test_two_servers_share_one_scrape_and_log_json(tmp_path: Path) -> None:
         assert {(line["from"], line["to"]) for line in moves} >= {
             ("new", "PENDING"), ("PENDING", "RUNNING"), ("RUNNING", "SUCCEEDED")}
         ran = next(line for line in moves if line["to"] == "SUCCEEDED")
-        assert ran["engine"] == "scripted" and ran["duration_s"] is not None
+        assert ran["engine"] == "scripted" and ran["duration_s"] is not None and ran["attempt"] == 1
         requests = [line for line in _lines(logs[1]) if line.get("event") == "request"]
         create = next(line for line in requests if line["request_id"] == request_id)
         assert create["route"] == "/task/bailian/ref2video" and create["status"] == 200

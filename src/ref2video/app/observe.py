@@ -54,8 +54,8 @@ class _Charged:
 
 _Note = _Moved | _Charged
 
-# task id -> (monotonic time of its claim in this process, attempt)
-_claims: dict[str, float] = {}
+# task id -> (monotonic time of its claim in this process, the claim's attempt)
+_claims: dict[str, tuple[float, int | None]] = {}
 _claims_lock = threading.Lock()
 
 
@@ -112,24 +112,23 @@ def _publish_move(note: _Moved) -> None:
     metrics.TRANSITIONS.labels(to=note.to.value).inc(len(note.task_ids))
     for task_id in note.task_ids:
         elapsed: float | None = None
+        attempt = note.attempt
         with _claims_lock:
             if note.to is Status.RUNNING:
-                _claims[task_id] = now
+                _claims[task_id] = (now, attempt)
                 if len(_claims) > _MAX_CLAIMS:
                     del _claims[next(iter(_claims))]
-            elif note.to is Status.PENDING:
-                _claims.pop(task_id, None)
-            else:
-                claimed = _claims.pop(task_id, None)
-                elapsed = None if claimed is None else now - claimed
+            elif (claimed := _claims.pop(task_id, None)) is not None:  # requeued or ended
+                elapsed = now - claimed[0]
+                attempt = attempt or claimed[1]
         if note.to in _ENDS and elapsed is not None:
             metrics.TASK_DURATION.labels(engine=note.engine or "unknown", status=note.to.value).observe(elapsed)
         source = note.source.value if note.source else "new"
         details = [f"engine {note.engine}"] if note.engine else []
-        if note.attempt:
-            details.append(f"attempt {note.attempt}")
+        if attempt:
+            details.append(f"attempt {attempt}")
         suffix = f" ({', '.join(details)})" if details else ""
         log.info("task %s moved %s -> %s%s", task_id, source, note.to.value, suffix,
                  extra={"task_id": task_id, "fields": {
                      "event": "transition", "from": source, "to": note.to.value, "engine": note.engine,
-                     "attempt": note.attempt, "duration_s": None if elapsed is None else round(elapsed, 3)}})
+                     "attempt": attempt, "duration_s": None if elapsed is None else round(elapsed, 3)}})
