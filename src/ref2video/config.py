@@ -13,7 +13,7 @@ from decimal import Decimal
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
@@ -139,6 +139,13 @@ class Settings(BaseSettings):
         True, description="the preview engine marks every frame with a small 'PREVIEW · storyboard' badge"
     )
     log_level: str = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as text, or one JSON object a line (with request_id and task_id)"
+    )
+    worker_metrics_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="port on host where `ref2video worker` serves Prometheus /metrics; default: none",
+    )
 
     # The open-weights engine "wan" (docs/engines.md): a Wan VACE model folder in diffusers layout.
     wan_model_dir: Path | None = Field(None, description="the wan engine's model folder (diffusers layout, local)")

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 from .app import keys
 from .app.auth import Authenticator
+from .app.gauges import TaskGauges
 from .app.ledger import Prices
 from .app.tasks import Billing
 from .config import LIST_PRICES, Settings
@@ -87,6 +88,7 @@ class Service:
             contextlib.nullcontext() if is_postgres(self.db) else threading.Lock()
         )
         self.wakeup = Wakeup(self.db)
+        self.gauges = TaskGauges(self.db)  # what /metrics reads from the task table
         self.manager = QueueManager(self.db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
                                     on_requeue=self.wakeup.notify)
         self.references = ReferenceLoader.from_settings(settings, self.db, self.uploads, self.retention_ms)

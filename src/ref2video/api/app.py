@@ -15,8 +15,9 @@ from ..config import Settings
 from ..service import Service
 from .errors import install_error_handlers
 from .guard import RequestGuard
+from .metrics import RequestMetrics
 from .openapi import BEARER
-from .routes import admin, docs, health, results, tasks, uploads, web
+from .routes import admin, docs, health, metrics, results, tasks, uploads, web
 from .schemas import CreateBody
 
 __all__ = ["create_app"]
@@ -48,7 +49,8 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         app.state.service = service
     install_error_handlers(app)
     app.add_middleware(RequestGuard)
-    for module in (tasks, uploads, results, health, admin, web, docs):
+    app.add_middleware(RequestMetrics)  # outermost: it sees the guard's answers too
+    for module in (tasks, uploads, results, health, metrics, admin, web, docs):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

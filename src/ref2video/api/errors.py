@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from contextvars import ContextVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
+from ..logs import REQUEST_ID
 from ..errors import ApiError, InvalidParameter, MethodNotAllowed, NotFound, ServiceUnavailable, Throttled
 
 __all__ = ["install_error_handlers", "error_response", "request_id", "REQUEST_ID"]
 
-# Set by RequestGuard (guard.py) for the request being answered.
-REQUEST_ID: ContextVar[str | None] = ContextVar("ref2video_request_id", default=None)
+# Set by RequestGuard (guard.py) for the request being answered; every log line names it (logs.py).
 
 
 def request_id() -> str:

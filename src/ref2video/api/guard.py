@@ -37,7 +37,7 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = str(uuid.uuid4())
+        rid = REQUEST_ID.get() or str(uuid.uuid4())  # given by RequestMetrics (metrics.py), outside
         token = REQUEST_ID.set(rid)
         started = False
 

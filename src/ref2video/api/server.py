@@ -307,6 +307,8 @@ def server_config(app: Any, settings: Settings, *, host: str | None = None, port
         backlog=UVLOOP_BACKLOG if importlib.util.find_spec("uvloop") else ASYNCIO_BACKLOG,
         timeout_keep_alive=settings.http_keepalive_timeout,  # type: ignore[arg-type]
         log_level=(log_level or settings.log_level).lower(),
-        access_log=False,
+        access_log=False,  # api/metrics.py logs one line per request
         lifespan="on",
+        # JSON lines come from our root handler (logs.py); uvicorn's own config would write text.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )

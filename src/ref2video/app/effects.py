@@ -10,17 +10,22 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..protocol import Status
-from . import ledger, outbox
+from . import ledger, observe, outbox
 
 __all__ = ["after", "expired"]
 
 _ENDS = (Status.SUCCEEDED, Status.FAILED, Status.CANCELED)
 
 
-def after(conn: Connection, task_ids: Sequence[str], status: Status, *, usage: Mapping[str, Any] | None = None) -> None:
-    """`task_ids` have just moved to `status` (RUNNING, or an end; `usage` with SUCCEEDED)."""
+def after(conn: Connection, task_ids: Sequence[str], status: Status, *, usage: Mapping[str, Any] | None = None,
+          source: Status | None = None, engine: str | None = None, attempt: int | None = None) -> None:
+    """`task_ids` have just moved to `status` (RUNNING, or an end; `usage` with SUCCEEDED) from
+    `source` (default: PENDING for RUNNING, else RUNNING), by `engine` in `attempt` when known."""
     if not task_ids:
         return
+    if source is None:
+        source = Status.PENDING if status is Status.RUNNING else Status.RUNNING
+    observe.moved(conn, task_ids, status, source=source, engine=engine, attempt=attempt)  # memory only
     if status in _ENDS:
         ledger.settle(conn, task_ids, status, usage)
     outbox.enqueue(conn, task_ids, status)

@@ -38,6 +38,7 @@ from ..spec import IMAGE_SUFFIXES, TaskSpec
 from ..store.db import now_ms
 from ..store.models import Account, LedgerEntry, Task
 from ..store.tasks import TaskRecord
+from . import observe
 
 __all__ = ["MICRO", "Prices", "hold", "settle", "credit", "to_micro", "to_credits", "spent_since", "held_now",
            "day_start", "month_start"]
@@ -131,6 +132,7 @@ def settle(conn: Connection, task_ids: Sequence[str], status: Status | None,
             _add(conn, entry.owner, "charge", -cost, task_id=entry.task_id, task_at=entry.task_at,
                  model=entry.model, detail={"seconds": seconds})
             returned -= cost
+            observe.charged(conn, entry.model, cost)  # counted once the transaction commits
             conn.execute(update(Task).where(Task.id == entry.task_id)
                          .values(usage={**usage, "cost": str(to_credits(cost))}))
         conn.execute(update(Account).where(Account.owner == entry.owner).values(balance=Account.balance + returned))

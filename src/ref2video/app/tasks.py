@@ -17,7 +17,7 @@ from ..store import tasks as store
 from ..store import uploads
 from ..store.keys import Principal
 from ..store.tasks import TaskPage, TaskRecord
-from . import ledger, transitions
+from . import ledger, observe, transitions
 from .ledger import Prices
 
 __all__ = ["TaskRecord", "TaskPage", "Billing", "create", "get", "page", "cancel"]
@@ -48,8 +48,9 @@ def create(db: Engine, spec: TaskSpec, principal: Principal, *, retention_ms: in
             unknown = uploads.unknown_keys(conn, principal.owner, names, retention_ms)
         for key in unknown:
             raise InvalidURL(f"{names[key]}: unknown oss:// key {key[:200]!r}; upload the file first")
-    with write_lock, db.begin() as conn:
+    with write_lock, observe.begin(db) as conn:
         task = transitions.create(conn, spec, principal, callback_url=callback_url)
+        observe.moved(conn, [task.id], Status.PENDING, source=None)
         if billing is not None:
             ledger.hold(conn, task, spec, billing.prices, billing.tz)
         if on_insert is not None:
@@ -76,5 +77,5 @@ def page(db: Engine, principal: Principal, *, retention_ms: int, page_no: int = 
 def cancel(db: Engine, principal: Principal, task_id: str, *,
            write_lock: contextlib.AbstractContextManager[object] = _NO_LOCK) -> Status | None:
     """Cancel the principal's task (see `transitions.cancel`)."""
-    with write_lock, db.begin() as conn:
+    with write_lock, observe.begin(db) as conn:
         return transitions.cancel(conn, principal.owner, task_id)

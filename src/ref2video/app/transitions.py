@@ -84,7 +84,7 @@ def cancel(conn: Connection, owner: str, task_id: str) -> Status | None:
         .values(status=Status.CANCELED.value, ended_at=now_ms())
     )
     if done.rowcount == 1:
-        effects.after(conn, [task_id], Status.CANCELED)
+        effects.after(conn, [task_id], Status.CANCELED, source=Status.PENDING)
         return Status.CANCELED
     cancellable = or_(
         and_(local, Task.status == Status.RUNNING.value),
@@ -124,7 +124,7 @@ def claim(conn: Connection, models: Collection[str], token: str, *, lease_ms: in
     )
     row = conn.execute(stmt).first()
     if row is not None:
-        effects.after(conn, [row.id], Status.RUNNING)
+        effects.after(conn, [row.id], Status.RUNNING, attempt=getattr(row, "attempt", None))
     return row
 
 
@@ -238,13 +238,13 @@ def _end(conn: Connection, held: Held, status: Status, engine: str | None, **val
             update(Task).where(_held(held), ~Task.cancel_requested).values(**ended, status=status.value, **values)
         ).rowcount
         if done:
-            effects.after(conn, [held.task_id], status, usage=values.get("usage"))
+            effects.after(conn, [held.task_id], status, usage=values.get("usage"), engine=engine)
             return status
     promised = [] if status is Status.CANCELED else [Task.cancel_requested]
     canceled = conn.execute(update(Task).where(_held(held), *promised).values(**ended, status=Status.CANCELED.value))
     if not canceled.rowcount:
         return None
-    effects.after(conn, [held.task_id], Status.CANCELED)
+    effects.after(conn, [held.task_id], Status.CANCELED, engine=engine)
     return Status.CANCELED
 
 

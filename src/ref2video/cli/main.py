@@ -19,6 +19,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
+from .. import logs, metrics
 from ..config import Settings
 from ..service import Service
 from ..app import keys as key_store
@@ -45,9 +46,7 @@ def _settings(config: Path | None, **overrides: object) -> Settings:
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
     if settings.log_level.lower() != "debug":  # one line per migration step is for debugging
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
@@ -80,7 +79,10 @@ def serve(
     out.print(f"ref2video on {base}/  (web page; API docs at {base}/docs)", markup=False)
     out.print(f"data in {settings.data_dir.resolve()}; database {where}", markup=False)
     server = uvicorn.Server(server_config(create_app(settings), settings))
-    server.run(sockets=[listener])
+    try:
+        server.run(sockets=[listener])
+    finally:
+        metrics.process_stopped()
     if not server.started:  # the app's start-up failed (its error is logged above)
         raise typer.Exit(4)
 
@@ -114,12 +116,19 @@ def worker(config: ConfigOpt = None, workers: Annotated[int | None, typer.Option
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     service.start(api=False)
+    if settings.worker_metrics_port:
+        try:
+            metrics.serve(settings.worker_metrics_port, settings.host, service.gauges)
+        except OSError as exc:
+            service.stop()
+            fail(f"cannot serve metrics on {settings.host}:{settings.worker_metrics_port}: {exc.strerror or exc}", 4)
     parts = [f"{capacity} slot(s) for {', '.join(names)}" for names, capacity in service.slots]
     parts += [f"the {engine.name} engine for {', '.join(sorted(engine.models))} (up to {engine.capacity} at once)"
               for engine in service.held.engines]
     out.print(f"ref2video worker: {'; '.join(parts) or 'nothing to run (workers = 0)'}", markup=False)
     stop.wait()
     service.stop()
+    metrics.process_stopped()
 
 
 @keys_app.command("create")

@@ -31,6 +31,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
 
+from .. import metrics
 from ..errors import MediaError
 from .netguard import IPAddress, IPNetwork, parse_allow_list, resolve_allowed
 from .sniff import SNIFF_BYTES, Format, Kind, refusal, sniff
@@ -147,6 +148,43 @@ async def fetch_if_modified(
 
 
 async def _fetch(
+    url: str,
+    dest: Path,
+    *,
+    kind_hint: Kind | None,
+    policy: FetchPolicy,
+    name: str | None,
+    validators: Validators | None,
+) -> Fetched | NotModified:
+    try:
+        return await _fetch_once(url, dest, kind_hint=kind_hint, policy=policy, name=name, validators=validators)
+    except MediaError as exc:
+        metrics.REFERENCE_FAILURES.labels(reason=failure_reason(exc)).inc()
+        raise
+
+
+# The reasons of `ref2video_reference_fetch_failures_total`, by the start of MediaError's
+# message (a bounded set of labels); what the content breaks is "content".
+_REASONS = (
+    ("the server answered HTTP", "http_status"), ("the download did not finish", "timeout"),
+    ("the server did not answer in time", "timeout"), ("resolving", "dns"), ("host ", "dns"),
+    ("more than", "redirects"), ("could not connect", "connect"), ("the download failed", "transport"),
+    ("address ", "blocked"), ("malformed URL", "bad_url"), ("scheme ", "bad_url"), ("URLs with", "bad_url"),
+    ("the URL has no host", "bad_url"),
+)
+
+
+def failure_reason(exc: MediaError) -> str:
+    """A short, bounded name for why a download failed."""
+    if exc.code != "InvalidURL":
+        return "too_large" if exc.message.startswith("the file is larger than") else "content"
+    for prefix, reason in _REASONS:
+        if exc.message.startswith(prefix):
+            return reason
+    return "blocked" if "fetch_allow" in exc.message else "other"
+
+
+async def _fetch_once(
     url: str,
     dest: Path,
     *,

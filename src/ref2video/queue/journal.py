@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from ..app import transitions
+from ..app import observe, transitions
 from ..app.transitions import Held
 from ..engines.base import HeldTask
 from ..protocol import Status
@@ -65,9 +65,10 @@ class TableJournal:
             return upstream.cancel_requests(conn, self.token)
 
     def release(self, task_id: str) -> bool:
-        with self.db.begin() as conn:
+        with observe.begin(self.db) as conn:
             done = transitions.release(conn, self._held(task_id))
         if done is Status.PENDING:
+            observe.requeued(task_id, engine=self.engine_name)
             self._on_requeue()
         return done is not None
 
@@ -112,24 +113,25 @@ class TableJournal:
     # -- the end of a task -----------------------------------------------------------------------
 
     def succeed(self, task_id: str, *, result_key: str, usage: dict[str, Any]) -> Status | None:
-        with self.db.begin() as conn:
+        with observe.begin(self.db) as conn:
             return transitions.succeed(conn, self._held(task_id), result_key=result_key, usage=usage,
                                        engine=self.engine_name, upstream_status=Status.SUCCEEDED.value)
 
     def fail(self, task_id: str, code: str, message: str) -> Status | None:
-        with self.db.begin() as conn:
+        with observe.begin(self.db) as conn:
             return transitions.fail(conn, self._held(task_id), code, message, engine=self.engine_name)
 
     def canceled(self, task_id: str) -> Status | None:
-        with self.db.begin() as conn:
+        with observe.begin(self.db) as conn:
             return transitions.canceled(conn, self._held(task_id), engine=self.engine_name)
 
     def retry(self, task: HeldTask, code: str, message: str, delay: float = 0.0) -> Status | None:
         """Give a task that never reached the provider back, or fail it when attempts are spent."""
-        with self.db.begin() as conn:
+        with observe.begin(self.db) as conn:
             done = transitions.retry(conn, self._held(task.id), attempt=task.attempt, max_attempts=self.max_attempts,
                                      code=code, message=message, delay_ms=int(delay * 1000), engine=self.engine_name)
         if done is Status.PENDING:
+            observe.requeued(task.id, engine=self.engine_name, attempt=task.attempt)
             self._on_requeue()
         return done
 

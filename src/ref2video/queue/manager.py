@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from ..app import transitions
+from ..app import observe, transitions
 from ..app.transitions import Held
 from ..protocol import Status
 from ..store.db import is_postgres
@@ -67,13 +67,13 @@ class QueueManager:
         tasks claims them all with one token, to renew them all in one statement."""
         if not models:
             return None
-        with self.engine.begin() as conn:
+        with observe.begin(self.engine) as conn:
             return transitions.claim(conn, models, token, lease_ms=self.lease_ms,
                                      skip_locked=is_postgres(self.engine), columns=columns)
 
     def heartbeat(self, claim: Claim, progress: int | None = None) -> bool:
         """Renew the lease (and record progress); True when a cancel was requested."""
-        with self.engine.begin() as conn:
+        with observe.begin(self.engine) as conn:
             asked = transitions.heartbeat(conn, claim.held, lease_ms=self.lease_ms, progress=progress)
         if asked is None:
             raise LeaseLost(claim.task.id)
@@ -90,37 +90,39 @@ class QueueManager:
     # or None when the claim was no longer ours.
 
     def succeed(self, claim: Claim, *, result_key: str, usage: dict[str, Any], engine: str) -> Status | None:
-        with self.engine.begin() as conn:
+        with observe.begin(self.engine) as conn:
             return transitions.succeed(conn, claim.held, result_key=result_key, usage=usage, engine=engine)
 
     def fail(self, claim: Claim, code: str, message: str, *, engine: str | None = None) -> Status | None:
-        with self.engine.begin() as conn:
+        with observe.begin(self.engine) as conn:
             return transitions.fail(conn, claim.held, code, message, engine=engine)
 
-    def mark_canceled(self, claim: Claim) -> Status | None:
-        with self.engine.begin() as conn:
-            return transitions.canceled(conn, claim.held)
+    def mark_canceled(self, claim: Claim, *, engine: str | None = None) -> Status | None:
+        with observe.begin(self.engine) as conn:
+            return transitions.canceled(conn, claim.held, engine=engine)
 
     def retry(self, claim: Claim, code: str, message: str, delay: float = 0.0) -> Status | None:
         """Give the task back for another attempt, or fail it when attempts are spent."""
-        with self.engine.begin() as conn:
+        with observe.begin(self.engine) as conn:
             done = transitions.retry(conn, claim.held, attempt=claim.task.attempt, max_attempts=self.max_attempts,
                                      code=code, message=message, delay_ms=int(delay * 1000))
         if done is Status.PENDING:
+            observe.requeued(claim.task.id, attempt=claim.task.attempt)
             self._on_requeue()
         return done
 
     def release(self, claim: Claim) -> Status | None:
         """Hand an unfinished task back on shutdown, without spending an attempt."""
-        with self.engine.begin() as conn:
+        with observe.begin(self.engine) as conn:
             done = transitions.release(conn, claim.held)
         if done is Status.PENDING:
+            observe.requeued(claim.task.id, attempt=claim.task.attempt)
             self._on_requeue()
         return done
 
     def reap(self) -> tuple[int, int]:
         """Requeue (or fail) tasks whose lease lapsed; (requeued, failed)."""
-        with self.engine.begin() as conn:
+        with observe.begin(self.engine) as conn:
             requeued, failed = transitions.reap(conn, max_attempts=self.max_attempts)
         if requeued:
             self._on_requeue()

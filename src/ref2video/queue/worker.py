@@ -20,6 +20,7 @@ from typing import Any
 
 from ..engines.base import GenerationRequest
 from ..engines.registry import EngineRegistry
+from .. import logs
 from ..errors import EngineError, RetryableEngineError, TaskCanceled
 from ..protocol import Status
 from ..references import TaskMedia
@@ -133,7 +134,8 @@ class WorkerPool:
             if claim is None:
                 self.wakeup.wait(self.poll_interval)
                 continue
-            self._process(claim)
+            with logs.task_context(claim.task.id):
+                self._process(claim)
 
     def _process(self, claim: Claim) -> None:
         """Run one claimed task; exactly one outcome is written, in `finally`."""
@@ -184,7 +186,7 @@ class WorkerPool:
             elif kind == "canceled" and context.shutting_down and not context.cancel_requested:
                 ended = self.manager.release(claim)
             elif kind == "canceled":
-                ended = self.manager.mark_canceled(claim)
+                ended = self.manager.mark_canceled(claim, engine=engine_name)
             elif kind == "retry":
                 ended = self.manager.retry(claim, outcome.code, outcome.message, outcome.delay)
             elif kind == "succeed":

@@ -32,6 +32,7 @@ import time
 from collections.abc import Mapping
 from zoneinfo import ZoneInfo
 
+from ... import metrics
 from ...config import DASHSCOPE, Settings
 from ...protocol import Status
 from ...storage.base import Storage
@@ -78,7 +79,7 @@ class DashscopeEngine(Submitting, Reconciling, KeepingResults):
         self._stopping: asyncio.Event | None = None
         self._grace = 10.0
         self._wake = threading.Event()
-        self._held: set[str] = set()
+        self._held: set[str] = _Counted(metrics.RELAY_IN_FLIGHT.labels(engine=self.name))
         self._starting: set[asyncio.Task[None]] = set()
         self._ending: set[asyncio.Task[None]] = set()
         self._cancel_asked: set[str] = set()  # cancels of held tasks not yet with a poller
@@ -261,3 +262,22 @@ class DashscopeEngine(Submitting, Reconciling, KeepingResults):
         for task_id in stray:
             log.error("relay: task %s was held but not watched; handing it back to the queue", task_id)
             await self._call(self.manager.release, task_id)
+
+
+class _Counted(set[str]):
+    """The held tasks, kept in step with the in-flight gauge (inc and dec, so several engines
+    in one process add up)."""
+
+    def __init__(self, gauge: metrics.Gauge) -> None:
+        super().__init__()
+        self._gauge = gauge
+
+    def add(self, task_id: str) -> None:
+        if task_id not in self:
+            super().add(task_id)
+            self._gauge.inc()
+
+    def discard(self, task_id: object) -> None:
+        if task_id in self:
+            super().discard(task_id)
+            self._gauge.dec()

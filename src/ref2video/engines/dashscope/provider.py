@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 import httpx
 
+from ... import metrics
 from ...version import __version__
 from ...protocol import TERMINAL
 from .errors import ProviderError, ProviderTransient
@@ -293,13 +294,19 @@ class ProviderClient:
 
     async def _exchange(self, request: httpx.Request, what: str, *, acts: bool) -> tuple[int, bytes]:
         """Send, read a bounded answer, and raise for any status other than 2xx."""
-        with _mapped(what, acts=acts, timeout=self.timeout):
-            async with asyncio.timeout(self.timeout):
-                response = await self._http.send(request, stream=True)
-                try:
-                    raw = await _read_bounded(response, what, acts)
-                finally:
-                    await response.aclose()
+        try:
+            with _mapped(what, acts=acts, timeout=self.timeout):
+                async with asyncio.timeout(self.timeout):
+                    response = await self._http.send(request, stream=True)
+                    try:
+                        raw = await _read_bounded(response, what, acts)
+                    finally:
+                        await response.aclose()
+        except (ProviderError, ProviderTransient) as exc:
+            # No status (not connected, timed out): the failure's code stands for it.
+            metrics.PROVIDER_ANSWERS.labels(call=what, status=str(exc.status or exc.code)).inc()
+            raise
+        metrics.PROVIDER_ANSWERS.labels(call=what, status=str(response.status_code)).inc()
         if not response.is_success:
             raise _status_error(response, raw, what, acts)
         return response.status_code, raw
