@@ -14,6 +14,7 @@ signs `video_url` that way) or, when the bucket is private to the API, through
 from __future__ import annotations
 
 import dataclasses
+import mimetypes
 import os
 import re
 import secrets
@@ -124,8 +125,10 @@ class S3Storage:
         from botocore.exceptions import BotoCoreError, ClientError
 
         name = self._object(key)
+        kind = mimetypes.guess_type(key)[0] or "application/octet-stream"
         try:
-            self.client.upload_file(str(source), self.bucket, name, Config=self._transfer)
+            self.client.upload_file(str(source), self.bucket, name, Config=self._transfer,
+                                    ExtraArgs={"ContentType": kind})
         except (BotoCoreError, ClientError) as exc:
             raise StorageUnavailable(f"storing {key} in the bucket failed ({type(exc).__name__})") from exc
         except Exception as exc:  # s3transfer wraps failures in its own exceptions
