@@ -56,6 +56,7 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            server.settimeout(None)  # the 5 s bound is for connecting; an idle connection stays open
             with self._lock:
                 self._open.update((client, server))
             for src, dst in ((client, server), (server, client)):

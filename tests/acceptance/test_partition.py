@@ -159,7 +159,10 @@ def test_a_worker_cut_off_mid_task_loses_it_and_records_nothing(hosts: Hosts, tm
         # `gate=gate` waits for ./gate, relative to each worker's own folder: the test opens
         # each worker's gate on its own.
         w1_cwd, w2_cwd = tmp_path / "w1-cwd", tmp_path / "w2-cwd"
-        w1 = spawn_in(w1_ns, ["worker"], env(w1_gw, tmp_path / "w1", **worker_settings), tmp_path / "w1.log", w1_cwd)
+        w1_runs = tmp_path / "w1-runs"  # the scripted engine marks each run it starts here
+        w1_runs.mkdir()
+        w1_env = {**env(w1_gw, tmp_path / "w1", **worker_settings), "R2V_TEST_RUNS": str(w1_runs)}
+        w1 = spawn_in(w1_ns, ["worker"], w1_env, tmp_path / "w1.log", w1_cwd)
         procs.append(w1)
         r = client.post("/task/bailian/ref2video",
                         json=make_body(prompt="character1 waves gate=gate steps=1", urls=[reference]))
@@ -173,6 +176,8 @@ def test_a_worker_cut_off_mid_task_loses_it_and_records_nothing(hosts: Hosts, tm
 
         first = wait_for("worker 1 to claim the task", lambda: (got := row()).status == "RUNNING" and got, procs)
         assert first.attempt == 1
+        # Its references are fetched (from the bucket) and the engine runs, waiting at its gate.
+        wait_for("worker 1's engine to start", lambda: any(w1_runs.iterdir()), procs)
         w2 = spawn_in(w2_ns, ["worker"], env(w2_gw, tmp_path / "w2", **worker_settings), tmp_path / "w2.log", w2_cwd)
         procs.append(w2)
 
@@ -185,10 +190,14 @@ def test_a_worker_cut_off_mid_task_loses_it_and_records_nothing(hosts: Hosts, tm
         assert done.attempt == 2 and done.result_key.startswith(f"{task_id}-{second.lease_token[:8]}")
 
         hosts.link(w1_ns, up=True)  # the link returns: worker 1's writes are compare-and-sets that miss
-        (w1_cwd / "gate").touch()
+        # Its lease keeper's renewal, a compare-and-set on its token, misses: the engine is
+        # stopped and nothing is recorded.
         wait_for("worker 1 to see it lost the task",
-                 lambda: "not recorded (claim lost)" in (tmp_path / "w1.log").read_text(), procs)
+                 lambda: "canceled -> not recorded (claim lost)" in (tmp_path / "w1.log").read_text(), procs)
+        assert "recording the outcome" not in (tmp_path / "w1.log").read_text()
 
+        (w1_cwd / "gate").touch()  # too late: the engine was stopped
+        time.sleep(1)  # (not a bound: only a chance for a wrong write to show)
         final = row()
         assert (final.status, final.attempt, final.result_key) == ("SUCCEEDED", 2, done.result_key)
         objects = s3.client().list_objects_v2(Bucket=bucket, Prefix="results/").get("Contents", [])
