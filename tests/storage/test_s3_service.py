@@ -160,3 +160,13 @@ def test_the_sweeps_delete_from_the_bucket(on_s3: Callable[..., LiveServer]) -> 
     server.service.sweeper.sweep()
     assert objects(server, "results/") == [f"results/{kept['video_url'].split('/results/')[1].split('?')[0]}"]
     assert len(objects(server, "uploads/")) == 1  # named by its upload row, kept
+
+
+def test_an_upload_the_bucket_cannot_take_is_a_503(on_s3: Callable[..., LiveServer], proxy: TcpProxy) -> None:
+    server = on_s3(workers=0)
+    proxy.cut()
+    r = server.client().post("/api/v1/uploads", files={"file": ("a.png", png_bytes(), "image/png")})
+    assert r.status_code == 503 and r.json()["code"] == "ServiceUnavailable", r.text
+    proxy.restore()
+    r = server.client().post("/api/v1/uploads", files={"file": ("a.png", png_bytes(), "image/png")})
+    assert r.status_code == 200, r.text
