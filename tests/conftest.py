@@ -65,7 +65,9 @@ def make_server(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Liv
 
     def make(**overrides: Any) -> LiveServer:
         data_dir = overrides.pop("data_dir", tmp_path / f"data{len(servers)}")
-        parts = {name: overrides.pop(name) for name in ("storage", "uploads", "registry") if name in overrides}
+        # A Storage object is a part; the string `storage="s3"` is the setting.
+        parts = {name: overrides.pop(name) for name in ("storage", "uploads", "registry")
+                 if name in overrides and not isinstance(overrides[name], str)}
         server = start_server(settings_for(data_dir, database_url, **overrides), **parts)
         servers.append(server)
         return server

@@ -91,8 +91,31 @@ def settings_for(data_dir: Path, database_url: str, **overrides: Any) -> Setting
         lease_seconds=2.0, reap_interval=0.2, poll_interval=30.0, shutdown_grace=2.0,
         fetch_allow=["127.0.0.0/8"], cache_max_bytes=0,
     )
+    if "storage" not in overrides:
+        values.update(_test_storage())
     values.update(overrides)
     return Settings(**values)
+
+
+_s3_server: Any = None
+
+
+def _test_storage() -> dict[str, Any]:
+    """REF2VIDEO_TEST_STORAGE=s3 (presigned links) or s3-private (served through the API) runs
+    every test server on a bucket of its own in one moto server for the run; unset: local."""
+    global _s3_server
+    choice = os.environ.get("REF2VIDEO_TEST_STORAGE", "")
+    if choice not in ("s3", "s3-private"):
+        return {}
+    from tests.s3_server import S3Server
+
+    with _refs_lock:
+        if _s3_server is None:
+            import atexit
+
+            _s3_server = S3Server.start()
+            atexit.register(_s3_server.stop)
+    return {**_s3_server.settings(_s3_server.bucket()), "s3_private": choice == "s3-private"}
 
 
 @dataclass

@@ -13,9 +13,9 @@ import threading
 
 
 class TcpProxy:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, bind: str = "127.0.0.1") -> None:
         self.upstream = (host, port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server((bind, 0))  # bind="0.0.0.0": reachable from other hosts
         self.port = self._listener.getsockname()[1]
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -56,6 +56,7 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            server.settimeout(None)  # the 5 s bound is for connecting; an idle connection stays open
             with self._lock:
                 self._open.update((client, server))
             for src, dst in ((client, server), (server, client)):

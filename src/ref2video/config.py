@@ -68,6 +68,18 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("ref2video-data"), description="where the database, results and scratch files live")
     database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite at data_dir/ref2video.db")
     results_dir: Path | None = Field(None, description="local result storage; default data_dir/results")
+    # Object storage: results and uploads in an S3-compatible bucket (docs/deploy.md).
+    storage: Literal["local", "s3"] = Field("local", description="where results and uploads live: local or s3")
+    s3_bucket: str = Field("", description="the bucket of storage = s3")
+    s3_endpoint_url: str = Field("", description="the S3 API's URL; empty: AWS")
+    s3_region: str = Field("us-east-1", description="the bucket's region")
+    s3_access_key_id: str = Field("", description="empty: boto3's own credential chain")
+    s3_secret_access_key: str = Field("", description="empty: boto3's own credential chain")
+    s3_prefix: str = Field("", description="folder of the bucket that holds results/ and uploads/")
+    s3_private: bool = Field(False, description="serve videos through the API, not by presigned bucket links")
+    s3_connect_timeout: float = Field(5.0, gt=0, description="seconds to connect to the bucket, per try")
+    s3_read_timeout: float = Field(30.0, gt=0, description="seconds the bucket may go silent, per try")
+    s3_max_attempts: int = Field(3, ge=1, description="tries of one call to the bucket")
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str = Field("", description="base of video_url links; default: the URL the client used")
@@ -243,6 +255,8 @@ class Settings(BaseSettings):
         if unknown := [m for m in self.worker_models if m not in self.models]:
             raise ValueError(f"worker_models names {', '.join(unknown)}, which are not among the models "
                              f"({', '.join(self.models)})")
+        if self.storage == "s3" and not self.s3_bucket.strip():
+            raise ValueError("storage = 's3' needs s3_bucket")
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'ref2video.db'}"
         if self.results_dir is None:

@@ -37,9 +37,8 @@ from .queue.worker import WorkerPool
 from .references import ReferenceLoader
 from .retention import Sweeper
 from .storage.base import Storage
-from .storage.local import LocalStorage
 from .storage.policy import PolicySigner
-from .storage.signing import UrlSigner
+from .storage.setup import storages_from_settings
 from .store.db import is_postgres, make_engine, migrate
 from .webhooks import Sender, SenderSettings
 
@@ -71,13 +70,12 @@ class Service:
         self.announce_first_key = announce_first_key
         self.db = make_engine(settings.database_url)
         migrate(self.db)
-        self.signer = UrlSigner(settings.signing_secret or keys.server_secret(self.db, "url_signing"),
-                                settings.url_ttl_seconds)
+        built_storage, built_uploads, self.signer = storages_from_settings(
+            settings, settings.signing_secret or keys.server_secret(self.db, "url_signing"))
         self.policy = PolicySigner(keys.server_secret(self.db, "upload_policy"))
         self.auth = Authenticator(self.db)
-        assert settings.results_dir is not None
-        self.storage: Storage = storage or LocalStorage(settings.results_dir)
-        self.uploads: Storage = uploads or LocalStorage(settings.data_dir / "uploads")
+        self.storage: Storage = storage or built_storage
+        self.uploads: Storage = uploads or built_uploads
         self.models: list[str] = list(settings.models)  # every model this server accepts
         self.tz = ZoneInfo(settings.timezone)
         self.billing = Billing(Prices.of({**LIST_PRICES, **settings.prices}), self.tz) if settings.billing else None

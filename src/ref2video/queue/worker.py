@@ -25,7 +25,7 @@ from ..errors import EngineError, RetryableEngineError, TaskCanceled
 from ..protocol import Status
 from ..references import TaskMedia
 from ..spec import TaskSpec
-from ..storage.base import Storage
+from ..storage.base import Storage, StorageUnavailable
 from ..usage import make_usage
 from .context import TaskContext
 from .manager import Claim, LeaseLost, QueueManager
@@ -34,6 +34,8 @@ from .wakeup import Wakeup
 __all__ = ["WorkerPool"]
 
 log = logging.getLogger(__name__)
+
+STORAGE_RETRY_DELAY = 10.0  # seconds before a task whose storage was unreachable is tried again
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +168,8 @@ class WorkerPool:
             outcome = _Outcome("canceled")
         except RetryableEngineError as exc:
             outcome = _Outcome("retry", exc.code, exc.message, delay=exc.delay)
+        except StorageUnavailable as exc:  # the bucket is down or slow: try again later
+            outcome = _Outcome("retry", "StorageUnavailable", exc.message, delay=STORAGE_RETRY_DELAY)
         except EngineError as exc:
             outcome = _Outcome("fail", exc.code, exc.message)
         except Exception as exc:
@@ -199,7 +203,10 @@ class WorkerPool:
             log.exception("recording the outcome of task %s failed; its lease will lapse", claim.task.id)
         if kind == "succeed" and ended is not Status.SUCCEEDED:
             # Canceled as it finished, or the claim was lost (reaped): the file is nobody's.
-            self.storage.delete(outcome.result_key)
+            try:
+                self.storage.delete(outcome.result_key)
+            except StorageUnavailable:  # the orphan sweep removes it later
+                log.warning("could not delete %s, which task %s no longer names", outcome.result_key, claim.task.id)
         log.info("task %s: %s -> %s", claim.task.id, kind, ended.value if ended else "not recorded (claim lost)")
 
     # -- the lease keeper ----------------------------------------------------------------

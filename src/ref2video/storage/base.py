@@ -10,7 +10,15 @@ from typing import Protocol
 from starlette.requests import Request
 from starlette.responses import Response
 
-__all__ = ["Storage", "StoredObject"]
+from ..errors import ServiceUnavailable
+
+__all__ = ["Storage", "StoredObject", "StorageUnavailable"]
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """The storage cannot be reached now (a bucket down, slow past its timeouts). The API
+    answers 503 ServiceUnavailable; a worker retries the task later, with the task code
+    `StorageUnavailable` (failing it so once its attempts are spent)."""
 
 
 @dataclasses.dataclass(frozen=True)

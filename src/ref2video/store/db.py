@@ -34,7 +34,18 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, **kwargs)
-    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                         connect_args={**_PG_CONNECT_ARGS, **kwargs.pop("connect_args", {})}, **kwargs)
+
+
+# A host cut off from the database must neither hang on a dead socket nor, mid-transaction,
+# hold row locks that stop every other host: keepalives and an unacknowledged-data bound end
+# its side within about half a minute, and the server ends a transaction left idle for a minute
+# (every transaction here is a few statements long).
+_PG_CONNECT_ARGS: dict[str, Any] = {
+    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+    "tcp_user_timeout": 30_000, "options": "-c idle_in_transaction_session_timeout=60000",
+}
 
 
 def _sqlite_engine(url: Any, **kwargs: Any) -> Engine:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ...errors import AccessDenied
-from ..deps import service_of
+from ..deps import in_thread, service_of
 from ..openapi import RANGE_PAST_END, VIDEO, VIDEO_PART, errors
 
 __all__ = ["router"]
@@ -22,4 +22,4 @@ async def result(request: Request, key: str, expires: str = "", sig: str = "") -
     service = service_of(request)
     if not service.signer.verify(key, expires, sig):
         raise AccessDenied("the link is invalid or has expired; query the task for a fresh video_url")
-    return service.storage.response(key, request)
+    return await in_thread(service.storage.response, key, request)  # a bucket's answer blocks

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ...media.sniff import sniff
 from ...protocol import Status
-from ...storage.base import Storage
+from ...storage.base import Storage, StorageUnavailable
 from .errors import ProviderError, ProviderTransient
 from .parts import RelayParts
 from .poller import Flight
@@ -84,7 +84,16 @@ class KeepingResults(RelayParts):
                 await self._end(flight.task_id, self.manager.fail, "InternalError.ResultDownload",
                                 "the provider's result is not an MP4 or MOV video")
                 return
-            await self._call(self.storage.put, key, part)
+            for attempt in range(1, _DOWNLOAD_TRIES + 1):
+                try:
+                    await self._call(self.storage.put, key, part)
+                    break
+                except StorageUnavailable as exc:  # the bucket is down or slow: a while, then give up
+                    if attempt == _DOWNLOAD_TRIES:
+                        await self._end(flight.task_id, self.manager.fail, "StorageUnavailable",
+                                        f"{exc.message} (gave up after {attempt} tries)")
+                        return
+                    await asyncio.sleep(min(30.0, 2.0 ** attempt))
             ended = await self._end(flight.task_id, self.manager.succeed, result_key=key, usage=dict(task.usage))
             if ended is not Status.SUCCEEDED:  # canceled meanwhile, or no longer ours
                 await self._call(self.storage.delete, key)
