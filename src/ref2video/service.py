@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 from .app import keys
 from .app.auth import Authenticator
+from .app.limits import Limits
 from .app.ledger import Prices
 from .app.tasks import Billing
 from .config import LIST_PRICES, Settings
@@ -73,6 +74,7 @@ class Service:
                                 settings.url_ttl_seconds)
         self.policy = PolicySigner(keys.server_secret(self.db, "upload_policy"))
         self.auth = Authenticator(self.db)
+        self.limits = Limits.from_settings(settings, self.db)  # rate limits and quotas, docs/limits.md
         assert settings.results_dir is not None
         self.storage: Storage = storage or LocalStorage(settings.results_dir)
         self.uploads: Storage = uploads or LocalStorage(settings.data_dir / "uploads")

@@ -17,7 +17,9 @@ from ..store import tasks as store
 from ..store import uploads
 from ..store.keys import Principal
 from ..store.tasks import TaskPage, TaskRecord
-from . import ledger, transitions
+from . import ledger, limits, transitions
+from .idempotency import Claim, Replay, replay
+from .idempotency import bind as bind_key
 from .ledger import Prices
 
 __all__ = ["TaskRecord", "TaskPage", "Billing", "create", "get", "page", "cancel"]
@@ -33,22 +35,32 @@ class Billing:
 
 def create(db: Engine, spec: TaskSpec, principal: Principal, *, retention_ms: int,
            write_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext(),
-           on_insert: Callable[[Connection], None] | None = None, billing: Billing | None = None) -> TaskRecord:
+           on_insert: Callable[[Connection], None] | None = None, billing: Billing | None = None,
+           idempotency: Claim | None = None, max_unfinished: int = 0) -> TaskRecord:
     """A new PENDING task of `principal`'s, once every `oss://` file it names is theirs, and,
     with `billing`, once its largest cost is held against the owner's balance (else `Arrearage`,
-    and no task). `on_insert` runs in the same transaction (the queue's wake-up on PostgreSQL)."""
+    and no task). `on_insert` runs in the same transaction (the queue's wake-up on PostgreSQL).
+    With `idempotency`, a key that made a task before answers that task (`Claim.replayed`);
+    with `max_unfinished`, an owner with that many tasks PENDING or RUNNING is refused
+    (`Throttled`, and no task)."""
     names = {oss_key(url): what for what, url in reversed(spec.all_urls) if oss_key(url)}
     if names:
         with db.connect() as conn:
             unknown = uploads.unknown_keys(conn, principal.owner, names, retention_ms)
         for key in unknown:
             raise InvalidURL(f"{names[key]}: unknown oss:// key {key[:200]!r}; upload the file first")
-    with write_lock, db.begin() as conn:
-        task = transitions.create(conn, spec, principal)
-        if billing is not None:
-            ledger.hold(conn, task, spec, billing.prices, billing.tz)
-        if on_insert is not None:
-            on_insert(conn)
+    try:
+        with write_lock, db.begin() as conn:
+            task = transitions.create(conn, spec, principal)
+            if idempotency is not None:
+                bind_key(conn, principal.owner, idempotency, task, retention_ms=retention_ms)
+            limits.check_unfinished(conn, principal.owner, max_unfinished)
+            if billing is not None:
+                ledger.hold(conn, task, spec, billing.prices, billing.tz)
+            if on_insert is not None:
+                on_insert(conn)
+    except Replay as earlier:  # this create rolled back; the key's first task answers
+        return replay(db, principal, earlier, retention_ms=retention_ms)
     return task
 
 

@@ -1,0 +1,47 @@
+"""Idempotency keys: an owner's `Idempotency-Key`, the hash of the body it came with, and the
+task it made. Statements on the caller's connection; no function here opens a transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from .models import IdempotencyKey
+
+__all__ = ["claim_key", "find_key", "forget_key", "delete_expired"]
+
+
+def claim_key(conn: Connection, owner: str, key: str, *, body_hash: str, task_id: str, now_ms: int,
+              cutoff_ms: int) -> bool:
+    """Bind the owner's `key` to `task_id`: True when it was free (never used, or used before
+    `cutoff_ms`, which makes it free again). False when a live row holds it; on PostgreSQL a
+    row another transaction is inserting is waited for first (the primary key's doing), so
+    two transactions can never both bind one key."""
+    add: Any = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(IdempotencyKey)
+    values = dict(body_hash=body_hash, task_id=task_id, created_at=now_ms)
+    stmt = add.values(owner=owner, key=key, **values).on_conflict_do_update(
+        index_elements=[IdempotencyKey.owner, IdempotencyKey.key], set_=values,
+        where=IdempotencyKey.created_at < cutoff_ms,
+    ).returning(IdempotencyKey.task_id)
+    return conn.execute(stmt).first() is not None
+
+
+def find_key(conn: Connection, owner: str, key: str) -> tuple[str, str | None] | None:
+    """(body hash, task id) of the owner's `key`, or None."""
+    row = conn.execute(
+        select(IdempotencyKey.body_hash, IdempotencyKey.task_id)
+        .where(IdempotencyKey.owner == owner, IdempotencyKey.key == key)
+    ).first()
+    return None if row is None else (row.body_hash, row.task_id)
+
+
+def forget_key(conn: Connection, owner: str, key: str) -> None:
+    conn.execute(delete(IdempotencyKey).where(IdempotencyKey.owner == owner, IdempotencyKey.key == key))
+
+
+def delete_expired(conn: Connection, cutoff_ms: int) -> int:
+    """Remove keys made before `cutoff_ms`; how many went."""
+    return int(conn.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff_ms)).rowcount)
