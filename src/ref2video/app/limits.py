@@ -149,7 +149,7 @@ class SharedBucket:
         raise _throttled(self.kind, self.rate, wait)
 
     def _lease(self, now: float) -> tuple[int, float]:
-        now_ms = int(now * 1000)
+        now_ms = round(now * 1000)
         rate_per_ms = self.rate.per_second / 1000
         with self.db.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
