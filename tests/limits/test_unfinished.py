@@ -29,7 +29,7 @@ def test_an_owner_past_its_unfinished_tasks_is_refused(limited: Callable[..., Li
     first = server.create()
     server.create(key=second_key)
     refused = server.client().post(GATEWAY, json=make_body())
-    assert_throttled(refused, limit=2, retry_after=5, words="2 unfinished tasks, the most it may have at once is 2")
+    assert_throttled(refused, limit=2, retry_after=5, words="this account has 2 unfinished tasks, the most it may have at once")
     assert_throttled(server.client(second_key).post(GATEWAY, json=make_body()), limit=2)
     assert _count(server) == 2
     assert server.create(key=server.new_key("someone else"))  # another owner has its own

@@ -10,8 +10,8 @@ checked in the create's own transaction (`check_unfinished`).
 On SQLite (one process in practice) a bucket lives in the process (`LocalBucket`), exact and
 free. On PostgreSQL every process shares each bucket through its `rate_buckets` row
 (`SharedBucket`), and takes tokens from it in small batches, *leases*: a process that has none
-left takes up to `lease_seconds` of the key's rate (at least one, at most half the burst) in
-one statement, spends them locally, and drops what it has not spent after a second. Every token
+left takes up to `lease_seconds` of the key's rate (`lease_size`: at least 4, at most half the
+burst) in one statement, spends them locally, and drops what it has not spent after a second. Every token
 spent was first taken from the shared row, which never holds more than the burst and refills
 at the rate, so all processes together never admit more than `burst + rate * t` requests in
 the first `t` seconds, exactly as one bucket would; in any later window the tokens a process
@@ -40,11 +40,12 @@ if TYPE_CHECKING:
     from ..config import Settings
 
 __all__ = ["CREATE", "QUERY", "KINDS", "Rate", "Limits", "LocalBucket", "SharedBucket", "check_unfinished",
-           "LEASE_TTL", "UNFINISHED_RETRY_AFTER"]
+           "lease_size", "LEASE_TTL", "MIN_LEASE", "UNFINISHED_RETRY_AFTER"]
 
 CREATE, QUERY = "create", "query"
 KINDS = (CREATE, QUERY)
 LEASE_TTL = 1.0  # seconds a process keeps tokens it took from a shared bucket
+MIN_LEASE = 4  # tokens a lease takes at least (when the burst allows)
 UNFINISHED_RETRY_AFTER = 5  # seconds: a guess, since tasks end when they end
 _MAX_BUCKETS = 100_000  # buckets one process remembers (two per key in use)
 _WHAT = {CREATE: "create requests", QUERY: "queries"}
@@ -67,6 +68,15 @@ class Rate:
     @property
     def on(self) -> bool:
         return self.per_second > 0
+
+
+def lease_size(rate: Rate, lease_seconds: float) -> int:
+    """Tokens a process takes from a shared bucket at once: `lease_seconds` of the rate, at
+    least `MIN_LEASE` (a statement per request would cost a query a fifth of its time), at
+    most half the burst, and one when `lease_seconds` is 0 (exact, a write per request)."""
+    if lease_seconds <= 0:
+        return 1
+    return max(1, min(max(int(rate.per_second * lease_seconds), MIN_LEASE), rate.burst // 2))
 
 
 def _throttled(kind: str, rate: Rate, wait: float) -> Throttled:
@@ -113,7 +123,7 @@ class SharedBucket:
         self.kind, self.rate, self.name = kind, rate, name
         self.db = db
         self.clock = clock
-        self.want = max(1, min(int(rate.per_second * lease_seconds), rate.burst // 2))
+        self.want = lease_size(rate, lease_seconds)
         self.stock = 0  # tokens taken from the row and not spent yet
         self.stock_until = 0.0
         self.blocked_until = 0.0  # the row had no token; the next is due then
@@ -240,11 +250,11 @@ def check_unfinished(conn: Connection, owner: str, most: int) -> None:
     if most <= 0:
         return
     store.lock_owner(conn, owner)
-    unfinished = store.count_unfinished(conn, owner)
+    unfinished = store.count_unfinished(conn, owner, up_to=most + 1)
     if unfinished > most:
         raise Throttled(
-            f"Requests rate limit exceeded, please try again later. (this account has {unfinished - 1} "
-            f"unfinished tasks, the most it may have at once is {most}; wait for one to end)",
+            f"Requests rate limit exceeded, please try again later. (this account has {most} unfinished "
+            f"tasks, the most it may have at once; wait for one to end)",
             retry_after=UNFINISHED_RETRY_AFTER,
             headers={"RateLimit-Limit": str(most), "RateLimit-Remaining": "0",
                      "RateLimit-Reset": str(UNFINISHED_RETRY_AFTER)},
