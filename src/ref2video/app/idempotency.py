@@ -86,9 +86,9 @@ def bind(conn: Connection, owner: str, claim: Claim, task: TaskRecord, *, retent
                        now_ms=task.submitted_at, cutoff_ms=cutoff):
         return
     found = store.find_key(conn, owner, claim.key)
-    if found is None or found[1] is None:  # swept between the two statements: at the very end of its life
+    earlier_hash, task_id = found or (None, None)
+    if task_id is None:  # swept between the two statements: at the very end of its life
         raise ServiceUnavailable("the Idempotency-Key was expiring as this request came; send it again")
-    earlier_hash, task_id = found
     if earlier_hash != claim.body_hash:
         raise InvalidParameter(
             f"the {HEADER} {claim.key[:80]!r} was used with a different request body in the last "

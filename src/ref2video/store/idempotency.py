@@ -15,7 +15,8 @@ __all__ = ["claim_key", "find_key", "forget_key", "delete_expired"]
 
 
 def _claim(add: Any) -> Any:
-    values = dict(body_hash=bindparam("body_hash"), task_id=bindparam("task_id"), created_at=bindparam("now"))
+    values: dict[str, Any] = dict(body_hash=bindparam("body_hash"), task_id=bindparam("task_id"),
+                                  created_at=bindparam("now"))
     return add(IdempotencyKey).values(owner=bindparam("owner"), key=bindparam("key"), **values).on_conflict_do_update(
         index_elements=[IdempotencyKey.owner, IdempotencyKey.key], set_=values,
         where=IdempotencyKey.created_at < bindparam("cutoff"),
