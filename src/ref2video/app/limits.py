@@ -11,8 +11,8 @@ On SQLite (one process in practice) a bucket lives in the process (`LocalBucket`
 free. On PostgreSQL every process shares each bucket through its `rate_buckets` row
 (`SharedBucket`), and takes tokens from it in small batches, *leases*: a process that has none
 left takes up to `lease_seconds` of the key's rate (`lease_size`: at least 4, at most half the
-burst) in one statement, spends them locally, and drops what it has not spent after a second. Every token
-spent was first taken from the shared row, which never holds more than the burst and refills
+burst) in one statement, spends them locally, and drops what it has not spent after a second.
+Every token spent was first taken from the shared row, which never holds more than the burst and refills
 at the rate, so all processes together never admit more than `burst + rate * t` requests in
 the first `t` seconds, exactly as one bucket would; in any later window the tokens a process
 took just before it can add at most one lease per process. What leasing buys is that a query
@@ -81,13 +81,12 @@ def lease_size(rate: Rate, lease_seconds: float) -> int:
 
 def _throttled(kind: str, rate: Rate, wait: float) -> Throttled:
     retry = max(1, math.ceil(wait))
-    error = Throttled(
+    return Throttled(
         f"Requests rate limit exceeded, please try again later. (this key may make {rate.per_second:g} "
         f"{_WHAT[kind]} a second, {rate.burst} at once)",
         retry_after=retry,
         headers={"RateLimit-Limit": str(rate.burst), "RateLimit-Remaining": "0", "RateLimit-Reset": str(retry)},
     )
-    return error
 
 
 class LocalBucket:
