@@ -3,7 +3,7 @@
 Usage:
 
     python bench/api.py [--duration S] [--concurrency 1,8,32,64] [--database-url URL] [--json out.json]
-                        [--warmup S] [--rounds N]
+                        [--warmup S] [--rounds N] [--limits RATE]
 
 Method
 ------
@@ -41,6 +41,15 @@ ours, ``--rounds`` times in turn, and the table shows the round with the median 
 After the creates, one more query point at the highest concurrency reads the newest tasks, which
 by then sit behind every task created before them in the PENDING queue (row ``query@N``, N the
 number of tasks, compared with the ordinary query ceiling).
+
+With ``--limits RATE`` a third server, **limits**, runs beside them: ours again (its own data
+dir and database) with every limit on and set so that it never refuses
+(``rate_create_per_second`` and ``rate_query_per_second`` RATE, bursts RATE, and
+``max_unfinished_tasks`` 1,000,000,000, so every create also counts the owner's unfinished tasks
+under the owner's lock). It is measured after ours in every round, and a second table sets it
+against ours: what the limits cost (docs/limits.md). RATE decides how often a PostgreSQL process
+takes a lease from the shared bucket (every RATE x 0.05 requests, at most half of RATE); a RATE
+near the throughput measured is the honest one.
 
 Everything is bounded: fixed-duration points, a hard timeout per point and per server start,
 loopback only; the servers are stopped and the temp dir (and PostgreSQL database) removed on the
@@ -199,12 +208,18 @@ def stop_process(server: Server) -> None:
         server.process.wait(5)
 
 
-def start_ours(data_dir: Path, database_url: str | None, log_dir: Path) -> Server:
+def start_ours(data_dir: Path, database_url: str | None, log_dir: Path, *, name: str = "ours",
+               limits: float | None = None) -> Server:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REF2VIDEO_")}
     env.update(REF2VIDEO_DATA_DIR=str(data_dir), REF2VIDEO_WORKERS="0", REF2VIDEO_LOG_LEVEL="warning")
     if database_url:
         env["REF2VIDEO_DATABASE_URL"] = database_url
-    return start_process("ours", [sys.executable, "-m", "ref2video", "serve"], env, log_dir)
+    if limits:
+        burst = str(max(1, math.ceil(limits)))
+        env.update(REF2VIDEO_RATE_CREATE_PER_SECOND=str(limits), REF2VIDEO_RATE_CREATE_BURST=burst,
+                   REF2VIDEO_RATE_QUERY_PER_SECOND=str(limits), REF2VIDEO_RATE_QUERY_BURST=burst,
+                   REF2VIDEO_MAX_UNFINISHED_TASKS="1000000000")
+    return start_process(name, [sys.executable, "-m", "ref2video", "serve"], env, log_dir)
 
 
 def start_ceiling(log_dir: Path) -> Server:
@@ -418,28 +433,40 @@ class Options:
     concurrency: list[int]
     database_url: str | None
     json_path: Path | None
+    limits: float | None = None
 
 
-async def measure(ours: Server, ceiling: Server, key: str, opts: Options) -> tuple[list[Point], int]:
-    """Every point, ceiling then ours; returns the points and the final number of tasks."""
+async def measure(ours: Server, ceiling: Server, key: str, opts: Options,
+                  limited: tuple[Server, str] | None = None) -> tuple[list[Point], int]:
+    """Every point, ceiling then ours (then ours with limits, `limited`: its server and key);
+    returns the points and the final number of tasks."""
     points: list[Point] = []
+    keys = {ours.name: key, ceiling.name: key, **({limited[0].name: limited[1]} if limited else {})}
+    extra = (limited[0],) if limited else ()
 
-    async def pair(op: str, requests: Sequence[bytes], c: int, targets: Sequence[Server]) -> None:
+    async def pair(op: str, requests: dict[str, Sequence[bytes]], c: int, targets: Sequence[Server]) -> None:
         for round_no in range(opts.rounds):
             for server in targets:
-                point = await run_point(server, op, requests, c, opts.warmup, opts.duration)
+                point = await run_point(server, op, requests[server.name], c, opts.warmup, opts.duration)
                 point.round = round_no
                 points.append(point)
                 print(_progress_line(point), file=sys.stderr, flush=True)
 
     queries = query_requests(key, await seed_tasks(ours, key, SEED_TASKS))
+    each = {ours.name: queries, ceiling.name: queries}
+    for server in extra:
+        each[server.name] = query_requests(keys[server.name], await seed_tasks(server, keys[server.name], SEED_TASKS))
     for c in opts.concurrency:
-        await pair("query", queries, c, (ceiling, ours))
-    creates = [http_request("POST", CREATE_PATH, key, json.dumps(CREATE_BODY).encode())]
+        await pair("query", each, c, (ceiling, ours, *extra))
+    creates = {name: [http_request("POST", CREATE_PATH, k, json.dumps(CREATE_BODY).encode())]
+               for name, k in keys.items()}
     for c in opts.concurrency:
-        await pair("create", creates, c, (ceiling, ours))
+        await pair("create", creates, c, (ceiling, ours, *extra))
     newest, total = await newest_tasks(ours, key)
-    await pair(f"query@{total}", query_requests(key, newest), max(opts.concurrency), (ours,))
+    latest = {ours.name: query_requests(key, newest)}
+    for server in extra:
+        latest[server.name] = query_requests(keys[server.name], (await newest_tasks(server, keys[server.name]))[0])
+    await pair(f"query@{total}", latest, max(opts.concurrency), (ours, *extra))
     return points, total
 
 
@@ -459,11 +486,18 @@ def run(opts: Options) -> dict[str, Any]:
     try:
         with contextlib.ExitStack() as stack:
             db_url = stack.enter_context(fresh_postgres(opts.database_url)) if opts.database_url else None
+            limits_url = (stack.enter_context(fresh_postgres(opts.database_url))
+                          if opts.database_url and opts.limits else None)
             try:
                 servers.append(start_ceiling(workdir))
                 servers.append(start_ours(workdir / "data", db_url, workdir))
                 key = (workdir / "data" / "first-api-key.txt").read_text().strip()
-                points, total = _run_loop(servers[1], servers[0], key, opts)
+                limited = None
+                if opts.limits:
+                    servers.append(start_ours(workdir / "data-limits", limits_url, workdir, name="limits",
+                                              limits=opts.limits))
+                    limited = (servers[2], (workdir / "data-limits" / "first-api-key.txt").read_text().strip())
+                points, total = _run_loop(servers[1], servers[0], key, opts, limited)
             finally:
                 for server in servers:
                     stop_process(server)
@@ -474,7 +508,8 @@ def run(opts: Options) -> dict[str, Any]:
             "points": [dataclasses.asdict(p) for p in points]}
 
 
-def _run_loop(ours: Server, ceiling: Server, key: str, opts: Options) -> tuple[list[Point], int]:
+def _run_loop(ours: Server, ceiling: Server, key: str, opts: Options,
+              limited: tuple[Server, str] | None = None) -> tuple[list[Point], int]:
     loop_name = "asyncio"
     try:
         import uvloop
@@ -485,12 +520,12 @@ def _run_loop(ours: Server, ceiling: Server, key: str, opts: Options) -> tuple[l
         runner = asyncio.Runner()
     print(f"client loop: {loop_name}; ours on :{ours.port}, ceiling on :{ceiling.port}", file=sys.stderr)
     with runner:
-        return runner.run(measure(ours, ceiling, key, opts))
+        return runner.run(measure(ours, ceiling, key, opts, limited))
 
 
 def _settings(opts: Options) -> dict[str, Any]:
     return {"duration_s": opts.duration, "warmup_s": opts.warmup, "rounds": opts.rounds,
-            "concurrency": opts.concurrency,
+            "concurrency": opts.concurrency, "limits_rate": opts.limits,
             "database": "postgresql" if opts.database_url else "sqlite", "seeded_tasks": SEED_TASKS}
 
 
@@ -559,6 +594,26 @@ def table(points: Sequence[Point]) -> str:
     return "\n".join(rows)
 
 
+def limits_table(points: Sequence[Point]) -> str:
+    """A Markdown table: ours with limits on against ours, per (op, concurrency)."""
+    points = medians(points)
+    plain = {(p.op, p.concurrency): p for p in points if p.target == "ours"}
+    rows = ["| op | conc | ours req/s | limits req/s | ratio | ours p50 / p99 ms | limits p50 / p99 ms "
+            "| server CPU µs/req (ours / limits) | CPU cost | errors (limits) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in points:
+        base = plain.get((p.op, p.concurrency))
+        if p.target != "limits" or base is None:
+            continue
+        cost = p.server_cpu_us / base.server_cpu_us - 1 if base.server_cpu_us else float("nan")
+        rows.append(
+            f"| {p.op} | {p.concurrency} | {base.rps:,.0f} | {p.rps:,.0f} | {p.rps / base.rps:.2f} "
+            f"| {base.p50_ms:.2f} / {base.p99_ms:.2f} | {p.p50_ms:.2f} / {p.p99_ms:.2f} "
+            f"| {base.server_cpu_us:.0f} / {p.server_cpu_us:.0f} | {cost:+.0%} | {p.errors} |"
+        )
+    return "\n".join(rows)
+
+
 def points_of(report: dict[str, Any]) -> list[Point]:
     return [Point(**p) for p in report["points"]]
 
@@ -577,6 +632,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, int | None]:
                         help="comma-separated connection counts (1,8,32,64)")
     parser.add_argument("--database-url", default=None,
                         help="a PostgreSQL server URL; a fresh database is made on it and dropped")
+    parser.add_argument("--limits", type=float, default=None, metavar="RATE",
+                        help="also measure ours with every limit on at RATE a second per key (never refusing)")
     parser.add_argument("--json", type=Path, default=None, dest="json_path", help="also write the report here")
     parser.add_argument("--serve-ceiling", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
@@ -586,7 +643,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, int | None]:
         parser.error("--concurrency takes numbers from 1 to 512")
     if not 0.1 <= args.duration <= 120 or not 0 <= args.warmup <= 60 or not 1 <= args.rounds <= 9:
         parser.error("--duration must be 0.1-120 s, --warmup 0-60 s and --rounds 1-9")
-    opts = Options(args.duration, args.warmup, args.rounds, concurrency, args.database_url, args.json_path)
+    if args.limits is not None and not 1 <= args.limits <= 1e7:
+        parser.error("--limits takes a rate from 1 to 10000000 a second")
+    opts = Options(args.duration, args.warmup, args.rounds, concurrency, args.database_url, args.json_path,
+                   args.limits)
     return opts, (args.port if args.serve_ceiling else None)
 
 
@@ -605,6 +665,10 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{report['tasks_at_end']} tasks in the table at the end; "
           f"load average {m['loadavg_before'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after\n")
     print(table(points_of(report)))
+    if opts.limits:
+        print(f"\nWith limits on (rate and burst {opts.limits:g} a second per key, "
+              "the unfinished-task quota counted):\n")
+        print(limits_table(points_of(report)))
     if opts.json_path:
         opts.json_path.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -105,6 +105,18 @@ class Settings(BaseSettings):
     prices: PriceTable = Field(
         default_factory=dict, description="credits per billed second by model:tier[:silent], over the list prices"
     )
+    # Rate limits and quotas (docs/limits.md); 0 turns each off.
+    rate_create_per_second: float = Field(0.0, ge=0, description="creates one key may make a second; 0: no limit")
+    rate_create_burst: int = Field(0, ge=0, description="creates one key may make at once; 0: the rate, rounded up")
+    rate_query_per_second: float = Field(
+        0.0, ge=0, description="queries (a task, the list, a cancel) one key may make a second; 0: no limit"
+    )
+    rate_query_burst: int = Field(0, ge=0, description="queries one key may make at once; 0: the rate, rounded up")
+    max_unfinished_tasks: int = Field(0, ge=0, description="PENDING or RUNNING tasks one owner may have; 0: no limit")
+    rate_limit_lease: float = Field(
+        0.05, ge=0, le=1,
+        description="seconds of a key's rate a process takes from the shared bucket at once (PostgreSQL)",
+    )
     sweep_interval: float = Field(300.0, gt=0, description="seconds between retention sweeps")
     orphan_grace_seconds: float = Field(
         3600.0, gt=0, description="age after which a stored file no task or upload names is removed"

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from .app import transitions
+from .app import idempotency, transitions
 from .storage.base import Storage
 from .store import tasks as task_store
 from .store import uploads as upload_store
@@ -58,6 +58,8 @@ class Sweeper:
             with self.db.begin() as conn:
                 upload_store.delete_uploads(conn, [key for key, _ in old])
             removed += len(old)
+        with self.db.begin() as conn:  # idempotency keys past their life (they may be used again)
+            idempotency.sweep(conn, self.retention_ms)
         cutoff = time.time() - self.retention_ms / 1000
         for leftover in self.scratch_dir.glob("*"):
             if leftover.stat().st_mtime < cutoff:

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 from .app import keys
 from .app.auth import Authenticator
 from .app.gauges import TaskGauges
+from .app.limits import Limits
 from .app.ledger import Prices
 from .app.tasks import Billing
 from .config import LIST_PRICES, Settings
@@ -74,6 +75,7 @@ class Service:
             settings, settings.signing_secret or keys.server_secret(self.db, "url_signing"))
         self.policy = PolicySigner(keys.server_secret(self.db, "upload_policy"))
         self.auth = Authenticator(self.db)
+        self.limits = Limits.from_settings(settings, self.db)  # rate limits and quotas, docs/limits.md
         self.storage: Storage = storage or built_storage
         self.uploads: Storage = uploads or built_uploads
         self.models: list[str] = list(settings.models)  # every model this server accepts

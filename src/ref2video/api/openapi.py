@@ -21,6 +21,7 @@ _WHY = {
     403: "refused (AccessDenied)",
     404: "no such model or resource (ModelNotFound, NotFound)",
     413: "the body is too large (RequestTooLarge)",
+    429: "a rate limit or the unfinished-task quota (Throttling.RateQuota); see Retry-After and RateLimit-*",
     500: "a fault of the server, never of the input (InternalError)",
     503: "the database is away for now (ServiceUnavailable); see Retry-After",
 }
@@ -53,7 +54,13 @@ _CREATE_BODY = {
     "required": True,
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateBody"}}},
 }
-GATEWAY_CREATE: dict[str, Any] = {"requestBody": _CREATE_BODY, "security": SECURITY}
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
+    "description": "a ref2video extension: the same key with the same body within 24 hours answers the "
+                   "task the first request made; with another body, 400 InvalidParameter (docs/limits.md)",
+}
+GATEWAY_CREATE: dict[str, Any] = {"requestBody": _CREATE_BODY, "security": SECURITY, "parameters": [_IDEMPOTENCY_KEY]}
 NATIVE_CREATE: dict[str, Any] = {
     "requestBody": _CREATE_BODY,
     "security": SECURITY,
@@ -65,7 +72,7 @@ NATIVE_CREATE: dict[str, Any] = {
         "name": "X-DashScope-OssResourceResolve", "in": "header", "required": False,
         "schema": {"type": "string", "enum": ["enable"]},
         "description": "sent by clients whose references include oss:// uploads",
-    }],
+    }, _IDEMPOTENCY_KEY],
 }
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}

@@ -17,7 +17,9 @@ from ..store import tasks as store
 from ..store import uploads
 from ..store.keys import Principal
 from ..store.tasks import TaskPage, TaskRecord
-from . import ledger, observe, transitions
+from . import ledger, limits, observe, transitions
+from .idempotency import Claim, Replay, replay
+from .idempotency import bind as bind_key
 from .ledger import Prices
 
 __all__ = ["TaskRecord", "TaskPage", "Billing", "create", "get", "page", "cancel"]
@@ -37,24 +39,33 @@ class Billing:
 def create(db: Engine, spec: TaskSpec, principal: Principal, *, retention_ms: int,
            write_lock: contextlib.AbstractContextManager[object] = _NO_LOCK,
            on_insert: Callable[[Connection], None] | None = None, billing: Billing | None = None,
-           callback_url: str | None = None) -> TaskRecord:
+           callback_url: str | None = None, idempotency: Claim | None = None,
+           max_unfinished: int = 0) -> TaskRecord:
     """A new PENDING task of `principal`'s, once every `oss://` file it names is theirs, and,
     with `billing`, once its largest cost is held against the owner's balance (else `Arrearage`,
     and no task). `on_insert` runs in the same transaction (the queue's wake-up on PostgreSQL);
-    `callback_url` gets the task's webhooks (docs/webhooks.md)."""
+    `callback_url` gets the task's webhooks (docs/webhooks.md). With `idempotency`, a key that
+    made a task before answers that task (`Claim.replayed`); with `max_unfinished`, an owner with
+    that many tasks PENDING or RUNNING is refused (`Throttled`, and no task)."""
     names = {oss_key(url): what for what, url in reversed(spec.all_urls) if oss_key(url)}
     if names:
         with db.connect() as conn:
             unknown = uploads.unknown_keys(conn, principal.owner, names, retention_ms)
         for key in unknown:
             raise InvalidURL(f"{names[key]}: unknown oss:// key {key[:200]!r}; upload the file first")
-    with write_lock, observe.begin(db) as conn:
-        task = transitions.create(conn, spec, principal, callback_url=callback_url)
-        observe.moved(conn, [task.id], Status.PENDING, source=None)
-        if billing is not None:
-            ledger.hold(conn, task, spec, billing.prices, billing.tz)
-        if on_insert is not None:
-            on_insert(conn)
+    try:
+        with write_lock, observe.begin(db) as conn:
+            task = transitions.create(conn, spec, principal, callback_url=callback_url)
+            if idempotency is not None:
+                bind_key(conn, principal.owner, idempotency, task, retention_ms=retention_ms)
+            limits.check_unfinished(conn, principal.owner, max_unfinished)
+            if billing is not None:
+                ledger.hold(conn, task, spec, billing.prices, billing.tz)
+            if on_insert is not None:
+                on_insert(conn)
+            observe.moved(conn, [task.id], Status.PENDING, source=None)
+    except Replay as earlier:  # this create rolled back; the key's first task answers
+        return replay(db, principal, earlier, retention_ms=retention_ms)
     return task
 
 

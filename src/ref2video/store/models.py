@@ -60,6 +60,7 @@ class Task(Base):
         Index("ix_tasks_lease", "lease_token"),  # a relay renews all its tasks at once
         Index("ix_tasks_intent", "upstream_account", "upstream_submit_at"),
         Index("ix_tasks_result_key", "result_key"),  # the orphan sweep asks who owns a file
+        Index("ix_tasks_owner_status", "owner", "status"),  # the unfinished-task quota counts here
     )
 
 

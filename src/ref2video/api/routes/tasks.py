@@ -9,13 +9,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
-from ...app import tasks, webhooks
+from ...app import idempotency, tasks, webhooks
 from ...errors import AccessDenied, InvalidParameter, UnsupportedOperation, clip
 from ...protocol import Status
 from ...service import Service
 from ...spec import parse_spec
 from ..deps import base_url_of, bearer_key, in_thread, principal_of, read_json, service_of, text_param
 from ..errors import request_id
+from ..throttle import CREATE, QUERY, admit
 from ..openapi import GATEWAY_CREATE, LIST_PARAMETERS, NATIVE_CREATE, SECURITY, errors
 from ..schemas import CancelAnswer, TaskAnswer, TaskCreated, TaskList
 from ..views import list_item, task_output, unknown_output
@@ -28,8 +29,8 @@ _MAX_TASK_ID = 64
 _MAX_ECHO = 1000  # an UNKNOWN answer repeats the id asked for, up to this
 
 
-def _ok(body: dict[str, Any]) -> JSONResponse:
-    return JSONResponse({"request_id": request_id(), **body})
+def _ok(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"request_id": request_id(), **body}, headers=headers)
 
 
 def _plausible(task_id: str) -> bool:
@@ -43,20 +44,24 @@ async def _create(request: Request) -> JSONResponse:
     bearer_key(request)  # a missing key is the first thing to report, then the body
     body = await read_json(request, service.settings.max_body_bytes)
     principal = await principal_of(request)
+    await admit(request, principal, CREATE)
     spec = parse_spec(body, service.models)
     callback = webhooks.callback_of(request.headers.get(webhooks.CALLBACK_HEADER))
+    claim = idempotency.claim_of(request.headers.get(idempotency.HEADER), body)
     task = await in_thread(
         lambda: tasks.create(service.db, spec, principal, retention_ms=service.retention_ms,
                              write_lock=service.write_lock, on_insert=service.wakeup.notify_in,
-                             billing=service.billing, callback_url=callback)
+                             billing=service.billing, callback_url=callback, idempotency=claim,
+                             max_unfinished=service.limits.max_unfinished)
     )
     service.wakeup.wake_local()
-    return _ok({"output": {"task_id": task.id, "task_status": task.status.value}})
+    replayed = {"Idempotent-Replayed": "true"} if claim is not None and claim.replayed else None
+    return _ok({"output": {"task_id": task.id, "task_status": task.status.value}}, replayed)
 
 
 @router.post(
     "/task/bailian/ref2video", tags=["gateway"], summary="Create a task (gateway form)",
-    response_model=TaskCreated, responses=errors(400, 401, 404, 413), openapi_extra=GATEWAY_CREATE,
+    response_model=TaskCreated, responses=errors(400, 401, 404, 413, 429), openapi_extra=GATEWAY_CREATE,
 )
 async def create_gateway(request: Request) -> JSONResponse:
     return await _create(request)
@@ -65,7 +70,7 @@ async def create_gateway(request: Request) -> JSONResponse:
 @router.post(
     "/api/v1/services/aigc/video-generation/video-synthesis", tags=["native"],
     summary="Create a task (needs X-DashScope-Async: enable)",
-    response_model=TaskCreated, responses=errors(400, 401, 403, 404, 413), openapi_extra=NATIVE_CREATE,
+    response_model=TaskCreated, responses=errors(400, 401, 403, 404, 413, 429), openapi_extra=NATIVE_CREATE,
 )
 async def create_native(request: Request) -> JSONResponse:
     if request.headers.get("x-dashscope-async", "").strip().lower() != "enable":
@@ -77,6 +82,7 @@ async def create_native(request: Request) -> JSONResponse:
 async def _query(request: Request, task_id: str) -> JSONResponse:
     service = service_of(request)
     principal = await principal_of(request)
+    await admit(request, principal, QUERY)
     if not _plausible(task_id):
         return _ok(unknown_output(task_id[:_MAX_ECHO]))
     task = await in_thread(lambda: tasks.get(service.db, principal, task_id, retention_ms=service.retention_ms))
@@ -86,23 +92,24 @@ async def _query(request: Request, task_id: str) -> JSONResponse:
 
 
 @router.get("/task/{task_id}", tags=["gateway"], summary="Query a task (gateway form)",
-            response_model=TaskAnswer, responses=errors(401), openapi_extra={"security": SECURITY})
+            response_model=TaskAnswer, responses=errors(401, 429), openapi_extra={"security": SECURITY})
 async def query_gateway(request: Request, task_id: str) -> JSONResponse:
     return await _query(request, task_id)
 
 
 @router.get("/api/v1/tasks/{task_id}", tags=["native"], summary="Query a task",
-            response_model=TaskAnswer, responses=errors(401), openapi_extra={"security": SECURITY})
+            response_model=TaskAnswer, responses=errors(401, 429), openapi_extra={"security": SECURITY})
 async def query_native(request: Request, task_id: str) -> JSONResponse:
     return await _query(request, task_id)
 
 
 @router.post("/api/v1/tasks/{task_id}/cancel", tags=["native"],
              summary="Cancel a PENDING task (or ask a RUNNING one to stop)",
-             response_model=CancelAnswer, responses=errors(400, 401), openapi_extra={"security": SECURITY})
+             response_model=CancelAnswer, responses=errors(400, 401, 429), openapi_extra={"security": SECURITY})
 async def cancel(request: Request, task_id: str) -> JSONResponse:
     service = service_of(request)
     principal = await principal_of(request)
+    await admit(request, principal, QUERY)
     done = None
     if _plausible(task_id):
         done = await in_thread(lambda: tasks.cancel(service.db, principal, task_id, write_lock=service.write_lock))
@@ -112,11 +119,12 @@ async def cancel(request: Request, task_id: str) -> JSONResponse:
 
 
 @router.get("/api/v1/tasks", tags=["native"], summary="List your tasks, newest first",
-            response_model=TaskList, responses=errors(400, 401),
+            response_model=TaskList, responses=errors(400, 401, 429),
             openapi_extra={**LIST_PARAMETERS, "security": SECURITY})
 async def list_tasks(request: Request) -> JSONResponse:
     service = service_of(request)
     principal = await principal_of(request)
+    await admit(request, principal, QUERY)
     q = request.query_params
     page_no = _int_param(q.get("page_no"), "page_no", 1, 1, 1_000_000)
     page_size = _int_param(q.get("page_size"), "page_size", 10, 1, 100)
