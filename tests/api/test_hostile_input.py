@@ -155,10 +155,10 @@ def test_a_database_outage_is_a_503_that_clients_retry(tmp_path: Path, pg_url: s
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A 4 MB file system of its own (tmpfs), or a skip where mounting is not allowed."""
+    """A 16 MB file system of its own (tmpfs), or a skip where mounting is not allowed."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small file system here: {done.stderr.decode().strip()}")
     yield mount
@@ -171,10 +171,10 @@ def test_a_full_disk_is_a_503_and_health_says_so(tmp_path: Path, tiny_disk: Path
         client = server.client()
         assert client.get("/health").json()["database"] == "ok"
         filler = tiny_disk / "filler"
-        with open(filler, "wb") as f, pytest.raises(OSError):  # fill the disk to the last block
+        # Fill the disk to the last block; unbuffered, so closing the file has nothing left to write.
+        with open(filler, "wb", buffering=0) as f, pytest.raises(OSError):
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
                 os.fsync(f.fileno())
         r = client.post(GATEWAY, json=make_body(prompt="character1 " + "x" * 1400))
         assert_envelope(r, 503, "ServiceUnavailable")
