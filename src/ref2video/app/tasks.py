@@ -1,10 +1,20 @@
-"""Tasks as their owners see them: create, read, list and cancel, each in one transaction."""
+"""Tasks as their owners see them: create, read, list and cancel, each in one transaction.
+
+The request path's two hottest calls are awaited on the event loop: `get` reads there without
+a thread hop (on SQLite with the thread's own connection, on PostgreSQL with a pooled
+asynchronous one; either falls back to the ordinary way, in a thread, on any database error, so
+errors are reported as they always were), and `submit` hands a create to the engine's batching
+thread (`app.batches`). `create`, `page` and `cancel` block, for a thread.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from anyio import to_thread
 from sqlalchemy import Connection, Engine
 
 from ..errors import InvalidURL
@@ -12,11 +22,13 @@ from ..protocol import Status
 from ..spec import TaskSpec, oss_key
 from ..store import tasks as store
 from ..store import uploads
+from ..store.db import is_postgres, pooled, thread_connection
 from ..store.keys import Principal
-from ..store.tasks import TaskPage, TaskRecord
+from ..store.tasks import Lookup, TaskPage, TaskRecord
 from . import transitions
+from .batches import creates_for
 
-__all__ = ["TaskRecord", "TaskPage", "create", "get", "page", "cancel"]
+__all__ = ["TaskRecord", "TaskPage", "create", "submit", "get", "get_blocking", "page", "cancel"]
 
 
 def create(db: Engine, spec: TaskSpec, principal: Principal, *, retention_ms: int,
@@ -24,12 +36,7 @@ def create(db: Engine, spec: TaskSpec, principal: Principal, *, retention_ms: in
            on_insert: Callable[[Connection], None] | None = None) -> TaskRecord:
     """A new PENDING task of `principal`'s, once every `oss://` file it names is theirs.
     `on_insert` runs in the same transaction (the queue's wake-up on PostgreSQL)."""
-    names = {oss_key(url): what for what, url in reversed(spec.all_urls) if oss_key(url)}
-    if names:
-        with db.connect() as conn:
-            unknown = uploads.unknown_keys(conn, principal.owner, names, retention_ms)
-        for key in unknown:
-            raise InvalidURL(f"{names[key]}: unknown oss:// key {key[:200]!r}; upload the file first")
+    _check_uploads(db, spec, principal, retention_ms)
     with write_lock, db.begin() as conn:
         task = transitions.create(conn, spec, principal)
         if on_insert is not None:
@@ -37,10 +44,64 @@ def create(db: Engine, spec: TaskSpec, principal: Principal, *, retention_ms: in
     return task
 
 
-def get(db: Engine, principal: Principal, task_id: str, *, retention_ms: int) -> TaskRecord | None:
-    """The principal's task, or None when it is unknown to them or past retention."""
+async def submit(db: Engine, spec: TaskSpec, principal: Principal, *, retention_ms: int,
+                 write_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext(),
+                 on_insert: Callable[[Connection], None] | None = None) -> TaskRecord:
+    """`create`, awaited on the event loop: the insert joins the engine's next batch (one
+    transaction for the creates that arrive together; `app.batches`)."""
+    if any(oss_key(url) for _, url in spec.all_urls):
+        # Rare (the SDK's uploads): checked first, in a thread, as `create` does.
+        await to_thread.run_sync(lambda: _check_uploads(db, spec, principal, retention_ms))
+    return await creates_for(db, write_lock=write_lock, on_insert=on_insert).add(spec, principal)
+
+
+async def get(db: Engine, principal: Principal, task_id: str, *, retention_ms: int) -> TaskRecord | None:
+    """The principal's task, or None when it is unknown to them or past retention; read on the
+    event loop."""
+    lookup = _lookup(db)
+    if not is_postgres(db):
+        try:
+            return store.lookup_task(thread_connection(db), lookup, principal.owner, task_id, retention_ms)
+        except sqlite3.Error:
+            pass  # a lock met (or worse): the ordinary way reports it as it always has
+    else:
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        try:
+            async with pooled(db) as conn:
+                return await store.lookup_task_async(conn, lookup, principal.owner, task_id, retention_ms)
+        except (psycopg.Error, PoolTimeout):
+            pass
+    return await to_thread.run_sync(lambda: get_blocking(db, principal, task_id, retention_ms=retention_ms))
+
+
+def get_blocking(db: Engine, principal: Principal, task_id: str, *, retention_ms: int) -> TaskRecord | None:
+    """`get` for a thread, through the engine's pool."""
     with db.connect() as conn:
         return store.get_task(conn, principal.owner, task_id, retention_ms)
+
+
+# The poll's statement compiled for each kind of engine (dialect and parameter style).
+_lookups: dict[tuple[type, str], Lookup] = {}
+
+
+def _lookup(db: Engine) -> Lookup:
+    kind = (type(db.dialect), db.dialect.paramstyle)
+    found = _lookups.get(kind)
+    if found is None:
+        found = _lookups[kind] = Lookup(db.dialect)
+    return found
+
+
+def _check_uploads(db: Engine, spec: TaskSpec, principal: Principal, retention_ms: int) -> None:
+    """Every `oss://` file the spec names is one of the principal's uploads, or InvalidURL."""
+    names = {oss_key(url): what for what, url in reversed(spec.all_urls) if oss_key(url)}
+    if names:
+        with db.connect() as conn:
+            unknown = uploads.unknown_keys(conn, principal.owner, names, retention_ms)
+        for key in unknown:
+            raise InvalidURL(f"{names[key]}: unknown oss:// key {key[:200]!r}; upload the file first")
 
 
 def page(db: Engine, principal: Principal, *, retention_ms: int, page_no: int = 1, page_size: int = 10,

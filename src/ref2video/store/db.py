@@ -1,8 +1,25 @@
-"""Database engines: SQLite in WAL mode by default, PostgreSQL by URL; migrations on start."""
+"""Database engines: SQLite in WAL mode by default, PostgreSQL by URL; migrations on start.
+
+Besides its SQLAlchemy pool, an engine lends the request path connections for reads awaited on
+the event loop, so that a poll needs no thread hop (`ref2video.app.tasks.get`):
+
+- SQLite: `thread_connection(engine)`, one plain connection per thread, with a short busy
+  timeout. In WAL mode a read never waits for a writer, so it is short enough for the loop;
+  one that meets a lock anyway is retried the ordinary way, in a thread.
+- PostgreSQL: `pooled(engine)`, a connection of a psycopg `AsyncConnectionPool` of the running
+  event loop (autocommit, statements prepared on the server after a few uses).
+
+Both are closed with the engine (`Engine.dispose`), a loop's pool also by `close_loop_pool`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 import time
+import weakref
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +30,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
-__all__ = ["make_engine", "migrate", "now_ms", "is_postgres", "unavailable", "describe", "schema_missing"]
+__all__ = [
+    "make_engine", "migrate", "now_ms", "is_postgres", "unavailable", "describe", "schema_missing",
+    "thread_connection", "pooled", "close_loop_pool",
+]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x72327600  # advisory lock id held while PostgreSQL migrates
+_READ_BUSY_MS = 20  # how long a read on the event loop may wait for a lock before going to a thread
+_POOL_MIN, _POOL_MAX = 2, 10  # connections of each event loop's PostgreSQL pool
+_POOL_WAIT = 2.0  # seconds a read waits for a pooled connection before going the ordinary way
 
 
 def now_ms() -> int:
@@ -34,7 +57,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, **kwargs)
-    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    engine = create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    event.listen(engine, "engine_disposed", _close_loop_connections)
+    return engine
 
 
 def _sqlite_engine(url: Any, **kwargs: Any) -> Engine:
@@ -61,7 +86,110 @@ def _sqlite_engine(url: Any, **kwargs: Any) -> Engine:
         # on busy_timeout for the lock instead of failing to upgrade a read snapshot.
         conn.exec_driver_sql("BEGIN")
 
+    event.listen(engine, "engine_disposed", _close_loop_connections)
     return engine
+
+
+# -- connections for reads on the event loop ---------------------------------------------------
+
+
+class _LoopConnections:
+    """What one engine lends the request path: SQLite connections by thread, PostgreSQL pools
+    by event loop."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sqlite: dict[int, Any] = {}  # thread id -> sqlite3 connection
+        self.pools: dict[asyncio.AbstractEventLoop, Any] = {}
+
+
+_lent: weakref.WeakKeyDictionary[Engine, _LoopConnections] = weakref.WeakKeyDictionary()
+_lent_lock = threading.Lock()
+
+
+def _lent_by(engine: Engine) -> _LoopConnections:
+    lent = _lent.get(engine)
+    if lent is None:
+        with _lent_lock:
+            lent = _lent.setdefault(engine, _LoopConnections())
+    return lent
+
+
+def thread_connection(engine: Engine) -> Any:
+    """This thread's own sqlite3 connection to `engine`'s database, for short reads: in
+    autocommit mode (each statement its own snapshot) and with a busy timeout of a few
+    milliseconds, so a read that meets a lock fails (`sqlite3.OperationalError`) rather than
+    holding up the event loop. It is made by the engine (its pragmas), then detached from its pool."""
+    lent = _lent_by(engine)
+    ident = threading.get_ident()
+    conn = lent.sqlite.get(ident)
+    if conn is None:
+        proxied = engine.raw_connection()
+        conn = proxied.driver_connection
+        proxied.detach()  # ours now: closed with the engine (_close_loop_connections)
+        conn.execute(f"PRAGMA busy_timeout={_READ_BUSY_MS}")
+        with lent.lock:
+            lent.sqlite[ident] = conn
+    return conn
+
+
+@contextlib.asynccontextmanager
+async def pooled(engine: Engine) -> AsyncIterator[Any]:
+    """A psycopg `AsyncConnection` to `engine`'s PostgreSQL database, from the running event
+    loop's pool (made on first use). Raises `psycopg_pool.PoolTimeout` when none is free within
+    a couple of seconds (the database away, say)."""
+    loop = asyncio.get_running_loop()
+    lent = _lent_by(engine)
+    pool = lent.pools.get(loop)
+    if pool is None:
+        from psycopg_pool import AsyncConnectionPool
+
+        conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        made = AsyncConnectionPool(conninfo, min_size=_POOL_MIN, max_size=_POOL_MAX, open=False,
+                                   timeout=_POOL_WAIT, kwargs={"autocommit": True}, name="ref2video-loop")
+        await made.open()
+        with lent.lock:
+            pool = lent.pools.setdefault(loop, made)
+        if pool is not made:  # another request of this loop made one meanwhile
+            await made.close()
+    async with pool.connection() as conn:
+        yield conn
+
+
+async def close_loop_pool(engine: Engine) -> None:
+    """Close the running event loop's pool of `engine`, if it has one (an app's shutdown)."""
+    lent = _lent.get(engine)
+    if lent is not None:
+        with lent.lock:
+            pool = lent.pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool.close()
+
+
+def _close_loop_connections(engine: Engine) -> None:
+    """On `Engine.dispose()`: close what was lent. A pool is closed on its own loop, which is
+    waited for when it runs in another thread."""
+    lent = _lent.pop(engine, None)
+    if lent is None:
+        return
+    with lent.lock:
+        conns, lent.sqlite = list(lent.sqlite.values()), {}
+        pools, lent.pools = list(lent.pools.items()), {}
+    for conn in conns:
+        with contextlib.suppress(Exception):
+            conn.close()
+    for loop, pool in pools:
+        if loop.is_closed():
+            continue
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.create_task(pool.close())
+            continue
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(pool.close(timeout=5), loop).result(10)
 
 
 def describe(url: str) -> str:
