@@ -1,15 +1,22 @@
-"""New tasks from the API, inserted by one thread in batches (group commit).
+"""New tasks from the API, inserted in batches (group commit).
 
-A create awaited on the event loop hands its task to `Creates.add` and waits. One thread takes
-every create that has arrived since its last commit and inserts them all in one transaction
-(`transitions.create` for each, then `on_insert` once: the queue's wake-up on PostgreSQL). So a
-burst of creates pays for one commit and one wake-up of the loop, not one of each per create,
-and on SQLite the API's writes never queue in its busy handler, which sleeps in steps.
+A create awaited on the event loop hands its task to `Creates.add` and waits. The creates that
+reach `add` in one turn of the loop are inserted together, in one transaction
+(`transitions.create` for each, then `on_insert` once: the queue's wake-up on PostgreSQL), so a
+burst of creates pays for one commit, not one each:
 
-A batch that fails is tried again one create at a time, each in its own transaction, so every
-create gets its own answer: its task, or the error that it alone met. The thread ends after a
-few idle seconds and starts again with the next create; `close()` ends it for good (an
-engine's disposal does), after which a create runs in a thread of its own.
+- on SQLite, on the event loop itself, through the thread's own connection
+  (`store.db.loop_connection`), which never waits for a lock: when the in-process write lock or
+  SQLite's is held, the batch goes to the thread instead. The WAL is checkpointed in a thread
+  every few hundred such commits, as the loop's connection does not do it.
+- otherwise (and for those batches) by one thread, which takes every batch that has arrived
+  since its last commit; on PostgreSQL in psycopg's pipeline mode, one round trip for the whole
+  batch. On SQLite the API's writes thus never queue in its busy handler, which sleeps in steps.
+
+A batch that fails in the thread is tried again one create at a time, each in its own
+transaction, so every create gets its own answer: its task, or the error that it alone met. The
+thread ends after a few idle seconds and starts again with the next batch; `close()` ends it
+for good (an engine's disposal does), after which a create runs in a thread of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from anyio import to_thread
 from sqlalchemy import Connection, Engine, event
 
 from ..spec import TaskSpec
+from ..store.db import checkpoint, is_postgres, loop_connection
 from ..store.keys import Principal
 from ..store.tasks import TaskRecord
 from . import transitions
@@ -34,10 +42,12 @@ __all__ = ["Creates", "creates_for"]
 
 log = logging.getLogger(__name__)
 
-_IDLE_S = 5.0  # the thread ends after this long without a create
+_IDLE_S = 5.0  # the thread ends after this long without a batch
 _MAX_BATCH = 256  # creates per transaction at most
+_CHECKPOINT_EVERY = 200  # commits on the loop between two WAL checkpoints
 
 _Item = tuple[TaskSpec, Principal, "asyncio.Future[TaskRecord]"]
+_Answer = tuple["asyncio.Future[TaskRecord]", TaskRecord | None, BaseException | None]
 
 
 class Creates:
@@ -48,23 +58,26 @@ class Creates:
         self.db = db
         self.write_lock = write_lock
         self.on_insert = on_insert
-        self._queue: list[_Item] = []
+        self.on_loop = not is_postgres(db)
+        self._gathering: dict[asyncio.AbstractEventLoop, list[_Item]] = {}  # this turn's, by loop
+        self._queue: list[_Item] = []  # handed to the thread
         self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
         self._idle = False  # the thread waits on _cond for work
         self._closed = False
+        self._loop_commits = 0
+        self._checkpointing = False
 
     async def add(self, spec: TaskSpec, principal: Principal) -> TaskRecord:
-        future: asyncio.Future[TaskRecord] = asyncio.get_running_loop().create_future()
-        with self._cond:
-            if self._closed:
-                return await to_thread.run_sync(self._one_by_itself, spec, principal)
-            self._queue.append((spec, principal, future))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="ref2video-creates", daemon=True)
-                self._thread.start()
-            elif self._idle:
-                self._cond.notify()
+        if self._closed:
+            return await to_thread.run_sync(self._one_by_itself, spec, principal)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[TaskRecord] = loop.create_future()
+        pending = self._gathering.get(loop)
+        if pending is None:
+            pending = self._gathering[loop] = []
+            loop.call_soon(self._turn_done, loop)
+        pending.append((spec, principal, future))
         return await future
 
     def close(self) -> None:
@@ -76,6 +89,77 @@ class Creates:
         if thread is not None and thread is not threading.current_thread():
             thread.join(30)
 
+    # -- on the loop
+
+    def _turn_done(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._gathering.pop(loop, [])
+        if not batch:
+            return
+        if self.on_loop and not self._closed:
+            answers = self._insert_on_loop(batch)
+            if answers is not None:
+                _set_all(answers)
+                return
+        self._hand_over(batch)
+
+    def _insert_on_loop(self, batch: list[_Item]) -> list[_Answer] | None:
+        """The batch in one transaction on this thread's connection; None when a lock is held
+        (or anything else went wrong), for the thread to do it (and report what fails)."""
+        lock: Any = self.write_lock
+        exclusive = hasattr(lock, "acquire")
+        if exclusive and not lock.acquire(blocking=False):
+            return None
+        try:
+            try:
+                conn = loop_connection(self.db)
+                with conn.begin():
+                    made = [transitions.create(conn, spec, principal) for spec, principal, _ in batch]
+                    if self.on_insert is not None:
+                        self.on_insert(conn)
+            except Exception:  # a lock held (or worse): the thread does it, and reports what fails
+                return None
+        finally:
+            if exclusive:
+                lock.release()
+        self._loop_commits += 1
+        if self._loop_commits % _CHECKPOINT_EVERY == 0 and not self._checkpointing:
+            self._checkpointing = True
+            asyncio.get_running_loop().run_in_executor(None, self._checkpoint)
+        return [(future, task, None) for (_, _, future), task in zip(batch, made, strict=True)]
+
+    def _checkpoint(self) -> None:
+        try:
+            checkpoint(self.db)
+        except Exception:
+            log.warning("could not checkpoint the SQLite WAL", exc_info=True)
+        finally:
+            self._checkpointing = False
+
+    def _hand_over(self, batch: list[_Item]) -> None:
+        with self._cond:
+            if self._closed:
+                for spec, principal, future in batch:
+                    asyncio.ensure_future(self._later_by_itself(spec, principal, future))
+                return
+            self._queue.extend(batch)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ref2video-creates", daemon=True)
+                self._thread.start()
+            elif self._idle:
+                self._cond.notify()
+
+    async def _later_by_itself(self, spec: TaskSpec, principal: Principal, future: asyncio.Future[TaskRecord]) -> None:
+        try:
+            task = await to_thread.run_sync(self._one_by_itself, spec, principal)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            if not future.done():
+                future.set_result(task)
+
+    # -- in the thread
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -84,7 +168,7 @@ class Creates:
                     woken = self._cond.wait(_IDLE_S)
                     self._idle = False
                     if not woken and not self._queue:
-                        self._thread = None  # the next create starts another
+                        self._thread = None  # the next batch starts another
                         return
                 if not self._queue:  # closed, and nothing left
                     self._thread = None
@@ -92,17 +176,22 @@ class Creates:
                 batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
             _settle(self._insert(batch))
 
-    def _insert(self, batch: list[_Item]) -> list[tuple[asyncio.Future[TaskRecord], TaskRecord | None, BaseException | None]]:
+    def _insert(self, batch: list[_Item]) -> list[_Answer]:
         try:
             with self.write_lock, self.db.begin() as conn:
-                made = [transitions.create(conn, spec, principal) for spec, principal, _ in batch]
-                if self.on_insert is not None:
-                    self.on_insert(conn)
+                # PostgreSQL: the batch's statements in psycopg's pipeline mode, one round trip
+                # for them all (an error surfaces when it ends, and the batch is retried below).
+                piped = conn.connection.driver_connection.pipeline() if is_postgres(self.db) and len(batch) > 1 \
+                    else contextlib.nullcontext()
+                with piped:
+                    made = [transitions.create(conn, spec, principal) for spec, principal, _ in batch]
+                    if self.on_insert is not None:
+                        self.on_insert(conn)
             return [(future, task, None) for (_, _, future), task in zip(batch, made, strict=True)]
         except Exception as exc:
             if len(batch) == 1:
                 return [(batch[0][2], None, exc)]
-        answers: list[tuple[asyncio.Future[TaskRecord], TaskRecord | None, BaseException | None]] = []
+        answers: list[_Answer] = []
         for spec, principal, future in batch:
             try:
                 answers.append((future, self._one_by_itself(spec, principal), None))
@@ -118,9 +207,9 @@ class Creates:
         return task
 
 
-def _settle(answers: list[tuple[asyncio.Future[TaskRecord], TaskRecord | None, BaseException | None]]) -> None:
-    """Hand the answers to their event loops: one wake-up per loop and batch."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+def _settle(answers: list[_Answer]) -> None:
+    """Hand the thread's answers to their event loops: one wake-up per loop and batch."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
     for answer in answers:
         by_loop.setdefault(answer[0].get_loop(), []).append(answer)
     for loop, some in by_loop.items():
@@ -128,7 +217,7 @@ def _settle(answers: list[tuple[asyncio.Future[TaskRecord], TaskRecord | None, B
             loop.call_soon_threadsafe(_set_all, some)
 
 
-def _set_all(answers: list[tuple[asyncio.Future[TaskRecord], TaskRecord | None, BaseException | None]]) -> None:
+def _set_all(answers: list[_Answer]) -> None:
     for future, task, error in answers:
         if future.done():  # the request was given up (its client left); the task exists all the same
             continue
@@ -152,7 +241,7 @@ def creates_for(db: Engine, *, write_lock: contextlib.AbstractContextManager[obj
             creates = _by_engine.get(db)
             if creates is None:
                 creates = _by_engine[db] = Creates(db, write_lock=write_lock, on_insert=on_insert)
-                event.listen(db, "engine_disposed", lambda _engine: _dispose(_engine))
+                event.listen(db, "engine_disposed", _dispose)
     return creates
 
 

@@ -2,7 +2,7 @@
 
 The request path's two hottest calls are awaited on the event loop: `get` reads there without
 a thread hop (on SQLite with the thread's own connection, on PostgreSQL with a pooled
-asynchronous one; either falls back to the ordinary way, in a thread, on any database error, so
+asynchronous one, the polls of one turn of the loop together: `app.reads`; either falls back to the ordinary way, in a thread, on any database error, so
 errors are reported as they always were), and `submit` hands a create to the engine's batching
 thread (`app.batches`). `create`, `page` and `cancel` block, for a thread.
 """
@@ -10,25 +10,28 @@ thread (`app.batches`). `create`, `page` and `cancel` block, for a thread.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from anyio import to_thread
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from ..errors import InvalidURL
 from ..protocol import Status
 from ..spec import TaskSpec, oss_key
 from ..store import tasks as store
 from ..store import uploads
-from ..store.db import is_postgres, pooled, thread_connection
+from ..store.db import close_loop_pool, is_postgres, loop_connection
 from ..store.keys import Principal
 from ..store.tasks import Lookup, TaskPage, TaskRecord
 from . import transitions
 from .batches import creates_for
+from .reads import polls_for
 
-__all__ = ["TaskRecord", "TaskPage", "create", "submit", "get", "get_blocking", "page", "cancel"]
+__all__ = ["TaskRecord", "TaskPage", "create", "submit", "get", "get_blocking", "page", "cancel", "release"]
 
 
 def create(db: Engine, spec: TaskSpec, principal: Principal, *, retention_ms: int,
@@ -61,19 +64,24 @@ async def get(db: Engine, principal: Principal, task_id: str, *, retention_ms: i
     lookup = _lookup(db)
     if not is_postgres(db):
         try:
-            return store.lookup_task(thread_connection(db), lookup, principal.owner, task_id, retention_ms)
-        except sqlite3.Error:
+            dbapi = loop_connection(db).connection.dbapi_connection
+            return store.lookup_task(dbapi, lookup, principal.owner, task_id, retention_ms)
+        except (sqlite3.Error, DBAPIError):
             pass  # a lock met (or worse): the ordinary way reports it as it always has
     else:
-        import psycopg
-        from psycopg_pool import PoolTimeout
-
         try:
-            async with pooled(db) as conn:
-                return await store.lookup_task_async(conn, lookup, principal.owner, task_id, retention_ms)
-        except (psycopg.Error, PoolTimeout):
-            pass
+            return await polls_for(db).get(lookup, principal.owner, task_id, retention_ms)
+        except _pg_errors():
+            pass  # the database away, or this connection lost: the ordinary way reports it
     return await to_thread.run_sync(lambda: get_blocking(db, principal, task_id, retention_ms=retention_ms))
+
+
+@functools.cache
+def _pg_errors() -> tuple[type[BaseException], ...]:
+    import psycopg  # only where there is PostgreSQL (an optional dependency)
+    from psycopg_pool import PoolTimeout
+
+    return (psycopg.Error, PoolTimeout)
 
 
 def get_blocking(db: Engine, principal: Principal, task_id: str, *, retention_ms: int) -> TaskRecord | None:
@@ -119,3 +127,9 @@ def cancel(db: Engine, principal: Principal, task_id: str, *,
     """Cancel the principal's task (see `transitions.cancel`)."""
     with write_lock, db.begin() as conn:
         return transitions.cancel(conn, principal.owner, task_id)
+
+
+async def release(db: Engine) -> None:
+    """Let go of what `get` holds on the running event loop (its PostgreSQL pool); an app's
+    shutdown. The engine's disposal lets go of the rest."""
+    await close_loop_pool(db)

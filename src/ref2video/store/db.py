@@ -1,13 +1,15 @@
 """Database engines: SQLite in WAL mode by default, PostgreSQL by URL; migrations on start.
 
-Besides its SQLAlchemy pool, an engine lends the request path connections for reads awaited on
-the event loop, so that a poll needs no thread hop (`ref2video.app.tasks.get`):
+Besides its SQLAlchemy pool, an engine lends the request path connections for work done on the
+event loop itself, so that a poll (and, on SQLite, a batch of creates) needs no thread hop:
 
-- SQLite: `thread_connection(engine)`, one plain connection per thread, with a short busy
-  timeout. In WAL mode a read never waits for a writer, so it is short enough for the loop;
-  one that meets a lock anyway is retried the ordinary way, in a thread.
-- PostgreSQL: `pooled(engine)`, a connection of a psycopg `AsyncConnectionPool` of the running
-  event loop (autocommit, statements prepared on the server after a few uses).
+- SQLite: `loop_connection(engine)`, one `Connection` per thread, that never waits for a lock
+  (busy timeout 0) and never checkpoints the WAL by itself. In WAL mode a read never waits for
+  a writer, so it is short enough for the loop; a write that meets another writer's lock fails
+  at once, and is then done the ordinary way, in a thread. `checkpoint(engine)` (in a thread)
+  moves what such connections wrote into the database file.
+- PostgreSQL: `loop_pool(engine)`, a psycopg `AsyncConnectionPool` of the running event loop
+  (autocommit connections; statements prepared on the server after a few uses).
 
 Both are closed with the engine (`Engine.dispose`), a loop's pool also by `close_loop_pool`.
 """
@@ -19,25 +21,23 @@ import contextlib
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 __all__ = [
     "make_engine", "migrate", "now_ms", "is_postgres", "unavailable", "describe", "schema_missing",
-    "thread_connection", "pooled", "close_loop_pool",
+    "loop_connection", "checkpoint", "loop_pool", "close_loop_pool",
 ]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x72327600  # advisory lock id held while PostgreSQL migrates
-_READ_BUSY_MS = 20  # how long a read on the event loop may wait for a lock before going to a thread
 _POOL_MIN, _POOL_MAX = 2, 10  # connections of each event loop's PostgreSQL pool
 _POOL_WAIT = 2.0  # seconds a read waits for a pooled connection before going the ordinary way
 
@@ -99,7 +99,7 @@ class _LoopConnections:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.sqlite: dict[int, Any] = {}  # thread id -> sqlite3 connection
+        self.sqlite: dict[int, Connection] = {}  # thread id -> its connection
         self.pools: dict[asyncio.AbstractEventLoop, Any] = {}
 
 
@@ -115,29 +115,42 @@ def _lent_by(engine: Engine) -> _LoopConnections:
     return lent
 
 
-def thread_connection(engine: Engine) -> Any:
-    """This thread's own sqlite3 connection to `engine`'s database, for short reads: in
-    autocommit mode (each statement its own snapshot) and with a busy timeout of a few
-    milliseconds, so a read that meets a lock fails (`sqlite3.OperationalError`) rather than
-    holding up the event loop. It is made by the engine (its pragmas), then detached from its pool."""
+def loop_connection(engine: Engine) -> Connection:
+    """This thread's own connection to `engine`'s SQLite database, for work on the event loop:
+    outside a transaction each statement is its own (autocommit), a lock held by another
+    writer fails a statement at once (`OperationalError`, "database is locked"), and the WAL is
+    left for `checkpoint` to move into the database file. Made by the engine (its pragmas),
+    then taken out of its pool."""
     lent = _lent_by(engine)
     ident = threading.get_ident()
     conn = lent.sqlite.get(ident)
     if conn is None:
-        proxied = engine.raw_connection()
-        conn = proxied.driver_connection
-        proxied.detach()  # ours now: closed with the engine (_close_loop_connections)
-        conn.execute(f"PRAGMA busy_timeout={_READ_BUSY_MS}")
+        conn = engine.connect()
+        conn.connection.detach()  # ours now, with its own pragmas: closed with the engine
+        dbapi = conn.connection.dbapi_connection
+        dbapi.execute("PRAGMA busy_timeout=0")
+        dbapi.execute("PRAGMA wal_autocheckpoint=0")
         with lent.lock:
             lent.sqlite[ident] = conn
     return conn
 
 
-@contextlib.asynccontextmanager
-async def pooled(engine: Engine) -> AsyncIterator[Any]:
-    """A psycopg `AsyncConnection` to `engine`'s PostgreSQL database, from the running event
-    loop's pool (made on first use). Raises `psycopg_pool.PoolTimeout` when none is free within
-    a couple of seconds (the database away, say)."""
+def checkpoint(engine: Engine) -> None:
+    """Copy the WAL's pages into the SQLite database file, as far as no reader needs them
+    (`PRAGMA wal_checkpoint(PASSIVE)`); it writes and syncs the file, so call it in a thread."""
+    raw = engine.raw_connection()
+    try:
+        raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        raw.close()
+
+
+async def loop_pool(engine: Engine) -> Any:
+    """The running event loop's psycopg `AsyncConnectionPool` of `engine`'s PostgreSQL
+    database (made on first use): take a connection with `getconn()` and give it back with
+    `putconn()` (cheaper than its `connection()` context, whose commit-or-rollback an
+    autocommit connection does not need). `getconn` raises `psycopg_pool.PoolTimeout` when none
+    is free within a couple of seconds (the database away, say)."""
     loop = asyncio.get_running_loop()
     lent = _lent_by(engine)
     pool = lent.pools.get(loop)
@@ -152,8 +165,7 @@ async def pooled(engine: Engine) -> AsyncIterator[Any]:
             pool = lent.pools.setdefault(loop, made)
         if pool is not made:  # another request of this loop made one meanwhile
             await made.close()
-    async with pool.connection() as conn:
-        yield conn
+    return pool
 
 
 async def close_loop_pool(engine: Engine) -> None:
