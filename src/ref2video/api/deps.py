@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -11,7 +12,7 @@ from fastapi import Request
 
 from ..errors import InvalidApiKey, InvalidParameter, RequestTooLarge
 from ..service import Service
-from ..app.auth import Principal
+from ..app.auth import Authenticator, Principal
 
 __all__ = [
     "service_of", "bearer_key", "principal_of", "read_json", "in_thread", "base_url_of", "is_text", "text_param",
@@ -43,10 +44,37 @@ async def principal_of(request: Request) -> Principal:
     """Who the request comes from: authentication happens here and nowhere else."""
     key = bearer_key(request)
     auth = service_of(request).auth
-    principal = auth.remembered(key) or await in_thread(auth.principal, key)
+    principal = auth.remembered(key) or await _look_up(auth, key)
     if principal is None:
         raise InvalidApiKey("Invalid API-key provided.")
     return principal
+
+
+# Keys being read from the database now, by event loop: when a remembered key lapses, the
+# requests that present it meanwhile wait for the one read instead of each making its own.
+_reading: dict[tuple[asyncio.AbstractEventLoop, Authenticator, str], asyncio.Future[Principal | None]] = {}
+
+
+async def _look_up(auth: Authenticator, key: str) -> Principal | None:
+    where = (asyncio.get_running_loop(), auth, key)
+    pending = _reading.get(where)
+    if pending is not None:
+        return await asyncio.shield(pending)
+    pending = _reading[where] = asyncio.get_running_loop().create_future()
+    try:
+        principal = await in_thread(auth.principal, key)
+    except BaseException as exc:
+        if isinstance(exc, Exception):
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+        else:
+            pending.cancel()
+        raise
+    else:
+        pending.set_result(principal)
+        return principal
+    finally:
+        del _reading[where]
 
 
 async def read_json(request: Request, limit: int) -> Any:

@@ -13,8 +13,9 @@ burst of creates pays for one commit, not one each:
   since its last commit; on PostgreSQL in psycopg's pipeline mode, one round trip for the whole
   batch. On SQLite the API's writes thus never queue in its busy handler, which sleeps in steps.
 
-A batch that fails in the thread is tried again one create at a time, each in its own
-transaction, so every create gets its own answer: its task, or the error that it alone met. The
+A batch that fails in the thread before its commit is tried again one create at a time, each
+in its own transaction, so every create gets its own answer: its task, or the error that it
+alone met (a failed commit is not tried again: it may have happened after all). The
 thread ends after a few idle seconds and starts again with the next batch; `close()` ends it
 for good (an engine's disposal does), after which a create runs in a thread of its own.
 """
@@ -33,7 +34,7 @@ from anyio import to_thread
 from sqlalchemy import Connection, Engine, event
 
 from ..spec import TaskSpec
-from ..store.db import checkpoint, is_postgres, loop_connection
+from ..store.db import checkpoint, drop_loop_connection, is_postgres, loop_connection
 from ..store.keys import Principal
 from ..store.tasks import TaskRecord
 from . import transitions
@@ -110,6 +111,7 @@ class Creates:
         if exclusive and not lock.acquire(blocking=False):
             return None
         try:
+            conn = None
             try:
                 conn = loop_connection(self.db)
                 with conn.begin():
@@ -117,6 +119,8 @@ class Creates:
                     if self.on_insert is not None:
                         self.on_insert(conn)
             except Exception:  # a lock held (or worse): the thread does it, and reports what fails
+                if conn is not None and (conn.invalidated or conn.in_transaction()):
+                    drop_loop_connection(self.db)
                 return None
         finally:
             if exclusive:
@@ -161,43 +165,62 @@ class Creates:
     # -- in the thread
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._idle = True
-                    woken = self._cond.wait(_IDLE_S)
-                    self._idle = False
-                    if not woken and not self._queue:
-                        self._thread = None  # the next batch starts another
-                        return
-                if not self._queue:  # closed, and nothing left
-                    self._thread = None
-                    return
-                batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
-            _settle(self._insert(batch))
-
-    def _insert(self, batch: list[_Item]) -> list[_Answer]:
+        held = _Held(self.db)  # this thread's connection, kept from batch to batch
         try:
-            with self.write_lock, self.db.begin() as conn:
-                # PostgreSQL: the batch's statements in psycopg's pipeline mode, one round trip
-                # for them all (an error surfaces when it ends, and the batch is retried below).
-                piped = conn.connection.driver_connection.pipeline() if is_postgres(self.db) and len(batch) > 1 \
-                    else contextlib.nullcontext()
-                with piped:
-                    made = [transitions.create(conn, spec, principal) for spec, principal, _ in batch]
-                    if self.on_insert is not None:
-                        self.on_insert(conn)
-            return [(future, task, None) for (_, _, future), task in zip(batch, made, strict=True)]
-        except Exception as exc:
-            if len(batch) == 1:
-                return [(batch[0][2], None, exc)]
-        answers: list[_Answer] = []
-        for spec, principal, future in batch:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._closed:
+                        self._idle = True
+                        woken = self._cond.wait(_IDLE_S)
+                        self._idle = False
+                        if not woken and not self._queue:
+                            self._thread = None  # the next batch starts another
+                            return
+                    if not self._queue:  # closed, and nothing left
+                        self._thread = None
+                        return
+                    batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
+                _settle(self._insert(batch, held))
+        finally:
+            held.let_go()
+
+    def _insert(self, batch: list[_Item], held: _Held) -> list[_Answer]:
+        with self.write_lock:
             try:
-                answers.append((future, self._one_by_itself(spec, principal), None))
-            except Exception as exc:
-                answers.append((future, None, exc))
-        return answers
+                conn = held.get()
+                transaction = conn.begin()
+                try:
+                    # PostgreSQL: the batch's statements in psycopg's pipeline mode, one round
+                    # trip for them all (an error surfaces when it ends).
+                    piped = conn.connection.driver_connection.pipeline() \
+                        if is_postgres(self.db) and len(batch) > 1 else contextlib.nullcontext()
+                    with piped:
+                        made = [transitions.create(conn, spec, principal) for spec, principal, _ in batch]
+                        if self.on_insert is not None:
+                            self.on_insert(conn)
+                except BaseException:
+                    transaction.rollback()
+                    raise
+            except Exception:
+                made = None
+                held.let_go()
+            else:
+                try:
+                    transaction.commit()
+                except Exception as exc:  # whether it was committed is not known: no second try
+                    held.let_go()
+                    return [(future, None, exc) for _, _, future in batch]
+        if made is None:
+            # Nothing was committed: each create again, on its own, on a fresh (pinged)
+            # connection, so that each gets its own answer.
+            return [self._alone(spec, principal, future) for spec, principal, future in batch]
+        return [(future, task, None) for (_, _, future), task in zip(batch, made, strict=True)]
+
+    def _alone(self, spec: TaskSpec, principal: Principal, future: asyncio.Future[TaskRecord]) -> _Answer:
+        try:
+            return (future, self._one_by_itself(spec, principal), None)
+        except Exception as exc:
+            return (future, None, exc)
 
     def _one_by_itself(self, spec: TaskSpec, principal: Principal) -> TaskRecord:
         with self.write_lock, self.db.begin() as conn:
@@ -205,6 +228,25 @@ class Creates:
             if self.on_insert is not None:
                 self.on_insert(conn)
         return task
+
+
+class _Held:
+    """The batching thread's connection: checked out (and pinged) once, not for every batch."""
+
+    def __init__(self, db: Engine) -> None:
+        self.db = db
+        self.conn: Connection | None = None
+
+    def get(self) -> Connection:
+        if self.conn is None:
+            self.conn = self.db.connect()
+        return self.conn
+
+    def let_go(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 def _settle(answers: list[_Answer]) -> None:

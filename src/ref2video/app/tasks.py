@@ -1,10 +1,15 @@
 """Tasks as their owners see them: create, read, list and cancel, each in one transaction.
 
-The request path's two hottest calls are awaited on the event loop: `get` reads there without
-a thread hop (on SQLite with the thread's own connection, on PostgreSQL with a pooled
-asynchronous one, the polls of one turn of the loop together: `app.reads`; either falls back to the ordinary way, in a thread, on any database error, so
-errors are reported as they always were), and `submit` hands a create to the engine's batching
-thread (`app.batches`). `create`, `page` and `cancel` block, for a thread.
+The request path's two hottest calls are awaited on the event loop, without a thread hop:
+
+- `get` reads on the loop: on SQLite with the thread's own connection (`store.db.loop_connection`),
+  on PostgreSQL with the loop's pool, the polls of one turn of the loop pipelined together
+  (`app.reads`). On any database error it reads again the ordinary way, in a thread, so errors
+  are reported as they always were.
+- `submit` hands a create to the engine's batches (`app.batches`): one transaction for the
+  creates that arrive together.
+
+`create`, `page` and `cancel` block, for a thread.
 """
 
 from __future__ import annotations

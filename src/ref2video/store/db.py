@@ -33,7 +33,7 @@ from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 __all__ = [
     "make_engine", "migrate", "now_ms", "is_postgres", "unavailable", "describe", "schema_missing",
-    "loop_connection", "checkpoint", "loop_pool", "close_loop_pool",
+    "loop_connection", "drop_loop_connection", "checkpoint", "loop_pool", "close_loop_pool",
 ]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -133,6 +133,18 @@ def loop_connection(engine: Engine) -> Connection:
         with lent.lock:
             lent.sqlite[ident] = conn
     return conn
+
+
+def drop_loop_connection(engine: Engine) -> None:
+    """Close this thread's `loop_connection` (it failed in a way that left it unusable: the next
+    is made afresh, with its pragmas, rather than reconnected by SQLAlchemy without them)."""
+    lent = _lent.get(engine)
+    if lent is not None:
+        with lent.lock:
+            conn = lent.sqlite.pop(threading.get_ident(), None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 def checkpoint(engine: Engine) -> None:

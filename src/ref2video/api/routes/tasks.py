@@ -53,12 +53,11 @@ class _DirectRoute(APIRoute):
 
 @asynccontextmanager
 async def _lifespan(app: Any) -> AsyncIterator[None]:
-    """Inside the app's own lifespan (its service is built): while the app serves, what exists
-    at its start is out of the garbage collector's sight (`gc.freeze`). A full collection then
-    looks at what requests made, not at every module, model and table object as well, which took
-    100 to 300 ms at a time under load, as often as every few seconds. On the way out, the
-    event loop's PostgreSQL pool is closed, and the collector sees everything again."""
-    gc.collect()
+    """Inside the app's own lifespan (its service is built). While the app serves, what exists
+    at its start is out of the garbage collector's sight (`gc.freeze`): a full collection then
+    looks at what requests made, not at every module, model and table object too, which took
+    100 to 300 ms at a time under load, every few seconds. On the way out the event loop's
+    PostgreSQL pool is closed, and the collector sees everything again."""
     gc.freeze()
     try:
         yield
