@@ -1,17 +1,18 @@
 """New tasks from the API, inserted in batches (group commit).
 
 A create awaited on the event loop hands its task to `Creates.add` and waits. The creates that
-reach `add` in one turn of the loop are inserted together, in one transaction
-(`transitions.create` for each, then `on_insert` once: the queue's wake-up on PostgreSQL), so a
-burst of creates pays for one commit, not one each:
+reach `add` in one turn of the loop are inserted together, in one transaction and one statement
+(`transitions.create_many`, then `on_insert` once: the queue's wake-up on PostgreSQL), so a
+burst of creates pays for one statement and one commit, not one of each per create:
 
 - on SQLite, on the event loop itself, through the thread's own connection
   (`store.db.loop_connection`), which never waits for a lock: when the in-process write lock or
   SQLite's is held, the batch goes to the thread instead. The WAL is checkpointed in a thread
   every few hundred such commits, as the loop's connection does not do it.
 - otherwise (and for those batches) by one thread, which takes every batch that has arrived
-  since its last commit; on PostgreSQL in psycopg's pipeline mode, one round trip for the whole
-  batch. On SQLite the API's writes thus never queue in its busy handler, which sleeps in steps.
+  since its last commit (on PostgreSQL in psycopg's pipeline mode: two round trips a batch,
+  one for the statements and one for the commit). On SQLite the API's creates thus wait for each other on the write lock,
+  not in SQLite's busy handler, which sleeps in steps.
 
 A batch that fails in the thread before its commit is tried again one create at a time, each
 in its own transaction, so every create gets its own answer: its task, or the error that it
@@ -115,7 +116,7 @@ class Creates:
             try:
                 conn = loop_connection(self.db)
                 with conn.begin():
-                    made = [transitions.create(conn, spec, principal) for spec, principal, _ in batch]
+                    made = transitions.create_many(conn, [(spec, principal) for spec, principal, _ in batch])
                     if self.on_insert is not None:
                         self.on_insert(conn)
             except Exception:  # a lock held (or worse): the thread does it, and reports what fails
@@ -190,12 +191,11 @@ class Creates:
                 conn = held.get()
                 transaction = conn.begin()
                 try:
-                    # PostgreSQL: the batch's statements in psycopg's pipeline mode, one round
-                    # trip for them all (an error surfaces when it ends).
-                    piped = conn.connection.driver_connection.pipeline() \
-                        if is_postgres(self.db) and len(batch) > 1 else contextlib.nullcontext()
-                    with piped:
-                        made = [transitions.create(conn, spec, principal) for spec, principal, _ in batch]
+                    # PostgreSQL: the insert and the wake-up in psycopg's pipeline mode, one round
+                    # trip for both and the BEGIN (an error surfaces as the pipeline ends).
+                    with conn.connection.driver_connection.pipeline() if is_postgres(self.db) \
+                            else contextlib.nullcontext():
+                        made = transitions.create_many(conn, [(spec, principal) for spec, principal, _ in batch])
                         if self.on_insert is not None:
                             self.on_insert(conn)
                 except BaseException:
