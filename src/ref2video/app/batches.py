@@ -69,6 +69,7 @@ class Creates:
         self._closed = False
         self._loop_commits = 0
         self._checkpointing = False
+        self._late: set[asyncio.Future[None]] = set()  # creates after close(), each in a thread
 
     async def add(self, spec: TaskSpec, principal: Principal) -> TaskRecord:
         if self._closed:
@@ -129,7 +130,10 @@ class Creates:
         self._loop_commits += 1
         if self._loop_commits % _CHECKPOINT_EVERY == 0 and not self._checkpointing:
             self._checkpointing = True
-            asyncio.get_running_loop().run_in_executor(None, self._checkpoint)
+            try:
+                asyncio.get_running_loop().run_in_executor(None, self._checkpoint)
+            except RuntimeError:  # the loop is shutting down: the next one checkpoints
+                self._checkpointing = False
         return [(future, task, None) for (_, _, future), task in zip(batch, made, strict=True)]
 
     def _checkpoint(self) -> None:
@@ -144,7 +148,9 @@ class Creates:
         with self._cond:
             if self._closed:
                 for spec, principal, future in batch:
-                    asyncio.ensure_future(self._later_by_itself(spec, principal, future))
+                    task = asyncio.ensure_future(self._later_by_itself(spec, principal, future))
+                    self._late.add(task)
+                    task.add_done_callback(self._late.discard)
                 return
             self._queue.extend(batch)
             if self._thread is None:
@@ -193,8 +199,8 @@ class Creates:
                 try:
                     # PostgreSQL: the insert and the wake-up in psycopg's pipeline mode, one round
                     # trip for both and the BEGIN (an error surfaces as the pipeline ends).
-                    with conn.connection.driver_connection.pipeline() if is_postgres(self.db) \
-                            else contextlib.nullcontext():
+                    driver: Any = conn.connection.driver_connection
+                    with driver.pipeline() if is_postgres(self.db) else contextlib.nullcontext():
                         made = transitions.create_many(conn, [(spec, principal) for spec, principal, _ in batch])
                         if self.on_insert is not None:
                             self.on_insert(conn)

@@ -18,7 +18,6 @@ import contextlib
 import functools
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from anyio import to_thread
 from sqlalchemy import Connection, Engine

@@ -127,7 +127,7 @@ def loop_connection(engine: Engine) -> Connection:
     if conn is None:
         conn = engine.connect()
         conn.connection.detach()  # ours now, with its own pragmas: closed with the engine
-        dbapi = conn.connection.dbapi_connection
+        dbapi: Any = conn.connection.dbapi_connection
         dbapi.execute("PRAGMA busy_timeout=0")
         dbapi.execute("PRAGMA wal_autocheckpoint=0")
         with lent.lock:
@@ -152,7 +152,8 @@ def checkpoint(engine: Engine) -> None:
     (`PRAGMA wal_checkpoint(PASSIVE)`); it writes and syncs the file, so call it in a thread."""
     raw = engine.raw_connection()
     try:
-        raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        sqlite: Any = raw.driver_connection
+        sqlite.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     finally:
         raw.close()
 
@@ -203,8 +204,8 @@ def _close_loop_connections(engine: Engine) -> None:
         with contextlib.suppress(Exception):
             conn.close()
     for loop, pool in pools:
-        if loop.is_closed():
-            continue
+        if loop.is_closed() or not loop.is_running():
+            continue  # nothing can await on it any more; the connections go with the pool
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:

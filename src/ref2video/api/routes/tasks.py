@@ -27,7 +27,6 @@ from ..views import list_item, task_output, unknown_output
 __all__ = ["router"]
 
 
-
 class _DirectRoute(APIRoute):
     """A route whose endpoint takes the `Request` (and `str` path parameters), reads what it
     needs itself and returns a `Response`. FastAPI's per-request work for it (solving
