@@ -189,7 +189,9 @@ class Creates:
                     batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
                 _settle(self._insert(batch, held))
         finally:
-            held.let_go()
+            # Closed: the engine is being disposed, and its pool with it; a connection handed
+            # back now would stay open in the pool that replaces it.
+            held.let_go(discard=self._closed)
 
     def _insert(self, batch: list[_Item], held: _Held) -> list[_Answer]:
         with self.write_lock:
@@ -248,10 +250,12 @@ class _Held:
             self.conn = self.db.connect()
         return self.conn
 
-    def let_go(self) -> None:
+    def let_go(self, *, discard: bool = False) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
+                if discard:
+                    conn.invalidate()
                 conn.close()
 
 
