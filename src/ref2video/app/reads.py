@@ -2,10 +2,11 @@
 
 Each poll costs a round trip, and each awaited round trip costs the event loop more than the
 statement itself (psycopg waits for every answer with its own reader callback, timer and
-future). So the polls that reach `Polls.get` in one turn of the loop go out on one pooled
-connection in psycopg's pipeline mode: all the statements, then all the answers, one wait
-for them all. A single poll goes out alone. If the batch fails (a connection lost, say),
-every poll in it is told so (`psycopg.Error`), and `app.tasks.get` reads it the ordinary way.
+future). So the polls that reach `Polls.get` in one turn of the loop go out together, as one
+statement on one pooled connection (`store.tasks.LOOKUP_MANY`: the (task id, owner) pairs as
+two arrays, one row per task found); a single poll goes out alone (`LOOKUP`). If that fails (a
+connection lost, say), every poll in it is told so (`psycopg.Error`), and `app.tasks.get` reads
+it the ordinary way.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from ..store.db import loop_pool
-from ..store.tasks import Lookup, TaskRecord, lookup_task_async
+from ..store.tasks import Lookup, TaskRecord, lookup_task_async, lookup_tasks_async
 
 __all__ = ["Polls", "polls_for"]
 
@@ -59,11 +60,14 @@ class Polls:
                     lookup, owner, task_id, retention_ms, future = batch[0]
                     _answer(future, await lookup_task_async(conn, lookup, owner, task_id, retention_ms))
                     return
-                async with conn.pipeline():
-                    cursors = [await conn.execute(lookup.sql, lookup.params(owner, task_id, retention_ms))
-                               for lookup, owner, task_id, retention_ms, _ in batch]
-                for (lookup, *_, future), cursor in zip(batch, cursors, strict=True):
-                    _answer(future, lookup.record(await cursor.fetchone()))
+                groups: dict[tuple[Lookup, int], list[_Poll]] = {}  # in practice one: a service's
+                for poll in batch:
+                    groups.setdefault((poll[0], poll[3]), []).append(poll)
+                for (lookup, retention_ms), polls in groups.items():
+                    asked = [(owner, task_id) for _, owner, task_id, _, _ in polls]
+                    found = await lookup_tasks_async(conn, lookup, asked, retention_ms)
+                    for poll, record in zip(polls, found, strict=True):
+                        _answer(poll[4], record)
             finally:
                 await pool.putconn(conn)
         except Exception as exc:
