@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 _IDLE_S = 5.0  # the thread ends after this long without a batch
 _MAX_BATCH = 256  # creates per transaction at most
 _CHECKPOINT_EVERY = 200  # commits on the loop between two WAL checkpoints
+_PG_THREADS = 3  # batches committing at once on PostgreSQL
 
 _Item = tuple[TaskSpec, Principal, "asyncio.Future[TaskRecord]"]
 _Answer = tuple["asyncio.Future[TaskRecord]", TaskRecord | None, BaseException | None]
@@ -64,8 +65,11 @@ class Creates:
         self._gathering: dict[asyncio.AbstractEventLoop, list[_Item]] = {}  # this turn's, by loop
         self._queue: list[_Item] = []  # handed to the thread
         self._cond = threading.Condition(threading.Lock())
-        self._thread: threading.Thread | None = None
-        self._idle = False  # the thread waits on _cond for work
+        # PostgreSQL: a few threads, so that one batch's commit (a WAL flush) need not wait
+        # for the one before it; SQLite has one writer at a time anyway.
+        self._most_threads = _PG_THREADS if is_postgres(db) else 1
+        self._threads: set[threading.Thread] = set()
+        self._idle = 0  # threads waiting on _cond for work
         self._closed = False
         self._loop_commits = 0
         self._checkpointing = False
@@ -87,10 +91,11 @@ class Creates:
         """Insert what is queued, then stop the thread; later creates each run in a thread."""
         with self._cond:
             self._closed = True
-            thread = self._thread
-            self._cond.notify()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(30)
+            threads = list(self._threads)
+            self._cond.notify_all()
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(30)
 
     # -- on the loop
 
@@ -153,11 +158,12 @@ class Creates:
                     task.add_done_callback(self._late.discard)
                 return
             self._queue.extend(batch)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="ref2video-creates", daemon=True)
-                self._thread.start()
-            elif self._idle:
+            if self._idle:
                 self._cond.notify()
+            elif len(self._threads) < self._most_threads:
+                thread = threading.Thread(target=self._run, name="ref2video-creates", daemon=True)
+                self._threads.add(thread)
+                thread.start()
 
     async def _later_by_itself(self, spec: TaskSpec, principal: Principal, future: asyncio.Future[TaskRecord]) -> None:
         try:
@@ -177,14 +183,14 @@ class Creates:
             while True:
                 with self._cond:
                     while not self._queue and not self._closed:
-                        self._idle = True
+                        self._idle += 1
                         woken = self._cond.wait(_IDLE_S)
-                        self._idle = False
+                        self._idle -= 1
                         if not woken and not self._queue:
-                            self._thread = None  # the next batch starts another
+                            self._threads.discard(threading.current_thread())  # batches start others
                             return
                     if not self._queue:  # closed, and nothing left
-                        self._thread = None
+                        self._threads.discard(threading.current_thread())
                         return
                     batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
                 _settle(self._insert(batch, held))
