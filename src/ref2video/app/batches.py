@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 _IDLE_S = 5.0  # the thread ends after this long without a batch
 _MAX_BATCH = 256  # creates per transaction at most
 _CHECKPOINT_EVERY = 200  # commits on the loop between two WAL checkpoints
-_PG_THREADS = 3  # batches committing at once on PostgreSQL
+_PG_THREADS = 2  # batches committing at once on PostgreSQL
 
 _Item = tuple[TaskSpec, Principal, "asyncio.Future[TaskRecord]"]
 _Answer = tuple["asyncio.Future[TaskRecord]", TaskRecord | None, BaseException | None]
