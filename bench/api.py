@@ -88,7 +88,9 @@ from starlette.responses import JSONResponse
 HOST = "127.0.0.1"
 CREATE_PATH = "/task/bailian/ref2video"
 QUERY_PATH = "/api/v1/tasks/{task_id}"
-TARGETS = {"create": 0.6, "query": 0.8}  # ours / ceiling, from the issue
+# Ours / ceiling in requests per second, by database (issue 13; the create p99 at 32
+# connections is to stay under 50 ms as well).
+TARGETS = {"sqlite": {"query": 0.5, "create": 0.4}, "postgresql": {"query": 0.4, "create": 0.3}}
 SEED_TASKS = 200
 START_TIMEOUT = 60.0
 POINT_SLACK = 30.0  # a point taking this much longer than planned is a hung server
@@ -569,8 +571,9 @@ def medians(points: Sequence[Point]) -> list[Point]:
     return [sorted(g, key=lambda p: p.rps)[(len(g) - 1) // 2] for g in groups.values()]
 
 
-def table(points: Sequence[Point]) -> str:
+def table(points: Sequence[Point], database: str = "sqlite") -> str:
     """A Markdown table: one row per (op, concurrency), ours against the ceiling."""
+    targets = TARGETS[database]
     points = medians(points)
     ceilings = {(p.op, p.concurrency): p for p in points if p.target == "ceiling"}
     header = ("| op | conc | ceiling req/s | ours req/s | ratio | target | ceiling p50 / p99 ms "
@@ -587,7 +590,7 @@ def table(points: Sequence[Point]) -> str:
         cpu_ratio = ceil.server_cpu_us / p.server_cpu_us if p.server_cpu_us else float("nan")
         rows.append(
             f"| {p.op} | {p.concurrency} | {ceil.rps:,.0f} | {p.rps:,.0f} | {ratio:.2f} "
-            f"| {TARGETS[base_op]:.1f} | {ceil.p50_ms:.2f} / {ceil.p99_ms:.2f} "
+            f"| {targets[base_op]:.1f} | {ceil.p50_ms:.2f} / {ceil.p99_ms:.2f} "
             f"| {p.p50_ms:.2f} / {p.p99_ms:.2f} | {ceil.server_cpu_us:.0f} / {p.server_cpu_us:.0f} "
             f"| {cpu_ratio:.2f} | {ceil.client_cpu:.0%} / {p.client_cpu:.0%} | {ceil.errors} / {p.errors} |"
         )
@@ -664,7 +667,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{opts.warmup:g} s warm-up, median of {opts.rounds} round(s); "
           f"{report['tasks_at_end']} tasks in the table at the end; "
           f"load average {m['loadavg_before'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after\n")
-    print(table(points_of(report)))
+    print(table(points_of(report), report["settings"]["database"]))
     if opts.limits:
         print(f"\nWith limits on (rate and burst {opts.limits:g} a second per key, "
               "the unfinished-task quota counted):\n")

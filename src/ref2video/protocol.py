@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone, UTC
+import functools
+from datetime import UTC, datetime, timezone
 from zoneinfo import ZoneInfo
 
 __all__ = [
@@ -109,5 +110,11 @@ def format_time(epoch_ms: int | None, tz: ZoneInfo | timezone = UTC) -> str | No
     """`YYYY-MM-DD HH:mm:ss.SSS`, the provider's time format."""
     if epoch_ms is None:
         return None
+    return _formatted(epoch_ms, tz)
+
+
+@functools.lru_cache(maxsize=8192)
+def _formatted(epoch_ms: int, tz: ZoneInfo | timezone) -> str:
+    # Cached: a task's times do not change while it is polled, again and again.
     moment = datetime.fromtimestamp(epoch_ms / 1000, tz)
     return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"

@@ -110,9 +110,11 @@ class TaskSpec:
         return dataclasses.replace(self, ratio=ratio, size=p.size_for(self.resolution, ratio))
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        # What dataclasses.asdict gives (every field, values being str, int, bool or None),
+        # without its deep copies: this runs for every create.
+        data = {name: getattr(self, name) for name in _SPEC_FIELDS}
         data["reference_urls"] = list(self.reference_urls)
-        data["media"] = [dataclasses.asdict(item) for item in self.media]
+        data["media"] = [{name: getattr(item, name) for name in _MEDIA_FIELDS} for item in self.media]
         return data
 
     @classmethod
@@ -152,6 +154,10 @@ class TaskSpec:
 _MEDIA_MENTION = re.compile(
     r"(?:(?P<image>\b[Ii]mage\s*|图片\s*|图\s*)|(?P<video>\b[Vv]ideo\s*|视频\s*))(?P<n>\d+)"
 )
+
+
+_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(TaskSpec))
+_MEDIA_FIELDS = tuple(f.name for f in dataclasses.fields(MediaItem))
 
 
 def _ratio_value(ratio: str) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -11,7 +12,7 @@ from fastapi import Request
 
 from ..errors import InvalidApiKey, InvalidParameter, RequestTooLarge
 from ..service import Service
-from ..app.auth import Principal
+from ..app.auth import Authenticator, Principal
 
 __all__ = [
     "service_of", "bearer_key", "principal_of", "read_json", "in_thread", "base_url_of", "is_text", "text_param",
@@ -44,10 +45,37 @@ async def principal_of(request: Request) -> Principal:
     """Who the request comes from: authentication happens here and nowhere else."""
     key = bearer_key(request)
     auth = service_of(request).auth
-    principal = auth.remembered(key) or await in_thread(auth.principal, key)
+    principal = auth.remembered(key) or await _look_up(auth, key)
     if principal is None:
         raise InvalidApiKey("Invalid API-key provided.")
     return principal
+
+
+# Keys being read from the database now, by event loop: when a remembered key lapses, the
+# requests that present it meanwhile wait for the one read instead of each making its own.
+_reading: dict[tuple[asyncio.AbstractEventLoop, Authenticator, str], asyncio.Future[Principal | None]] = {}
+
+
+async def _look_up(auth: Authenticator, key: str) -> Principal | None:
+    where = (asyncio.get_running_loop(), auth, key)
+    pending = _reading.get(where)
+    if pending is not None:
+        return await asyncio.shield(pending)
+    pending = _reading[where] = asyncio.get_running_loop().create_future()
+    try:
+        principal = await in_thread(auth.principal, key)
+    except BaseException as exc:
+        if isinstance(exc, Exception):
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+        else:
+            pending.cancel()
+        raise
+    else:
+        pending.set_result(principal)
+        return principal
+    finally:
+        del _reading[where]
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -73,7 +101,11 @@ async def read_json(request: Request, limit: int) -> Any:
         raise InvalidParameter("the request body is nested too deeply") from None
     except ValueError as exc:  # a number of thousands of digits: int() refuses it
         raise InvalidParameter(f"the request body holds a number that cannot be read: {str(exc)[:100]}") from None
-    if (where := _not_text(body)) is not None:
+    # A string can only hold a NUL or half a surrogate pair through a \u escape (raw control
+    # characters are not JSON), a surrogate's UTF-8 form (json.loads lets it through; its lead
+    # byte is 0xED), or in a UTF-16 or -32 body, whose bytes hold NULs: a body with none of
+    # these needs no walk through its strings.
+    if (b"\\u" in raw or b"\x00" in raw or b"\xed" in raw) and (where := _not_text(body)) is not None:
         raise InvalidParameter(f"{where} holds a NUL character or an unpaired surrogate, which is not text")
     return body
 

@@ -1,22 +1,45 @@
-"""Database engines: SQLite in WAL mode by default, PostgreSQL by URL; migrations on start."""
+"""Database engines: SQLite in WAL mode by default, PostgreSQL by URL; migrations on start.
+
+Besides its SQLAlchemy pool, an engine lends the request path connections for work done on the
+event loop itself, so that a poll (and, on SQLite, a batch of creates) needs no thread hop:
+
+- SQLite: `loop_connection(engine)`, one `Connection` per thread, that never waits for a lock
+  (busy timeout 0) and never checkpoints the WAL by itself. In WAL mode a read never waits for
+  a writer, so it is short enough for the loop; a write that meets another writer's lock fails
+  at once, and is then done the ordinary way, in a thread. `checkpoint(engine)` (in a thread)
+  moves what such connections wrote into the database file.
+- PostgreSQL: `loop_pool(engine)`, a psycopg `AsyncConnectionPool` of the running event loop
+  (autocommit connections; statements prepared on the server after a few uses).
+
+Both are closed with the engine (`Engine.dispose`), a loop's pool also by `close_loop_pool`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
-__all__ = ["make_engine", "migrate", "now_ms", "is_postgres", "unavailable", "describe", "schema_missing"]
+__all__ = [
+    "make_engine", "migrate", "now_ms", "is_postgres", "unavailable", "describe", "schema_missing",
+    "loop_connection", "drop_loop_connection", "checkpoint", "loop_pool", "close_loop_pool",
+]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x72327600  # advisory lock id held while PostgreSQL migrates
+_POOL_MIN, _POOL_MAX = 2, 10  # connections of each event loop's PostgreSQL pool
+_POOL_WAIT = 2.0  # seconds a read waits for a pooled connection before going the ordinary way
 
 
 def now_ms() -> int:
@@ -34,8 +57,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, **kwargs)
-    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20,
-                         connect_args={**_PG_CONNECT_ARGS, **kwargs.pop("connect_args", {})}, **kwargs)
+    engine = create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                           connect_args={**_PG_CONNECT_ARGS, **kwargs.pop("connect_args", {})}, **kwargs)
+    event.listen(engine, "engine_disposed", _close_loop_connections)
+    return engine
 
 
 # A host cut off from the database must neither hang on a dead socket nor, mid-transaction,
@@ -72,7 +97,135 @@ def _sqlite_engine(url: Any, **kwargs: Any) -> Engine:
         # on busy_timeout for the lock instead of failing to upgrade a read snapshot.
         conn.exec_driver_sql("BEGIN")
 
+    event.listen(engine, "engine_disposed", _close_loop_connections)
     return engine
+
+
+# -- connections for reads on the event loop ---------------------------------------------------
+
+
+class _LoopConnections:
+    """What one engine lends the request path: SQLite connections by thread, PostgreSQL pools
+    by event loop."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sqlite: dict[int, Connection] = {}  # thread id -> its connection
+        self.pools: dict[asyncio.AbstractEventLoop, Any] = {}
+
+
+_lent: weakref.WeakKeyDictionary[Engine, _LoopConnections] = weakref.WeakKeyDictionary()
+_lent_lock = threading.Lock()
+
+
+def _lent_by(engine: Engine) -> _LoopConnections:
+    lent = _lent.get(engine)
+    if lent is None:
+        with _lent_lock:
+            lent = _lent.setdefault(engine, _LoopConnections())
+    return lent
+
+
+def loop_connection(engine: Engine) -> Connection:
+    """This thread's own connection to `engine`'s SQLite database, for work on the event loop:
+    outside a transaction each statement is its own (autocommit), a lock held by another
+    writer fails a statement at once (`OperationalError`, "database is locked"), and the WAL is
+    left for `checkpoint` to move into the database file. Made by the engine (its pragmas),
+    then taken out of its pool."""
+    lent = _lent_by(engine)
+    ident = threading.get_ident()
+    conn = lent.sqlite.get(ident)
+    if conn is None:
+        conn = engine.connect()
+        conn.connection.detach()  # ours now, with its own pragmas: closed with the engine
+        dbapi: Any = conn.connection.dbapi_connection
+        dbapi.execute("PRAGMA busy_timeout=0")
+        dbapi.execute("PRAGMA wal_autocheckpoint=0")
+        with lent.lock:
+            lent.sqlite[ident] = conn
+    return conn
+
+
+def drop_loop_connection(engine: Engine) -> None:
+    """Close this thread's `loop_connection` (it failed in a way that left it unusable: the next
+    is made afresh, with its pragmas, rather than reconnected by SQLAlchemy without them)."""
+    lent = _lent.get(engine)
+    if lent is not None:
+        with lent.lock:
+            conn = lent.sqlite.pop(threading.get_ident(), None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def checkpoint(engine: Engine) -> None:
+    """Copy the WAL's pages into the SQLite database file, as far as no reader needs them
+    (`PRAGMA wal_checkpoint(PASSIVE)`); it writes and syncs the file, so call it in a thread."""
+    raw = engine.raw_connection()
+    try:
+        sqlite: Any = raw.driver_connection
+        sqlite.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        raw.close()
+
+
+async def loop_pool(engine: Engine) -> Any:
+    """The running event loop's psycopg `AsyncConnectionPool` of `engine`'s PostgreSQL
+    database (made on first use): take a connection with `getconn()` and give it back with
+    `putconn()` (cheaper than its `connection()` context, whose commit-or-rollback an
+    autocommit connection does not need). `getconn` raises `psycopg_pool.PoolTimeout` when none
+    is free within a couple of seconds (the database away, say)."""
+    loop = asyncio.get_running_loop()
+    lent = _lent_by(engine)
+    pool = lent.pools.get(loop)
+    if pool is None:
+        from psycopg_pool import AsyncConnectionPool
+
+        conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        made = AsyncConnectionPool(conninfo, min_size=_POOL_MIN, max_size=_POOL_MAX, open=False,
+                                   timeout=_POOL_WAIT, kwargs={"autocommit": True}, name="ref2video-loop")
+        await made.open()
+        with lent.lock:
+            pool = lent.pools.setdefault(loop, made)
+        if pool is not made:  # another request of this loop made one meanwhile
+            await made.close()
+    return pool
+
+
+async def close_loop_pool(engine: Engine) -> None:
+    """Close the running event loop's pool of `engine`, if it has one (an app's shutdown)."""
+    lent = _lent.get(engine)
+    if lent is not None:
+        with lent.lock:
+            pool = lent.pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool.close()
+
+
+def _close_loop_connections(engine: Engine) -> None:
+    """On `Engine.dispose()`: close what was lent. A pool is closed on its own loop, which is
+    waited for when it runs in another thread."""
+    lent = _lent.pop(engine, None)
+    if lent is None:
+        return
+    with lent.lock:
+        conns, lent.sqlite = list(lent.sqlite.values()), {}
+        pools, lent.pools = list(lent.pools.items()), {}
+    for conn in conns:
+        with contextlib.suppress(Exception):
+            conn.close()
+    for loop, pool in pools:
+        if loop.is_closed() or not loop.is_running():
+            continue  # nothing can await on it any more; the connections go with the pool
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.create_task(pool.close())
+            continue
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(pool.close(timeout=5), loop).result(10)
 
 
 def describe(url: str) -> str:

@@ -1,0 +1,138 @@
+"""The request path's batches (app.batches, app.reads): creates and polls awaited together on
+the event loop each get their own answer, whatever the others meet."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from ref2video.app import tasks, transitions
+from ref2video.app.batches import creates_for
+from ref2video.spec import parse_spec
+from ref2video.store.db import is_postgres, make_engine, migrate
+from ref2video.store.keys import Principal
+
+from tests.live import make_body
+
+DAY_MS = 86_400_000
+OWNER = Principal("key1", "owner1")
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def _spec() -> Any:
+    return parse_spec(make_body(urls=["https://example.com/a.png"]), ["wan2.6-r2v-flash"])
+
+
+def _count(db: Engine) -> int:
+    with db.connect() as conn:
+        return int(conn.exec_driver_sql("SELECT count(*) FROM tasks").scalar_one())
+
+
+def _lock(db: Engine) -> Any:
+    return contextlib.nullcontext() if is_postgres(db) else threading.Lock()
+
+
+def _run(db: Engine, work: Any) -> Any:
+    """`asyncio.run(work)`, then what the loop held let go of (its PostgreSQL pool)."""
+
+    async def then_release() -> Any:
+        try:
+            return await work
+        finally:
+            await tasks.release(db)
+
+    return asyncio.run(then_release())
+
+
+def test_creates_awaited_together_each_get_their_task(db: Engine) -> None:
+    creates = creates_for(db, write_lock=_lock(db))
+
+    async def burst() -> list[Any]:
+        return await asyncio.gather(*(creates.add(_spec(), OWNER) for _ in range(12)))
+
+    made = _run(db, burst())
+    assert len({t.id for t in made}) == 12 and _count(db) == 12
+    for task in made:
+        assert _run(db, tasks.get(db, OWNER, task.id, retention_ms=DAY_MS)) == \
+            tasks.get_blocking(db, OWNER, task.id, retention_ms=DAY_MS)
+
+
+def test_one_failing_create_fails_alone(db: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    creates = creates_for(db, write_lock=_lock(db))
+    real = transitions.create_many
+
+    def refusing(conn: Any, new: Any) -> Any:
+        if any(principal.owner == "refused" for _, principal in new):
+            raise RuntimeError("refused")
+        return real(conn, new)
+
+    monkeypatch.setattr(transitions, "create_many", refusing)
+
+    async def burst() -> list[Any]:
+        owners = ["refused" if i == 3 else OWNER.owner for i in range(8)]
+        return await asyncio.gather(*(creates.add(_spec(), Principal("k", o)) for o in owners), return_exceptions=True)
+
+    answers = _run(db, burst())
+    errors = [a for a in answers if isinstance(a, BaseException)]
+    assert [str(e) for e in errors] == ["refused"] and isinstance(answers[3], RuntimeError)
+    assert _count(db) == 7
+
+
+def test_sqlite_creates_wait_for_a_held_lock_in_a_thread(tmp_path: Any) -> None:
+    """The loop never waits for a lock: a batch that meets one (this process's write lock, or
+    SQLite's, held by another connection) is inserted by the thread once it is free."""
+    db = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(db)
+    try:
+        lock = threading.Lock()
+        creates = creates_for(db, write_lock=lock)
+
+        async def burst() -> float:
+            started = time.monotonic()
+            await asyncio.gather(*(creates.add(_spec(), OWNER) for _ in range(5)))
+            return time.monotonic() - started
+
+        lock.acquire()
+        threading.Timer(0.3, lock.release).start()
+        assert asyncio.run(burst()) >= 0.25 and _count(db) == 5
+
+        other = db.raw_connection()
+        try:
+            other.driver_connection.execute("BEGIN IMMEDIATE")  # SQLite's write lock, elsewhere
+            threading.Timer(0.3, lambda: other.driver_connection.execute("COMMIT")).start()
+            assert asyncio.run(burst()) >= 0.25 and _count(db) == 10
+        finally:
+            other.close()
+    finally:
+        db.dispose()
+
+
+def test_polls_awaited_together_each_get_their_answer(db: Engine) -> None:
+    """On PostgreSQL one statement answers them all: each answer is its asker's."""
+    with db.begin() as conn:
+        made = [transitions.create(conn, _spec(), OWNER) for _ in range(5)]
+    stranger = Principal("k2", "someone else")
+    asked = [(OWNER, t.id) for t in made] + [(OWNER, "no-such-task"), (stranger, made[0].id), (OWNER, made[2].id)]
+
+    async def polls() -> list[Any]:
+        return await asyncio.gather(*(tasks.get(db, who, i, retention_ms=DAY_MS) for who, i in asked))
+
+    answers = _run(db, polls())
+    assert [a.id for a in answers[:5]] == [t.id for t in made]
+    assert answers[5] is None and answers[6] is None and answers[7] == answers[2]
+    for answer in answers[:5]:
+        assert answer == tasks.get_blocking(db, OWNER, answer.id, retention_ms=DAY_MS)
