@@ -24,7 +24,7 @@ def _task_writes(tree: ast.AST) -> list[tuple[int, str]]:
         target = node.args[0]
         if node.func.id not in ("insert", "update", "delete", "pg_insert", "sqlite_insert"):
             continue
-        if not (isinstance(target, ast.Name) and target.id == "Task"):
+        if not _names_task(target):
             continue
         if node.func.id != "update":
             found.append((node.lineno, f"{node.func.id}(Task)"))
@@ -36,6 +36,13 @@ def _task_writes(tree: ast.AST) -> list[tuple[int, str]]:
             elif None in names or call.args:  # values it cannot see: **values, or a dict
                 found.append((node.lineno, "update(Task) of values not named here"))
     return found
+
+
+def _names_task(node: ast.AST) -> bool:
+    """`Task`, or `Task.__table__`."""
+    if isinstance(node, ast.Attribute) and node.attr == "__table__":
+        node = node.value
+    return isinstance(node, ast.Name) and node.id == "Task"
 
 
 def _chained_calls(tree: ast.AST, root: ast.Call) -> list[ast.Call]:
@@ -68,6 +75,7 @@ def test_the_scan_sees_a_status_write() -> None:
         "update(Task).values(moved)",
         "insert(Task).values(id='x')",
         "delete(Task).where(x)",
+        "insert(Task.__table__)",
     ):
         assert _task_writes(ast.parse(source)), source
     assert not _task_writes(ast.parse("update(Task).where(x).values(upstream_status='RUNNING')"))

@@ -75,10 +75,10 @@ def test_one_failing_create_fails_alone(db: Engine, monkeypatch: pytest.MonkeyPa
     creates = creates_for(db, write_lock=_lock(db))
     real = transitions.create_many
 
-    def refusing(conn: Any, new: Any) -> Any:
+    def refusing(conn: Any, new: Any, **options: Any) -> Any:
         if any(principal.owner == "refused" for _, principal in new):
             raise RuntimeError("refused")
-        return real(conn, new)
+        return real(conn, new, **options)
 
     monkeypatch.setattr(transitions, "create_many", refusing)
 
