@@ -118,10 +118,12 @@ def add(db: Engine, owner: str, url: str, events: Iterable[str] | None = None) -
     chosen = _events(events)
     secret_value = new_secret()
     with db.begin() as conn:
-        if store.count_endpoints(conn, owner) >= MAX_ENDPOINTS:
-            raise InvalidParameter(f"an owner may have at most {MAX_ENDPOINTS} endpoints; remove one first")
+        # The insert first: a transaction that writes first waits for SQLite's lock rather than
+        # failing to upgrade a read; one past the cap rolls back with the error.
         row = store.insert_endpoint(conn, id=f"ep_{_random.token_hex(12)}", owner=owner, url=url,
                                     secret=secret_value, events=chosen, now=now_ms())
+        if store.count_endpoints(conn, owner) > MAX_ENDPOINTS:
+            raise InvalidParameter(f"an owner may have at most {MAX_ENDPOINTS} endpoints; remove one first")
     return Endpoint(row.id, row.owner, row.url, row.events, row.created_at), secret_value
 
 
