@@ -1,16 +1,24 @@
-"""`RateLimiter` (against a fake clock and the real one) and `PollSchedule`."""
+"""`RateLimiter` (against a fake clock, simulated time and the real one) and `PollSchedule`."""
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 import random
+import selectors
 import time
 import tracemalloc
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
+import httpcore
+import httpx
 import pytest
 
-from ref2video.engines.dashscope import PollSchedule, RateLimiter
+from ref2video.engines.dashscope import PollSchedule, ProviderClient, ProviderTransient, RateLimiter
+
+T = TypeVar("T")
 
 
 class FakeClock:
@@ -245,9 +253,317 @@ def test_ten_thousand_tasks_are_cheap() -> None:
     assert 20_000 < seen < 100_000
 
 
+# -- calls counted as they leave and arrive, on simulated time --------------------------------------
+
+
+class VirtualTime(asyncio.SelectorEventLoop):
+    """An event loop on simulated time: when nothing is ready to run, its clock jumps to the next
+    timer, so sleeps take no real time and every run is the same. `stall()` is the loop busy in
+    one callback: nothing else runs meanwhile, and whatever falls due meanwhile runs late."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        super().__init__(_Jump(self))
+
+    def time(self) -> float:
+        return self.now
+
+    def stall(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class _Jump(selectors.SelectSelector):
+    def __init__(self, loop: VirtualTime) -> None:
+        super().__init__()
+        self.loop = loop
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        if timeout is None:
+            raise RuntimeError("deadlock: nothing is ready to run and no timer is set")
+        self.loop.now += timeout
+        return []
+
+
+def simulate(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    with asyncio.Runner(loop_factory=VirtualTime) as runner:
+        return runner.run(main())
+
+
+URL = "http://provider.test/api/v1"
+RUNNING = {"output": {"task_id": "t-1", "task_status": "RUNNING"}}
+
+
+def provider(arrivals: list[float], answer_in: Callable[[], float] = lambda: 0.005,
+             status: int = 200) -> httpx.MockTransport:
+    """The provider's task query: notes when each call arrives, answers `answer_in()` s later."""
+    async def handler(request: httpx.Request) -> httpx.Response:
+        arrivals.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(answer_in())
+        return httpx.Response(status, json=RUNNING)
+    return httpx.MockTransport(handler)
+
+
+def test_calls_granted_on_time_but_sent_late_never_crowd_a_second() -> None:
+    """Between its grant and its send a call may wait (a database write first, a loop busy
+    elsewhere): the calls that arrive within any one second still never outnumber the rate."""
+    rng = random.Random(11)
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTime)
+        limiter = RateLimiter(20, clock=loop.time)
+        arrivals: list[float] = []
+        async with ProviderClient(URL, ["sk"], transport=provider(arrivals, lambda: rng.uniform(0.002, 0.05))) as client:
+            async def lane() -> None:
+                for _ in range(40):
+                    await limiter.acquire()
+                    if rng.random() < 0.3:
+                        await asyncio.sleep(rng.uniform(0.0, 0.6))  # something else first
+                    await client.get("t-1")
+
+            async def busy() -> None:
+                while True:
+                    await asyncio.sleep(rng.uniform(0.05, 0.5))
+                    loop.stall(rng.uniform(0.0, 0.4))
+
+            stalls = asyncio.create_task(busy())
+            await asyncio.gather(*(lane() for _ in range(10)))
+            stalls.cancel()
+        return arrivals
+
+    arrivals = simulate(main)
+    assert len(arrivals) == 400
+    assert most_in_a_second(arrivals) <= 20
+
+
+def test_quick_answers_keep_nearly_the_full_rate() -> None:
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(20, clock=loop.time)
+        arrivals: list[float] = []
+        async with ProviderClient(URL, ["sk"], transport=provider(arrivals, lambda: 0.005)) as client:
+            async def lane() -> None:
+                for _ in range(60):
+                    await limiter.acquire()
+                    await client.get("t-1")
+
+            await asyncio.gather(*(lane() for _ in range(10)))
+        return arrivals
+
+    arrivals = simulate(main)
+    assert len(arrivals) == 600 and most_in_a_second(arrivals) == 20
+    # Paced 1/20 s apart; a call's place comes back a second after its answer, 1.005 s after
+    # its grant, so 20 calls take 1.005 s rather than 1 s.
+    assert 599 / 20 <= arrivals[-1] - arrivals[0] < 599 / 20 * 1.01
+
+
+async def _use(turn: Any) -> None:
+    await turn.leave()
+    turn.answered()
+
+
+@pytest.mark.parametrize("then, freed_at", [
+    (lambda turn: turn.release(), 5.0),
+    (lambda turn: None, 5.0),  # the task that took it ends
+    (None, 5.0),  # the same task acquires again
+    (_use, 6.0),  # used: a call answered at 5 s holds the place until 6 s
+])
+def test_a_turn_not_used_gives_its_place_back(then: Callable[[Any], Any] | None, freed_at: float) -> None:
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(1, clock=loop.time)  # one place; a turn a second at most
+        start = loop.time()
+        granted: list[float] = []
+
+        async def holder() -> None:
+            turn = await limiter.acquire()
+            await asyncio.sleep(5.0)
+            if then is None:
+                await limiter.acquire()
+                return
+            done = then(turn)
+            if asyncio.iscoroutine(done):
+                await done
+
+        async def other() -> None:
+            await asyncio.sleep(0.5)
+            await limiter.acquire()
+            granted.append(loop.time() - start)
+
+        await asyncio.gather(holder(), other())
+        return granted
+
+    assert simulate(main) == [freed_at]
+
+
+@pytest.mark.parametrize("answer, retry_arrives", [
+    ("refused", 1.5),  # the connection failed: nothing was sent, the turn is given back
+    ("throttled", 3.0),  # a 429 answer at 2 s: the call arrived, and counts until 3 s
+    ("timeout", 3.0),  # no answer by the 2 s timeout: it may arrive yet, so it counts until 3 s
+])
+def test_a_failed_call_counts_unless_nothing_was_sent(answer: str, retry_arrives: float) -> None:
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        arrivals: list[float] = []
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            first = not arrivals
+            arrivals.append(loop.time() - start)
+            if first and answer == "refused":
+                await asyncio.sleep(1.5)  # the connection fails after 1.5 s
+                raise httpx.ConnectError("connection refused", request=request)
+            if first:
+                await asyncio.sleep(2.0 if answer == "throttled" else 10.0)
+                return httpx.Response(429, json={"code": "Throttling.RateQuota", "message": "slow down"})
+            return httpx.Response(200, json=RUNNING)
+
+        limiter = RateLimiter(1, clock=loop.time)
+        async with ProviderClient(URL, ["sk"], timeout=2.0, transport=httpx.MockTransport(handler)) as client:
+            for attempt in range(2):
+                await limiter.acquire()
+                try:
+                    await client.get("t-1")
+                except ProviderTransient:
+                    assert attempt == 0
+        return arrivals
+
+    assert simulate(main) == pytest.approx([0.0, retry_arrives])
+
+
+def test_many_waiters_are_served_in_order_and_no_place_is_lost() -> None:
+    async def main() -> tuple[list[float], list[int], list[int], int]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(20, clock=loop.time)
+        arrivals: list[float] = []
+        asked: list[int] = []
+        served: list[int] = []
+        async with ProviderClient(URL, ["sk"], transport=provider(arrivals)) as client:
+            async def one(i: int) -> None:
+                await asyncio.sleep(0.001 * (i % 7))  # ask out of index order
+                asked.append(i)
+                await limiter.acquire()
+                served.append(i)
+                await client.get("t-1")
+
+            tasks = [asyncio.create_task(one(i)) for i in range(300)]
+            await asyncio.sleep(2.0)
+            for i in asked[200:220]:
+                tasks[i].cancel()  # gave up waiting
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(1.01)
+        return arrivals, asked, served, limiter.held
+
+    arrivals, asked, served, held = simulate(main)
+    assert len(arrivals) == 280 and served == asked[:200] + asked[220:]
+    assert most_in_a_second(arrivals) <= 20
+    # The slots of the 300 turns were reserved at once; the 20 cancelled lost theirs.
+    assert arrivals[-1] - arrivals[0] < 300 / 20 * 1.01
+    assert held == 0
+
+
+def test_a_call_made_by_a_task_started_after_the_turn_uses_it() -> None:
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(20, clock=loop.time)
+        async with ProviderClient(URL, ["sk"], transport=provider([])) as client:
+            turn = await limiter.acquire()
+            before = turn.expiry()
+            await asyncio.create_task(client.get("t-1"))
+            return before, turn.expiry() - loop.time()
+
+    before, after = simulate(main)
+    assert before == math.inf and after == pytest.approx(1.0)
+
+
+class SlowNetwork(httpcore.AsyncNetworkBackend):
+    """Connections that take `connects[i]` seconds to open, in turn; the provider answers each
+    request `answer` seconds after its bytes arrive, and notes when they arrived."""
+
+    def __init__(self, connects: Iterable[float], answer: float) -> None:
+        self.connects = list(connects)
+        self.answer = answer
+        self.arrivals: list[float] = []
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None, socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        await asyncio.sleep(self.connects.pop(0))
+        return _SlowStream(self)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class _SlowStream(httpcore.AsyncNetworkStream):
+    ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 56\r\n\r\n"
+              b'{"output": {"task_id": "t-1", "task_status": "RUNNING"}}')
+
+    def __init__(self, network: SlowNetwork) -> None:
+        self.network = network
+        self.asked = 0
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if buffer.startswith(b"GET "):
+            self.network.arrivals.append(asyncio.get_running_loop().time())
+            self.asked += 1
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if not self.asked:
+            return b""
+        self.asked -= 1
+        await asyncio.sleep(self.network.answer)
+        return self.ANSWER
+
+    async def aclose(self) -> None:
+        pass
+
+    def get_extra_info(self, info: str) -> Any:
+        return None
+
+
+class CoreTransport(httpx.AsyncBaseTransport):
+    """httpx over an httpcore connection pool on the given network: httpx's own transport,
+    whose requests carry httpcore's `trace` extension to the connections."""
+
+    def __init__(self, network: httpcore.AsyncNetworkBackend) -> None:
+        self.pool = httpcore.AsyncConnectionPool(network_backend=network)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        core = httpcore.Request(request.method, str(request.url), headers=request.headers.raw,
+                                content=request.stream, extensions=request.extensions)
+        response = await self.pool.handle_async_request(core)
+        content = await response.aread()
+        await response.aclose()
+        return httpx.Response(response.status, headers=response.headers, content=content)
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+
+def test_a_call_counts_from_when_it_is_written_not_from_when_it_left() -> None:
+    """The first call spends 2 s opening its connection; the second gets one at once. The
+    second goes a second (and the margin) after the first was written: not a second after the
+    first left (it would arrive first), nor only once the first is answered at 5 s."""
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        network = SlowNetwork(connects=[2.0, 0.0], answer=3.0)
+        limiter = RateLimiter(1, clock=loop.time)  # margin 0.25 s
+        async with ProviderClient(URL, ["sk"], transport=CoreTransport(network)) as client:
+            async def call() -> None:
+                await limiter.acquire()
+                await client.get("t-1")
+
+            await asyncio.gather(call(), call())
+        return [t - start for t in network.arrivals]
+
+    assert simulate(main) == pytest.approx([2.0, 3.25])
+
+
 def test_a_stalled_event_loop_does_not_turn_reserved_slots_into_a_burst() -> None:
-    """Waiters whose slots came while the loop was busy elsewhere wake together; the grants
-    they then make still keep to the rate in every second."""
+    """Waiters whose slots came while the loop was busy elsewhere wake together; the calls
+    they then make still keep to the rate in every second (the fake clock of the tests above,
+    whose sleeps come late; calls made through the turns' own interface)."""
 
     class StallingClock(FakeClock):
         async def sleep(self, seconds: float) -> None:
@@ -263,8 +579,11 @@ def test_a_stalled_event_loop_does_not_turn_reserved_slots_into_a_burst() -> Non
 
         async def caller() -> None:
             for _ in range(25):
-                await limiter.acquire()
+                turn = await limiter.acquire()
+                await clock.sleep(0.01)  # on its way: perhaps late
+                await turn.leave()
                 stamps.append(clock())
+                turn.answered()
 
         await asyncio.gather(*(caller() for _ in range(8)))
         return stamps
@@ -272,3 +591,9 @@ def test_a_stalled_event_loop_does_not_turn_reserved_slots_into_a_burst() -> Non
     stamps = asyncio.run(main())
     assert len(stamps) == 200
     assert most_in_a_second(stamps) <= 20
+
+
+def test_margin_is_checked() -> None:
+    for margin in (-0.1, math.inf, math.nan):
+        with pytest.raises(ValueError, match="margin"):
+            RateLimiter(20, margin=margin)

@@ -1,7 +1,7 @@
 """The provider side of the `dashscope` relay: its protocol client, errors and poll pacing."""
 
 from .errors import ProviderError, ProviderTransient
-from .limiter import PollSchedule, RateLimiter
+from .limiter import PollSchedule, RateLimiter, Turn
 from .provider import ProviderClient, UpstreamSummary, UpstreamTask
 
 __all__ = [
@@ -11,5 +11,6 @@ __all__ = [
     "ProviderError",
     "ProviderTransient",
     "RateLimiter",
+    "Turn",
     "PollSchedule",
 ]

@@ -1,59 +1,236 @@
 """Pacing of the provider's API: a rate limiter per account, and the schedule of polls.
 
-The provider allows each account a fixed number of task queries a second (20 for the video
-models), however many tasks are in flight. `RateLimiter` is that budget, shared by every
-coroutine of one process that speaks for the account. `PollSchedule` decides which task to ask
-about next: each task is polled fast at first, then every 15 s, and the tasks most overdue go
-first, so when the budget is short every task waits a little longer rather than some forever.
+The provider allows each account a fixed number of calls a second (20 task queries and 50
+submits for the video models), however many tasks are in flight. It counts calls as they
+*arrive*, over every sliding second, and answers 429 to one call more. `RateLimiter` is that
+budget, shared by every coroutine of one process that speaks for the account. `PollSchedule`
+decides which task to ask about next: each task is polled fast at first, then every 15 s, and
+the tasks most overdue go first, so when the budget is short every task waits a little longer
+rather than some forever.
+
+How the limiter keeps to the limit at arrival
+---------------------------------------------
+A call granted on time can leave late (a busy event loop, a database write between the grant
+and the send, a connection being opened), and late calls bunch up. So the limiter counts
+calls, not grants. It has `capacity` places (the rate, for a whole-number rate and `burst=1`),
+and a call holds one from the moment it is granted until one second after it can last have
+arrived at the provider:
+
+* one second after its answer came back, if that was within `margin` seconds of the request
+  being written: a request arrives before its answer, so nothing is assumed;
+* else one second after `margin` seconds past the write: a request is taken to arrive within
+  `margin` of being written (network jitter), however long the provider takes to answer.
+  Until the request is written (while a connection is found or opened) its place is held;
+  where the transport does not say when it writes, only the answer frees the place;
+* a call that ended without an answer (a timeout, a broken connection) may still arrive late:
+  it holds its place until one second after it ended, so a retry counts together with it;
+* a turn given back unused (never used, or its call failed before anything was sent) frees
+  its place at once.
+
+Whatever calls arrive within one second all held their places when the last of them was
+granted, so no second ever sees more than `capacity` of them, however late each one left. On
+top of that, grants are spaced `1 / rate` apart (a token bucket, with `burst`) and served in
+the order asked, so calls go out evenly rather than `capacity` at once.
+
+Interface
+---------
+
+    turn = await limiter.acquire()  # a paced turn holding a place (callers may ignore it)
+    await turn.leave()              # the call leaves now (ProviderClient does this,
+    turn.answered()                 # and this, or turn.unanswered() or turn.release(),
+                                    # by itself)
+
+`ProviderClient` finds the turns a task acquired (`take_turns()`, a context variable set by
+`acquire()`): the next API call made in the same task, or in a task created from it, uses them;
+it stamps the departure again as the request's bytes are written (httpcore's `trace`
+extension, so waits for a connection do not count) and records how the call ended. Callers
+write just `await limiter.acquire()` before a provider call. A turn not used is given back when
+`release()` is called, when the same task acquires again from the same limiter, or when the
+task that acquired it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
-from collections import deque
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
-__all__ = ["RateLimiter", "PollSchedule"]
+__all__ = ["PollSchedule", "RateLimiter", "Turn", "take_turns"]
 
 # A hair longer than 1/rate between grants, so that float rounding can never let one more
 # grant into a window than the arithmetic allows.
 _MARGIN = 1.0 + 1e-9
 
+_turns: contextvars.ContextVar[tuple[Turn, ...]] = contextvars.ContextVar("ref2video_dashscope_turns", default=())
+
+
+def take_turns() -> tuple[Turn, ...]:
+    """The turns acquired in this context and not used yet, for the call about to be made.
+    They leave the context: each turn serves one call."""
+    turns = _turns.get()
+    if not turns:
+        return ()
+    _turns.set(())
+    return tuple(turn for turn in turns if turn.usable)
+
+
+class Turn:
+    """One call's place in its limiter's window, from `RateLimiter.acquire()`.
+
+    The place is held until `expiry()` (see the module docstring); `leave()`, `answered()`,
+    `unanswered()` and `release()` tell the limiter what became of the call.
+    """
+
+    __slots__ = ("_answered", "_ended", "_holding", "_left", "_limiter", "_spent", "_task", "_written")
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+        self._left: float | None = None  # the latest departure stamp: leave(), then each write
+        self._written = False  # the transport said the request's bytes went out
+        self._ended: float | None = None
+        self._answered = False
+        self._holding = False  # holds a place in the limiter's window
+        self._spent = False  # used by a call or given back: not handed to another call
+        self._task: asyncio.Task[object] | None = None
+
+    def __repr__(self) -> str:
+        state = ("answered" if self._answered else "unanswered") if self._ended is not None else \
+            "written" if self._written else "left" if self._left is not None else \
+            "released" if self._spent else "granted"
+        return f"<Turn {state} of {self._limiter!r}>"
+
+    @property
+    def usable(self) -> bool:
+        """Not yet used by a call nor given back."""
+        return not self._spent
+
+    def expiry(self) -> float:
+        """When this turn's place is free again: inf while that is not known yet."""
+        margin = self._limiter.margin
+        if self._left is None:
+            return math.inf
+        if self._ended is None:
+            return self._left + margin + 1.0 if self._written else math.inf
+        if self._answered:  # if when it was written is not known, only the answer bounds it
+            return (min(self._ended, self._left + margin) if self._written else self._ended) + 1.0
+        return max(self._ended, self._left + margin) + 1.0
+
+    async def leave(self) -> None:
+        """The call leaves now: call this just before sending. A turn whose place was given
+        back (its task ended before the call was made) first waits for a place again."""
+        if self._ended is not None:
+            raise RuntimeError("this turn's call has ended; acquire another turn")
+        self._spent = True
+        self._detach()
+        if not self._holding:
+            await self._limiter._place(self)
+        self._left = self._limiter._clock()
+
+    async def sending(self) -> None:
+        """The request's bytes are being written now. Called for each write, the last one
+        counts; a write so slow that the place expired meanwhile waits for another."""
+        if self._ended is not None:
+            return
+        self._spent = True
+        self._detach()
+        if not self._holding:
+            await self._limiter._place(self)
+        self._left = self._limiter._clock()
+        self._written = True
+        self._limiter._changed()
+
+    def answered(self) -> None:
+        """The answer came back now (whatever its status, 429 included)."""
+        self._end(answered=True)
+
+    def unanswered(self) -> None:
+        """The call ended without an answer after it may have been sent: it counts until one
+        second after now."""
+        self._end(answered=False)
+
+    def release(self) -> None:
+        """The call did not go (never made, or it failed before anything was sent): give the
+        place back. No effect once the request was written or the call ended."""
+        self._spent = True
+        self._detach()
+        if self._written or self._ended is not None:
+            return
+        if self._holding:
+            self._limiter._drop(self)
+
+    def _end(self, *, answered: bool) -> None:
+        if self._ended is not None:
+            return
+        now = self._limiter._clock()
+        if self._left is None:
+            self._left = now
+        self._ended, self._answered, self._spent = now, answered, True
+        self._detach()
+        if not self._holding:  # it lost its place by misuse; it still counts
+            self._limiter._hold(self)
+        self._limiter._changed()
+
+    def _attach(self) -> None:
+        """Offer the turn to the next call made in this context; give it back if the task that
+        acquired it ends first."""
+        _turns.set(tuple(turn for turn in _turns.get() if turn.usable) + (self,))
+        task = asyncio.current_task()
+        if task is not None:
+            task.add_done_callback(self._orphaned)
+            self._task = task
+
+    def _detach(self) -> None:
+        if self._task is not None:
+            self._task.remove_done_callback(self._orphaned)
+            self._task = None
+
+    def _orphaned(self, _task: object) -> None:
+        self._task = None
+        if self._left is None and self._holding:
+            self._limiter._drop(self)
+
 
 class RateLimiter:
-    """A token bucket (written as GCRA) for one provider account, shared by coroutines.
+    """The call budget of one provider account, shared by coroutines; see the module docstring.
 
     ```python
-    limiter = RateLimiter(20, burst=1)      # the account may make 20 task queries a second
+    limiter = RateLimiter(20)               # the account may make 20 task queries a second
 
     async def poll(task_id: str) -> UpstreamTask:
         await limiter.acquire()             # callers are served in the order they asked
-        return await provider.get(task_id)
+        return await provider.get(task_id)  # the provider stamps and ends the turn
     ```
 
-    `burst` requests may go at once after a quiet spell; after that one every `1 / rate`
-    seconds. For a whole-number rate, no half-open window of one second ever holds more than
-    `rate + burst - 1` grants, so with `burst=1` (the default) never more than the rate.
+    Grants are paced as a token bucket (GCRA): `burst` at once after a quiet spell, then one
+    every `1 / rate` seconds. The window has `capacity` places, `floor(rate) + burst - 1`
+    (the rate itself with `burst=1`, the default), so no second ever sees more calls arrive
+    than that. `margin` is how long after being written a request is taken to arrive at the
+    latest, for calls not answered sooner (see the module docstring).
 
-    Each `acquire()` reserves its slot when it is called, so grants follow call order (FIFO)
-    without a queue object, and a waiter costs one sleeping coroutine. A waiter cancelled while
-    it sleeps does not give its slot back: the account loses at most that one slot and is never
-    taken over its rate. `clock` and `sleep` can be replaced, for tests with a fake clock.
+    Each `acquire()` reserves its pacing slot when it is called, so turns follow call order
+    (FIFO), and waiters for a place queue in order too. A waiter cancelled while it waits for
+    its slot loses that slot (at most `1 / rate` of the account's time), never a place.
+    `clock` and `sleep` can be replaced, for tests with a fake clock.
     One limiter serves one event loop; processes sharing an account should split the rate.
     """
 
-    def __init__(self, rate_per_second: float, burst: int = 1, *,
+    def __init__(self, rate_per_second: float, burst: int = 1, *, margin: float = 0.25,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
         if not (math.isfinite(rate_per_second) and rate_per_second > 0):
             raise ValueError(f"rate_per_second must be a positive number, not {rate_per_second!r}")
         if burst < 1:
             raise ValueError(f"burst must be at least 1, not {burst!r}")
+        if not (math.isfinite(margin) and margin >= 0):
+            raise ValueError(f"margin must be a number of seconds, 0 or more, not {margin!r}")
         self.rate = rate_per_second
         self.burst = burst
+        self.margin = margin
+        self.capacity = max(1, math.floor(rate_per_second + 1e-9)) + burst - 1
         self._clock = clock
         self._sleep = sleep
         self._interval = _MARGIN / rate_per_second
@@ -62,28 +239,107 @@ class RateLimiter:
         # multiplication, so rounding does not accumulate over a long busy spell.
         self._anchor = -math.inf
         self._count = 0
-        self._window_cap = max(1, math.floor(rate_per_second + 1e-9)) + burst - 1
-        self._granted: deque[float] = deque(maxlen=self._window_cap)
+        self._held: list[Turn] = []  # the turns holding a place (a few dozen at most)
+        self._queue: deque[asyncio.Future[None]] = deque()  # waiting for a place, in order
+        self._change: asyncio.Future[None] | None = None  # what the first in the queue waits on
 
     def __repr__(self) -> str:
-        return f"RateLimiter({self.rate:g}/s, burst={self.burst})"
+        return f"RateLimiter({self.rate:g}/s, burst={self.burst}, margin={self.margin:g})"
 
-    async def acquire(self) -> None:
-        """Wait for this caller's turn; return when it may send one request."""
+    async def acquire(self) -> Turn:
+        """Wait for this caller's turn: a paced slot and a place in the window. The turn is
+        offered to the next provider call made in this task, which ends it; a turn this task
+        acquired from this limiter earlier and did not use is given back first."""
+        for turn in _turns.get():
+            if turn._limiter is self and turn.usable:
+                turn.release()
         slot = self._reserve()
         while (wait := slot - self._clock()) > 0:  # a loop: a timer may fire a hair early
             await self._sleep(wait)
-        # Slots are reserved ahead; if the event loop was too busy to wake their holders on
-        # time, several would now go at once. The log of grants actually made keeps any one
-        # second to the rate even then (the provider counts what arrives, not what was meant).
-        while len(self._granted) == self._window_cap and (wait := self._granted[0] + 1.0 - self._clock()) > 0:
-            await self._sleep(wait)
-        self._granted.append(self._clock())
+        turn = Turn(self)
+        await self._place(turn)
+        turn._attach()
+        return turn
 
     def delay(self) -> float:
-        """Seconds an `acquire()` made now would wait (0 when a token is free); reserves nothing."""
+        """Seconds an `acquire()` made now would wait at least (0 when it would not wait; inf
+        when every place is held by a call that has not gone yet). Reserves nothing."""
         now = self._clock()
-        return max(0.0, self._next_theoretical(now) - self._tolerance - now)
+        pacing = max(0.0, self._next_theoretical(now) - self._tolerance - now)
+        window = 0.0 if self._room(now) and not self._queue else max(0.0, self._free_at() - now)
+        return max(pacing, window)
+
+    @property
+    def held(self) -> int:
+        """How many places are held now (by calls granted, on their way, or recently sent)."""
+        self._room(self._clock())
+        return len(self._held)
+
+    # -- the window -----------------------------------------------------------------------------
+
+    async def _place(self, turn: Turn) -> None:
+        """Wait until the window has room (after those already waiting), then give `turn` a place."""
+        if not self._queue and self._room(self._clock()):
+            self._hold(turn)
+            return
+        me: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(me)
+        try:
+            if self._queue[0] is not me:
+                await me  # the one ahead wakes us when it goes (or gives up)
+            while not self._room(now := self._clock()):
+                await self._wait_for_change(self._free_at() - now)
+            self._hold(turn)
+        finally:
+            self._queue.remove(me)
+            if self._queue and not self._queue[0].done():
+                self._queue[0].set_result(None)
+
+    def _room(self, now: float) -> bool:
+        held = self._held
+        if any(turn.expiry() <= now for turn in held):
+            self._held = []
+            for turn in held:
+                if turn.expiry() > now:
+                    self._held.append(turn)
+                else:
+                    turn._holding = False
+        return len(self._held) < self.capacity
+
+    def _free_at(self) -> float:
+        """When enough places expire for one to be free, as far as is known now."""
+        expiries = sorted(turn.expiry() for turn in self._held)
+        return expiries[len(expiries) - self.capacity] if len(expiries) >= self.capacity else -math.inf
+
+    async def _wait_for_change(self, seconds: float) -> None:
+        """Sleep `seconds` (inf: until told), or less when a turn moves on."""
+        change = self._change = asyncio.get_running_loop().create_future()
+        try:
+            if math.isinf(seconds):
+                await change
+            else:
+                timer = asyncio.ensure_future(self._sleep(max(0.0, seconds)))
+                try:
+                    await asyncio.wait((change, timer), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    timer.cancel()
+        finally:
+            self._change = None
+
+    def _changed(self) -> None:
+        if self._change is not None and not self._change.done():
+            self._change.set_result(None)
+
+    def _hold(self, turn: Turn) -> None:
+        turn._holding = True
+        self._held.append(turn)
+
+    def _drop(self, turn: Turn) -> None:
+        turn._holding = False
+        self._held.remove(turn)
+        self._changed()
+
+    # -- pacing ---------------------------------------------------------------------------------
 
     def _reserve(self) -> float:
         now = self._clock()

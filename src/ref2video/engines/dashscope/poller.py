@@ -169,9 +169,11 @@ class AccountPoller:
                 except TimeoutError:
                     pass
                 continue
-            await self.limiter.acquire()
+            turn = await self.limiter.acquire()
             job = self._take(self._clock())
-            if job is not None:
+            if job is None:
+                turn.release()  # other lanes took the work: the place goes back at once
+            else:
                 self.calls += 1
                 try:
                     await job

@@ -31,7 +31,7 @@ import httpx
 from ... import __version__
 from ...protocol import TERMINAL
 from .errors import ProviderError, ProviderTransient
-from .limiter import RateLimiter
+from .limiter import RateLimiter, Turn, take_turns
 
 __all__ = ["ProviderClient", "UpstreamTask", "UpstreamSummary"]
 
@@ -45,6 +45,8 @@ _SNIPPET = 200
 _FALLBACK_CODES = {401: "InvalidApiKey", 403: "AccessDenied", 404: "NotFound", 408: "RequestTimeOut",
                    413: "RequestTooLarge", 429: "Throttling", 503: "ServiceUnavailable"}
 _XML_FIELD = re.compile(r"<(Code|Message)>([^<]{1,500})</\1>")
+# httpx's failures that mean nothing was sent: a limiter's turn is given back on these.
+_NEVER_SENT = (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,9 @@ class ProviderClient:
     `timeout` bounds each API call as a whole (connect, send and read); waiting for a limiter
     does not count. With `limiters` (one per key), every API call made with key i first waits
     for `limiters[i]`; the storage and download hosts are not the API and are not limited.
+    Every API call also takes the turns its task acquired from any `RateLimiter` beforehand
+    (`limiter.take_turns`): it stamps their departure as the request is written and tells
+    them how the call ended, so the limiters count calls as they leave, not as they are granted.
     Times sent to the task list are written in `tz`, the zone the provider reads them in.
     The keys go to the API's origin only, never to the upload or download hosts.
     """
@@ -282,24 +287,41 @@ class ProviderClient:
         """One API request with key `k`, after its limiter; the answer's JSON object."""
         if self._limiters is not None:
             await self._limiters[k].acquire()
+        turns = take_turns()  # this one's, and any the caller acquired for this call
         headers = {**(headers or {}), "Authorization": f"Bearer {self._keys[k]}"}
         request = self._http.build_request(method, self.base_url + path, headers=headers, **options)
-        status, raw = await self._exchange(request, what, acts=acts)
+        if turns:
+            request.extensions["trace"] = _stamper(turns)
+            for turn in turns:
+                await turn.leave()  # outside the timeout: waiting for a limiter does not count
+        status, raw = await self._exchange(request, what, acts=acts, turns=turns)
         body = _json_object(raw)
         if body is None:
             raise ProviderTransient("BadResponse", f"{what}: HTTP {status} with a body that is not a JSON object: "
                                     f"{_snippet(raw)!r}", status=status, uncertain=acts)
         return body
 
-    async def _exchange(self, request: httpx.Request, what: str, *, acts: bool) -> tuple[int, bytes]:
-        """Send, read a bounded answer, and raise for any status other than 2xx."""
+    async def _exchange(self, request: httpx.Request, what: str, *, acts: bool,
+                        turns: Sequence[Turn] = ()) -> tuple[int, bytes]:
+        """Send, read a bounded answer, and raise for any status other than 2xx. `turns` learn
+        when the answer came back, or that none did (or that nothing was sent)."""
         with _mapped(what, acts=acts, timeout=self.timeout):
-            async with asyncio.timeout(self.timeout):
-                response = await self._http.send(request, stream=True)
-                try:
-                    raw = await _read_bounded(response, what, acts)
-                finally:
-                    await response.aclose()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    response = await self._http.send(request, stream=True)
+                    for turn in turns:
+                        turn.answered()
+                    try:
+                        raw = await _read_bounded(response, what, acts)
+                    finally:
+                        await response.aclose()
+            except BaseException as exc:
+                for turn in turns:  # no effect on turns already answered
+                    if isinstance(exc, _NEVER_SENT):
+                        turn.release()
+                    else:
+                        turn.unanswered()
+                raise
         if not response.is_success:
             raise _status_error(response, raw, what, acts)
         return response.status_code, raw
@@ -330,6 +352,18 @@ class ProviderClient:
         except ValueError as exc:
             raise ProviderTransient("BadResponse", f"{what}: the answer has {exc}: {_snippet(answer)!r}",
                                     uncertain=uncertain) from exc
+
+
+def _stamper(turns: Sequence[Turn]) -> Any:
+    """httpcore's `trace` extension for one request: each write of the request stamps the
+    departure of its turns again, so the time spent waiting for or opening a connection does
+    not count as already sent. (A transport that does not trace, such as httpx's
+    MockTransport, leaves the stamp `Turn.leave()` made just before sending.)"""
+    async def trace(event: str, info: Mapping[str, Any]) -> None:
+        if ".send_request_" in event:
+            for turn in turns:
+                await turn.sending()
+    return trace
 
 
 # -- error mapping ------------------------------------------------------------------------------
