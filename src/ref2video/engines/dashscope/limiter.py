@@ -35,18 +35,22 @@ the order asked, so calls go out evenly rather than `capacity` at once.
 Interface
 ---------
 
-    turn = await limiter.acquire()  # a paced turn holding a place (callers may ignore it)
-    await turn.leave()              # the call leaves now (ProviderClient does this,
-    turn.answered()                 # and this, or turn.unanswered() or turn.release(),
-                                    # by itself)
+    limiter = RateLimiter(20)       # rate, burst=1, margin=0.25 s: 20 places
+    turn = await limiter.acquire()  # wait for a paced slot and a place (in the order asked)
+    await turn.leave()              # the call leaves now: just before sending
+    await turn.sending()            # its bytes are being written (each write; the last counts)
+    turn.answered()                 # its answer came back (any status, 429 included)
+    turn.unanswered()               # it ended without an answer after it may have gone
+    turn.release()                  # it never went: the place goes back at once
+    limiter.delay(), limiter.held   # how long an acquire() would wait now; places held now
 
-`ProviderClient` finds the turns a task acquired (`take_turns()`, a context variable set by
-`acquire()`): the next API call made in the same task, or in a task created from it, uses them;
-it stamps the departure again as the request's bytes are written (httpcore's `trace`
-extension, so waits for a connection do not count) and records how the call ended. Callers
-write just `await limiter.acquire()` before a provider call. A turn not used is given back when
-`release()` is called, when the same task acquires again from the same limiter, or when the
-task that acquired it ends.
+`ProviderClient` does everything after `acquire()` by itself, for the turns its caller's task
+acquired (`take_turns()`, a context variable that `acquire()` sets): the next API call made in
+the same task, or in a task created from it, uses them. It calls `sending()` from httpcore's
+`trace` extension, so time spent waiting for or opening a connection does not count as gone.
+So callers write just `await limiter.acquire()` before a provider call. A turn not used is given
+back when `release()` is called, when the same task acquires again from the same limiter, or
+when the task that acquired it ends.
 """
 
 from __future__ import annotations
@@ -140,8 +144,9 @@ class Turn:
         if not self._holding:
             await self._limiter._place(self)
         self._left = self._limiter._clock()
-        self._written = True
-        self._limiter._changed()
+        if not self._written:  # its expiry is known from now on (later writes only delay it)
+            self._written = True
+            self._limiter._changed()
 
     def answered(self) -> None:
         """The answer came back now (whatever its status, 429 included)."""

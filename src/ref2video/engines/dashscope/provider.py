@@ -138,7 +138,7 @@ class ProviderClient:
     for `limiters[i]`; the storage and download hosts are not the API and are not limited.
     Every API call also takes the turns its task acquired from any `RateLimiter` beforehand
     (`limiter.take_turns`): it stamps their departure as the request is written and tells
-    them how the call ended, so the limiters count calls as they leave, not as they are granted.
+    them how the call ended, so the limiters count calls as they go, not as they are granted.
     Times sent to the task list are written in `tz`, the zone the provider reads them in.
     The keys go to the API's origin only, never to the upload or download hosts.
     """
@@ -287,9 +287,9 @@ class ProviderClient:
         """One API request with key `k`, after its limiter; the answer's JSON object."""
         if self._limiters is not None:
             await self._limiters[k].acquire()
-        turns = take_turns()  # this one's, and any the caller acquired for this call
         headers = {**(headers or {}), "Authorization": f"Bearer {self._keys[k]}"}
         request = self._http.build_request(method, self.base_url + path, headers=headers, **options)
+        turns = take_turns()  # this one's, and any the caller acquired for this call
         if turns:
             request.extensions["trace"] = _stamper(turns)
             for turn in turns:
@@ -357,8 +357,8 @@ class ProviderClient:
 def _stamper(turns: Sequence[Turn]) -> Any:
     """httpcore's `trace` extension for one request: each write of the request stamps the
     departure of its turns again, so the time spent waiting for or opening a connection does
-    not count as already sent. (A transport that does not trace, such as httpx's
-    MockTransport, leaves the stamp `Turn.leave()` made just before sending.)"""
+    not count as already sent. (Under a transport that does not trace, such as httpx's
+    MockTransport, only the answer frees the turns' places.)"""
     async def trace(event: str, info: Mapping[str, Any]) -> None:
         if ".send_request_" in event:
             for turn in turns:
