@@ -119,14 +119,14 @@ def test_waiters_are_served_in_the_order_they_asked() -> None:
 
 
 def test_a_cancelled_waiter_does_not_let_anyone_jump_the_rate() -> None:
-    limiter = RateLimiter(20, burst=1)
-
     async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(20, burst=1, clock=loop.time)  # on simulated time (below)
         stamps: list[float] = []
 
         async def one() -> None:
             await limiter.acquire()
-            stamps.append(time.monotonic())
+            stamps.append(loop.time())
 
         tasks = [asyncio.create_task(one()) for _ in range(6)]
         await asyncio.sleep(0.01)
@@ -134,10 +134,10 @@ def test_a_cancelled_waiter_does_not_let_anyone_jump_the_rate() -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         return stamps
 
-    stamps = asyncio.run(main())
+    stamps = simulate(main)
     assert len(stamps) == 5
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    assert min(gaps) >= 0.04  # 1/20 s apart (less timer jitter); the lost slot shows as one 0.1 s gap
+    assert gaps == pytest.approx([0.05, 0.1, 0.05, 0.05])  # 1/20 s apart; the lost slot is one 0.1 s gap
 
 
 @pytest.mark.parametrize("rate, burst", [(0, 1), (-1, 1), (float("inf"), 1), (float("nan"), 1), (5, 0)])
@@ -357,43 +357,28 @@ def test_quick_answers_keep_nearly_the_full_rate() -> None:
     assert 599 / 20 <= arrivals[-1] - arrivals[0] < 599 / 20 * 1.01
 
 
-async def _use(turn: Any) -> None:
-    await turn.leave()
-    turn.answered()
-
-
-@pytest.mark.parametrize("then, freed_at", [
-    (lambda turn: turn.release(), 5.0),
-    (lambda turn: None, 5.0),  # the task that took it ends
-    (None, 5.0),  # the same task acquires again
-    (_use, 6.0),  # used: a call answered at 5 s holds the place until 6 s
-])
-def test_a_turn_not_used_gives_its_place_back(then: Callable[[Any], Any] | None, freed_at: float) -> None:
+def test_a_turn_not_used_takes_no_place() -> None:
+    """A turn is only a paced slot: the place in the window is taken as the call goes."""
     async def main() -> list[float]:
         loop = asyncio.get_running_loop()
         limiter = RateLimiter(1, clock=loop.time)  # one place; a turn a second at most
         start = loop.time()
-        granted: list[float] = []
+        gone: list[float] = []
 
-        async def holder() -> None:
+        async def call(after: float, then: float) -> None:
+            await asyncio.sleep(after)
             turn = await limiter.acquire()
-            await asyncio.sleep(5.0)
-            if then is None:
-                await limiter.acquire()
-                return
-            done = then(turn)
-            if asyncio.iscoroutine(done):
-                await done
+            await asyncio.sleep(then)  # the turn is kept, not used yet
+            await turn.leave()
+            gone.append(loop.time() - start)
+            turn.answered()
 
-        async def other() -> None:
-            await asyncio.sleep(0.5)
-            await limiter.acquire()
-            granted.append(loop.time() - start)
+        # The first turn is taken at once and kept 5 s; the second, taken at 1 s (paced),
+        # goes at once, and the first then goes at 5 s: the second was answered at 1 s.
+        await asyncio.gather(call(0.0, 5.0), call(0.5, 0.0))
+        return gone
 
-        await asyncio.gather(holder(), other())
-        return granted
-
-    assert simulate(main) == [freed_at]
+    assert simulate(main) == pytest.approx([1.0, 5.0])
 
 
 @pytest.mark.parametrize("answer, retry_arrives", [
@@ -480,14 +465,17 @@ class SlowNetwork(httpcore.AsyncNetworkBackend):
     """Connections that take `connects[i]` seconds to open, in turn; the provider answers each
     request `answer` seconds after its bytes arrive, and notes when they arrived."""
 
-    def __init__(self, connects: Iterable[float], answer: float) -> None:
+    def __init__(self, connects: Iterable[float | Exception], answer: float) -> None:
         self.connects = list(connects)
         self.answer = answer
         self.arrivals: list[float] = []
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None, socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        await asyncio.sleep(self.connects.pop(0))
+        connect = self.connects.pop(0)
+        if isinstance(connect, Exception):
+            raise connect
+        await asyncio.sleep(connect)
         return _SlowStream(self)
 
     async def sleep(self, seconds: float) -> None:
@@ -521,33 +509,24 @@ class _SlowStream(httpcore.AsyncNetworkStream):
         return None
 
 
-class CoreTransport(httpx.AsyncBaseTransport):
-    """httpx over an httpcore connection pool on the given network: httpx's own transport,
-    whose requests carry httpcore's `trace` extension to the connections."""
+class CoreTransport(httpx.AsyncHTTPTransport):
+    """httpx's own transport on a simulated network: its requests carry httpcore's `trace`
+    extension to the connections, and ProviderClient knows it. (The pool is httpx's private
+    attribute: the one way to hand it a network backend.)"""
 
     def __init__(self, network: httpcore.AsyncNetworkBackend) -> None:
-        self.pool = httpcore.AsyncConnectionPool(network_backend=network)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        core = httpcore.Request(request.method, str(request.url), headers=request.headers.raw,
-                                content=request.stream, extensions=request.extensions)
-        response = await self.pool.handle_async_request(core)
-        content = await response.aread()
-        await response.aclose()
-        return httpx.Response(response.status, headers=response.headers, content=content)
-
-    async def aclose(self) -> None:
-        await self.pool.aclose()
+        super().__init__()
+        self._pool = httpcore.AsyncConnectionPool(network_backend=network)
 
 
 def test_a_call_counts_from_when_it_is_written_not_from_when_it_left() -> None:
-    """The first call spends 2 s opening its connection; the second gets one at once. The
-    second goes a second (and the margin) after the first was written: not a second after the
-    first left (it would arrive first), nor only once the first is answered at 5 s."""
+    """The first call spends 1.5 s opening its connection; the second, paced a second later,
+    gets one at once and is written first. The first is written only once the second's place
+    is free: a second and the margin after the second was written (its answer is slow)."""
     async def main() -> list[float]:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        network = SlowNetwork(connects=[2.0, 0.0], answer=3.0)
+        network = SlowNetwork(connects=[1.5, 0.0], answer=3.0)
         limiter = RateLimiter(1, clock=loop.time)  # margin 0.25 s
         async with ProviderClient(URL, ["sk"], transport=CoreTransport(network)) as client:
             async def call() -> None:
@@ -557,7 +536,27 @@ def test_a_call_counts_from_when_it_is_written_not_from_when_it_left() -> None:
             await asyncio.gather(call(), call())
         return [t - start for t in network.arrivals]
 
-    assert simulate(main) == pytest.approx([2.0, 3.25])
+    arrivals = simulate(main)
+    assert arrivals == pytest.approx([1.0, 2.25]) and most_in_a_second(arrivals) == 1
+
+
+def test_a_call_whose_connection_fails_takes_no_place() -> None:
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        network = SlowNetwork(connects=[httpcore.ConnectError("refused"), 0.0], answer=0.01)
+        limiter = RateLimiter(1, clock=loop.time)
+        async with ProviderClient(URL, ["sk"], transport=CoreTransport(network)) as client:
+            await limiter.acquire()
+            with pytest.raises(ProviderTransient, match="could not connect"):
+                await client.get("t-1")
+            assert limiter.held == 0
+            await limiter.acquire()
+            await client.get("t-1")
+            assert limiter.held == 1
+        return [t - start for t in network.arrivals]
+
+    assert simulate(main) == pytest.approx([1.0])
 
 
 def test_a_stalled_event_loop_does_not_turn_reserved_slots_into_a_burst() -> None:

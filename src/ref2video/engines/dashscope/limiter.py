@@ -10,47 +10,49 @@ rather than some forever.
 
 How the limiter keeps to the limit at arrival
 ---------------------------------------------
-A call granted on time can leave late (a busy event loop, a database write between the grant
-and the send, a connection being opened), and late calls bunch up. So the limiter counts
-calls, not grants. It has `capacity` places (the rate, for a whole-number rate and `burst=1`),
-and a call holds one from the moment it is granted until one second after it can last have
-arrived at the provider:
+A call granted on time can go late (a busy event loop, a database write between the grant and
+the send, a connection being opened), and late calls bunch up. So the limiter counts calls as
+they go, not grants. It has `capacity` places (the rate, for a whole-number rate and
+`burst=1`). A call takes one just before its request is written, waiting for one if all are
+taken, and holds it until one second after the request can last have arrived at the provider:
 
-* one second after its answer came back, if that was within `margin` seconds of the request
-  being written: a request arrives before its answer, so nothing is assumed;
+* one second after its answer came back, if that was within `margin` seconds of the write: a
+  request arrives before its answer, so nothing is assumed;
 * else one second after `margin` seconds past the write: a request is taken to arrive within
-  `margin` of being written (network jitter), however long the provider takes to answer.
-  Until the request is written (while a connection is found or opened) its place is held;
-  where the transport does not say when it writes, only the answer frees the place;
+  `margin` of being written (network jitter), however long the provider takes to answer;
 * a call that ended without an answer (a timeout, a broken connection) may still arrive late:
   it holds its place until one second after it ended, so a retry counts together with it;
-* a turn given back unused (never used, or its call failed before anything was sent) frees
-  its place at once.
+* a call that failed before anything was written gives its place back at once, and a turn
+  never used takes none.
 
-Whatever calls arrive within one second all held their places when the last of them was
-granted, so no second ever sees more than `capacity` of them, however late each one left. On
-top of that, grants are spaced `1 / rate` apart (a token bucket, with `burst`) and served in
-the order asked, so calls go out evenly rather than `capacity` at once.
+Whatever calls arrive within one second all held their places at the moment the last of them
+took its own, so no second ever sees more than `capacity` of them, however late each one went.
+Turns are also paced: grants are spaced `1 / rate` apart (a token bucket, with `burst`) and
+served in the order asked, so calls go out evenly rather than `capacity` at once.
+
+The moment of the write comes from httpcore's `trace` extension, which calls `Turn.sending()`
+just before the request's bytes are written: time spent waiting for a connection from the pool
+or opening one is not counted. Under a transport that does not trace, the place is taken when
+the call leaves (`leave()`, just before it is handed to the transport), and only the answer
+(or the end of the call) frees it.
 
 Interface
 ---------
 
     limiter = RateLimiter(20)       # rate, burst=1, margin=0.25 s: 20 places
-    turn = await limiter.acquire()  # wait for a paced slot and a place (in the order asked)
-    await turn.leave()              # the call leaves now: just before sending
+    turn = await limiter.acquire()  # wait for a paced turn (in the order asked)
+    await turn.leave(traced=True)   # the call is handed to the transport now
     await turn.sending()            # its bytes are being written (each write; the last counts)
     turn.answered()                 # its answer came back (any status, 429 included)
-    turn.unanswered()               # it ended without an answer after it may have gone
-    turn.release()                  # it never went: the place goes back at once
+    turn.unanswered()               # it ended without an answer
+    turn.release()                  # it failed before anything was sent
     limiter.delay(), limiter.held   # how long an acquire() would wait now; places held now
 
 `ProviderClient` does everything after `acquire()` by itself, for the turns its caller's task
 acquired (`take_turns()`, a context variable that `acquire()` sets): the next API call made in
-the same task, or in a task created from it, uses them. It calls `sending()` from httpcore's
-`trace` extension, so time spent waiting for or opening a connection does not count as gone.
-So callers write just `await limiter.acquire()` before a provider call. A turn not used is given
-back when `release()` is called, when the same task acquires again from the same limiter, or
-when the task that acquired it ends.
+the same task, or in a task created from it, uses them. So callers write just
+`await limiter.acquire()` before a provider call. A turn acquired again from the same limiter
+in the same task replaces the one not used.
 """
 
 from __future__ import annotations
@@ -83,37 +85,39 @@ def take_turns() -> tuple[Turn, ...]:
 
 
 class Turn:
-    """One call's place in its limiter's window, from `RateLimiter.acquire()`.
+    """One call's turn at its limiter, from `RateLimiter.acquire()`.
 
-    The place is held until `expiry()` (see the module docstring); `leave()`, `answered()`,
-    `unanswered()` and `release()` tell the limiter what became of the call.
+    `leave()`, `sending()`, `answered()`, `unanswered()` and `release()` tell the limiter what
+    became of the call; while the call holds a place in the window, `expiry()` says until when
+    (see the module docstring).
     """
 
-    __slots__ = ("_answered", "_ended", "_holding", "_left", "_limiter", "_spent", "_task", "_written")
+    __slots__ = ("_answered", "_ended", "_holding", "_left", "_limiter", "_spent", "_traced", "_written")
 
     def __init__(self, limiter: RateLimiter) -> None:
         self._limiter = limiter
         self._left: float | None = None  # the latest departure stamp: leave(), then each write
-        self._written = False  # the transport said the request's bytes went out
+        self._traced = False  # the transport will say when it writes (sending())
+        self._written = False  # it did: the request's bytes went out
         self._ended: float | None = None
         self._answered = False
         self._holding = False  # holds a place in the limiter's window
-        self._spent = False  # used by a call or given back: not handed to another call
-        self._task: asyncio.Task[object] | None = None
+        self._spent = False  # used by a call, or replaced: not handed to another call
 
     def __repr__(self) -> str:
         state = ("answered" if self._answered else "unanswered") if self._ended is not None else \
             "written" if self._written else "left" if self._left is not None else \
-            "released" if self._spent else "granted"
+            "replaced" if self._spent else "granted"
         return f"<Turn {state} of {self._limiter!r}>"
 
     @property
     def usable(self) -> bool:
-        """Not yet used by a call nor given back."""
+        """Not yet used by a call nor replaced."""
         return not self._spent
 
     def expiry(self) -> float:
-        """When this turn's place is free again: inf while that is not known yet."""
+        """When this call's place is free again: inf while that is not known yet (or the call
+        has not taken one)."""
         margin = self._limiter.margin
         if self._left is None:
             return math.inf
@@ -123,24 +127,25 @@ class Turn:
             return (min(self._ended, self._left + margin) if self._written else self._ended) + 1.0
         return max(self._ended, self._left + margin) + 1.0
 
-    async def leave(self) -> None:
-        """The call leaves now: call this just before sending. A turn whose place was given
-        back (its task ended before the call was made) first waits for a place again."""
-        if self._ended is not None:
-            raise RuntimeError("this turn's call has ended; acquire another turn")
+    async def leave(self, *, traced: bool = False) -> None:
+        """The call is handed to the transport now: call this just before sending. With
+        `traced`, the transport calls `sending()` before it writes, and the place is taken
+        then; else it is taken now, waiting for one if none is free."""
+        if self._ended is not None or self._left is not None:
+            raise RuntimeError("this turn has been used by a call; acquire another")
         self._spent = True
-        self._detach()
-        if not self._holding:
+        self._traced = traced
+        if not traced:
             await self._limiter._place(self)
         self._left = self._limiter._clock()
 
     async def sending(self) -> None:
-        """The request's bytes are being written now. Called for each write, the last one
-        counts; a write so slow that the place expired meanwhile waits for another."""
+        """The request's bytes are about to be written (or are being written: each write
+        stamps the call again, the last counts). Takes the call's place first if it holds none,
+        waiting for one if none is free."""
         if self._ended is not None:
             return
         self._spent = True
-        self._detach()
         if not self._holding:
             await self._limiter._place(self)
         self._left = self._limiter._clock()
@@ -153,15 +158,14 @@ class Turn:
         self._end(answered=True)
 
     def unanswered(self) -> None:
-        """The call ended without an answer after it may have been sent: it counts until one
-        second after now."""
+        """The call ended without an answer: if anything was sent, it counts until one second
+        after now."""
         self._end(answered=False)
 
     def release(self) -> None:
-        """The call did not go (never made, or it failed before anything was sent): give the
-        place back. No effect once the request was written or the call ended."""
+        """The call failed before anything was sent: give its place back. No effect once the
+        request was written or the call ended."""
         self._spent = True
-        self._detach()
         if self._written or self._ended is not None:
             return
         if self._holding:
@@ -174,29 +178,11 @@ class Turn:
         if self._left is None:
             self._left = now
         self._ended, self._answered, self._spent = now, answered, True
-        self._detach()
-        if not self._holding:  # it lost its place by misuse; it still counts
-            self._limiter._hold(self)
+        if not self._holding:
+            if self._traced and not self._written and not answered:
+                return  # the transport wrote nothing: nothing can arrive
+            self._limiter._hold(self)  # counted, even over the capacity: it went
         self._limiter._changed()
-
-    def _attach(self) -> None:
-        """Offer the turn to the next call made in this context; give it back if the task that
-        acquired it ends first."""
-        _turns.set(tuple(turn for turn in _turns.get() if turn.usable) + (self,))
-        task = asyncio.current_task()
-        if task is not None:
-            task.add_done_callback(self._orphaned)
-            self._task = task
-
-    def _detach(self) -> None:
-        if self._task is not None:
-            self._task.remove_done_callback(self._orphaned)
-            self._task = None
-
-    def _orphaned(self, _task: object) -> None:
-        self._task = None
-        if self._left is None and self._holding:
-            self._limiter._drop(self)
 
 
 class RateLimiter:
@@ -207,7 +193,7 @@ class RateLimiter:
 
     async def poll(task_id: str) -> UpstreamTask:
         await limiter.acquire()             # callers are served in the order they asked
-        return await provider.get(task_id)  # the provider stamps and ends the turn
+        return await provider.get(task_id)  # the provider counts the call as it goes
     ```
 
     Grants are paced as a token bucket (GCRA): `burst` at once after a quiet spell, then one
@@ -217,10 +203,11 @@ class RateLimiter:
     latest, for calls not answered sooner (see the module docstring).
 
     Each `acquire()` reserves its pacing slot when it is called, so turns follow call order
-    (FIFO), and waiters for a place queue in order too. A waiter cancelled while it waits for
-    its slot loses that slot (at most `1 / rate` of the account's time), never a place.
-    `clock` and `sleep` can be replaced, for tests with a fake clock.
-    One limiter serves one event loop; processes sharing an account should split the rate.
+    (FIFO); calls waiting for a place queue in order too. A waiter cancelled while it waits
+    for its slot loses that slot (at most `1 / rate` of the account's time), and a turn not
+    used loses only its slot: it never took a place. `clock` and `sleep` can be replaced, for
+    tests with a fake clock. One limiter serves one event loop; processes sharing an account
+    should split the rate.
     """
 
     def __init__(self, rate_per_second: float, burst: int = 1, *, margin: float = 0.25,
@@ -244,39 +231,41 @@ class RateLimiter:
         # multiplication, so rounding does not accumulate over a long busy spell.
         self._anchor = -math.inf
         self._count = 0
-        self._held: list[Turn] = []  # the turns holding a place (a few dozen at most)
-        self._queue: deque[asyncio.Future[None]] = deque()  # waiting for a place, in order
+        self._held: list[Turn] = []  # the calls holding a place (a few dozen at most)
+        self._queue: deque[asyncio.Future[None]] = deque()  # calls waiting for a place, in order
         self._change: asyncio.Future[None] | None = None  # what the first in the queue waits on
 
     def __repr__(self) -> str:
         return f"RateLimiter({self.rate:g}/s, burst={self.burst}, margin={self.margin:g})"
 
     async def acquire(self) -> Turn:
-        """Wait for this caller's turn: a paced slot and a place in the window. The turn is
-        offered to the next provider call made in this task, which ends it; a turn this task
-        acquired from this limiter earlier and did not use is given back first."""
-        for turn in _turns.get():
-            if turn._limiter is self and turn.usable:
-                turn.release()
+        """Wait for this caller's turn. The turn is offered to the next provider call made in
+        this task (replacing one this task acquired from this limiter and did not use)."""
         slot = self._reserve()
         while (wait := slot - self._clock()) > 0:  # a loop: a timer may fire a hair early
             await self._sleep(wait)
         turn = Turn(self)
-        await self._place(turn)
-        turn._attach()
+        kept = []
+        for other in _turns.get():
+            if other._limiter is self:
+                other._spent = True
+            elif other.usable:
+                kept.append(other)
+        _turns.set((*kept, turn))
         return turn
 
     def delay(self) -> float:
-        """Seconds an `acquire()` made now would wait at least (0 when it would not wait; inf
-        when every place is held by a call that has not gone yet). Reserves nothing."""
+        """Seconds an `acquire()` made now would wait for its turn, and its call then for a
+        place, as far as is known now (inf when every place is held by a call whose end is not
+        known yet). Reserves nothing."""
         now = self._clock()
         pacing = max(0.0, self._next_theoretical(now) - self._tolerance - now)
-        window = 0.0 if self._room(now) and not self._queue else max(0.0, self._free_at() - now)
+        window = 0.0 if self._room(now) and not self._queue else self._free_at() - now
         return max(pacing, window)
 
     @property
     def held(self) -> int:
-        """How many places are held now (by calls granted, on their way, or recently sent)."""
+        """How many places are held now (by calls on their way or recently sent)."""
         self._room(self._clock())
         return len(self._held)
 
@@ -317,7 +306,7 @@ class RateLimiter:
         return expiries[len(expiries) - self.capacity] if len(expiries) >= self.capacity else -math.inf
 
     async def _wait_for_change(self, seconds: float) -> None:
-        """Sleep `seconds` (inf: until told), or less when a turn moves on."""
+        """Sleep `seconds` (inf: until told), or less when a call moves on."""
         change = self._change = asyncio.get_running_loop().create_future()
         try:
             if math.isinf(seconds):

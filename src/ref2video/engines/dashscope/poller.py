@@ -169,11 +169,9 @@ class AccountPoller:
                 except TimeoutError:
                     pass
                 continue
-            turn = await self.limiter.acquire()
+            await self.limiter.acquire()
             job = self._take(self._clock())
-            if job is None:
-                turn.release()  # other lanes took the work: the place goes back at once
-            else:
+            if job is not None:
                 self.calls += 1
                 try:
                     await job

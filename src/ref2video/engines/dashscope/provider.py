@@ -133,12 +133,13 @@ class ProviderClient:
             await provider.download(task.video_url, Path("out.mp4"), max_bytes=500 << 20)
     ```
 
-    `timeout` bounds each API call as a whole (connect, send and read); waiting for a limiter
-    does not count. With `limiters` (one per key), every API call made with key i first waits
+    `timeout` bounds each API call as a whole (connect, send and read); waiting for a limiter's
+    turn does not count (waiting for a place in its window, just before writing, does). With `limiters` (one per key), every API call made with key i first waits
     for `limiters[i]`; the storage and download hosts are not the API and are not limited.
     Every API call also takes the turns its task acquired from any `RateLimiter` beforehand
-    (`limiter.take_turns`): it stamps their departure as the request is written and tells
-    them how the call ended, so the limiters count calls as they go, not as they are granted.
+    (`limiter.take_turns`): each takes a place in its limiter's window just before the request
+    is written (waiting for one if none is free) and learns how the call ended, so the limiters
+    count calls as they go, not as they are granted.
     Times sent to the task list are written in `tz`, the zone the provider reads them in.
     The keys go to the API's origin only, never to the upload or download hosts.
     """
@@ -157,6 +158,9 @@ class ProviderClient:
         self.timeout = timeout
         self.tz = tz
         self._limiters = builtins.list(limiters) if limiters is not None else None
+        # httpx's own transport writes through httpcore, whose `trace` tells a call's turns the
+        # moment its bytes go out; under another (a test's MockTransport) they count from the send.
+        self._traced = transport is None or isinstance(transport, httpx.AsyncHTTPTransport)
         self._turns = itertools.cycle(range(len(self._keys)))
         # A call that waited for its limiter's turn must not then wait for a connection: it
         # would leave late, together with later ones, and arrive as a burst. So the pool is
@@ -293,7 +297,7 @@ class ProviderClient:
         if turns:
             request.extensions["trace"] = _stamper(turns)
             for turn in turns:
-                await turn.leave()  # outside the timeout: waiting for a limiter does not count
+                await turn.leave(traced=self._traced)
         status, raw = await self._exchange(request, what, acts=acts, turns=turns)
         body = _json_object(raw)
         if body is None:
@@ -355,10 +359,9 @@ class ProviderClient:
 
 
 def _stamper(turns: Sequence[Turn]) -> Any:
-    """httpcore's `trace` extension for one request: each write of the request stamps the
-    departure of its turns again, so the time spent waiting for or opening a connection does
-    not count as already sent. (Under a transport that does not trace, such as httpx's
-    MockTransport, only the answer frees the turns' places.)"""
+    """httpcore's `trace` extension for one request: just before each write of the request
+    (headers, body), its turns take their places (the first time) and stamp the departure, so
+    time spent waiting for a connection or opening one is not counted."""
     async def trace(event: str, info: Mapping[str, Any]) -> None:
         if ".send_request_" in event:
             for turn in turns:
