@@ -232,8 +232,9 @@ class RateLimiter:
         self._anchor = -math.inf
         self._count = 0
         self._held: list[Turn] = []  # the calls holding a place (a few dozen at most)
-        self._queue: deque[asyncio.Future[None]] = deque()  # calls waiting for a place, in order
-        self._change: asyncio.Future[None] | None = None  # what the first in the queue waits on
+        self._queue: deque[tuple[asyncio.Future[None], Turn]] = deque()  # waiting for a place, in order
+        self._keeper: asyncio.Task[None] | None = None  # hands out places while calls wait
+        self._change: asyncio.Future[None] | None = None  # what the keeper waits on besides time
 
     def __repr__(self) -> str:
         return f"RateLimiter({self.rate:g}/s, burst={self.burst}, margin={self.margin:g})"
@@ -276,18 +277,37 @@ class RateLimiter:
         if not self._queue and self._room(self._clock()):
             self._hold(turn)
             return
-        me: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(me)
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (granted, turn)
+        self._queue.append(entry)
+        if self._keeper is None:
+            self._keeper = asyncio.get_running_loop().create_task(self._keep())
         try:
-            if self._queue[0] is not me:
-                await me  # the one ahead wakes us when it goes (or gives up)
-            while not self._room(now := self._clock()):
+            await granted
+        except BaseException:
+            if granted.done() and not granted.cancelled():
+                if turn._holding:  # given its place just as it gave up
+                    self._drop(turn)
+            elif entry in self._queue:
+                self._queue.remove(entry)
+            raise
+
+    async def _keep(self) -> None:
+        """While calls wait for a place: hand out the places as they come free, all that are
+        free at once and in order (a late wake-up must not hand out one an iteration)."""
+        try:
+            while True:
+                now = self._clock()
+                while self._queue and self._room(now):
+                    granted, turn = self._queue.popleft()
+                    if not granted.done():  # else cancelled, and not back to say so yet
+                        self._hold(turn)
+                        granted.set_result(None)
+                if not self._queue:
+                    return
                 await self._wait_for_change(self._free_at() - now)
-            self._hold(turn)
         finally:
-            self._queue.remove(me)
-            if self._queue and not self._queue[0].done():
-                self._queue[0].set_result(None)
+            self._keeper = None
 
     def _room(self, now: float) -> bool:
         held = self._held
