@@ -78,15 +78,17 @@ def test_a_full_bucket_goes_at_once_then_one_per_interval() -> None:
     assert [t - start for t in grants(limiter, clock, 4)] == pytest.approx([0, 0, 0, 0.1])
 
 
-def test_real_time_60_acquires_at_50_per_second() -> None:
+def test_real_time_60_calls_at_50_per_second() -> None:
     limiter = RateLimiter(50, burst=1)
 
     async def main() -> list[float]:
         stamps: list[float] = []
 
         async def one() -> None:
-            await limiter.acquire()
+            turn = await limiter.acquire()
+            await turn.leave()  # as ProviderClient does under a transport that does not trace
             stamps.append(time.monotonic())
+            turn.answered()
 
         await asyncio.gather(*(one() for _ in range(60)))
         return stamps
@@ -95,9 +97,9 @@ def test_real_time_60_acquires_at_50_per_second() -> None:
     stamps = asyncio.run(main())
     elapsed = time.monotonic() - started
     assert 59 / 50 <= elapsed < 59 / 50 + 1.0
-    # Stamps are taken after the loop wakes the waiter, a little late and unevenly so; the
-    # grants themselves never exceed the rate (the fake-clock test), the stamps the rate + burst.
-    assert most_in_a_second(stamps) <= 50 + 1
+    # Turns are granted a little late and unevenly when the loop is busy (a loaded machine),
+    # so grants may bunch; the calls, stamped as they go, never exceed the rate.
+    assert most_in_a_second(stamps) <= 50
 
 
 def test_waiters_are_served_in_the_order_they_asked() -> None:
