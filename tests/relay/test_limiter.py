@@ -338,6 +338,33 @@ def test_calls_granted_on_time_but_sent_late_never_crowd_a_second() -> None:
     assert most_in_a_second(arrivals) <= 20
 
 
+def test_with_the_budget_in_full_use_a_call_goes_as_soon_as_its_turn_is_given() -> None:
+    """Turns are given as places come free, so what a caller chose to ask at its turn (the most
+    urgent call it had) is not then held up behind the calls of earlier turns."""
+    async def main() -> tuple[list[float], float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(20, clock=loop.time)
+        waits: list[float] = []
+        gone: list[float] = []
+
+        async def lane() -> None:
+            for _ in range(30):
+                turn = await limiter.acquire()
+                given = loop.time()
+                await turn.leave()
+                gone.append(loop.time())
+                waits.append(gone[-1] - given)
+                await asyncio.sleep(0.2)  # answers take 0.2 s: a place is held 1.2 s
+                turn.answered()
+
+        await asyncio.gather(*(lane() for _ in range(10)))
+        return waits, (len(gone) - 1) / (max(gone) - min(gone))
+
+    waits, rate = simulate(main)
+    assert len(waits) == 300 and max(waits) == 0.0
+    assert 20 / 1.2 * 0.98 < rate < 20 / 1.2 * 1.03  # as many as the places allow (a faster start)
+
+
 def test_a_slow_event_loop_still_gets_nearly_the_rate() -> None:
     """Every iteration of the loop takes 0.1 s (a process short of CPU): the places that came
     free meanwhile are handed out together, not one an iteration, and no second is crowded."""

@@ -22,13 +22,17 @@ taken, and holds it until one second after the request can last have arrived at 
   `margin` of being written (network jitter), however long the provider takes to answer;
 * a call that ended without an answer (a timeout, a broken connection) may still arrive late:
   it holds its place until one second after it ended, so a retry counts together with it;
-* a call that failed before anything was written gives its place back at once, and a turn
-  never used takes none.
+* a call that failed before anything was written gives its place back at once.
 
 Whatever calls arrive within one second all held their places at the moment the last of them
 took its own, so no second ever sees more than `capacity` of them, however late each one went.
-Turns are also paced: grants are spaced `1 / rate` apart (a token bucket, with `burst`) and
-served in the order asked, so calls go out evenly rather than `capacity` at once.
+
+Turns are paced: they are spaced `1 / rate` apart (a token bucket, with `burst`), served in the
+order asked, and given only when a place is free for the call, counting the places kept for
+the turns given in the last second whose calls have not gone yet. So with the budget in full
+use a call goes as soon as its turn is given, and what the caller chose to ask at its turn is
+not held up behind earlier calls. A turn never used keeps a place free for that second at
+most; a call made later than that may have to wait for a place as it goes.
 
 The moment of the write comes from httpcore's `trace` extension, which calls `Turn.sending()`
 just before the request's bytes are written: time spent waiting for a connection from the pool
@@ -40,7 +44,7 @@ Interface
 ---------
 
     limiter = RateLimiter(20)       # rate, burst=1, margin=0.25 s: 20 places
-    turn = await limiter.acquire()  # wait for a paced turn (in the order asked)
+    turn = await limiter.acquire()  # wait for a turn (paced, in the order asked)
     await turn.leave(traced=True)   # the call is handed to the transport now
     await turn.sending()            # its bytes are being written (each write; the last counts)
     turn.answered()                 # its answer came back (any status, 429 included)
@@ -70,6 +74,9 @@ __all__ = ["PollSchedule", "RateLimiter", "Turn", "take_turns"]
 # A hair longer than 1/rate between grants, so that float rounding can never let one more
 # grant into a window than the arithmetic allows.
 _MARGIN = 1.0 + 1e-9
+# How long a turn keeps a place free for its call (the call takes it within milliseconds when it
+# is made at once; a turn never used stops counting after this).
+_KEEP = 1.0
 
 _turns: contextvars.ContextVar[tuple[Turn, ...]] = contextvars.ContextVar("ref2video_dashscope_turns", default=())
 
@@ -92,10 +99,12 @@ class Turn:
     (see the module docstring).
     """
 
-    __slots__ = ("_answered", "_ended", "_holding", "_left", "_limiter", "_spent", "_traced", "_written")
+    __slots__ = ("_answered", "_dropped", "_ended", "_granted", "_holding", "_left", "_limiter", "_spent",
+                 "_traced", "_written")
 
-    def __init__(self, limiter: RateLimiter) -> None:
+    def __init__(self, limiter: RateLimiter, granted: float) -> None:
         self._limiter = limiter
+        self._granted = granted  # when the turn was given: it keeps a place free a while
         self._left: float | None = None  # the latest departure stamp: leave(), then each write
         self._traced = False  # the transport will say when it writes (sending())
         self._written = False  # it did: the request's bytes went out
@@ -103,6 +112,7 @@ class Turn:
         self._answered = False
         self._holding = False  # holds a place in the limiter's window
         self._spent = False  # used by a call, or replaced: not handed to another call
+        self._dropped = False  # released or replaced: its call will not take a place
 
     def __repr__(self) -> str:
         state = ("answered" if self._answered else "unanswered") if self._ended is not None else \
@@ -168,8 +178,11 @@ class Turn:
         self._spent = True
         if self._written or self._ended is not None:
             return
+        self._dropped = True
         if self._holding:
             self._limiter._drop(self)
+        else:
+            self._limiter._changed()  # the place its turn kept is free
 
     def _end(self, *, answered: bool) -> None:
         if self._ended is not None:
@@ -203,11 +216,11 @@ class RateLimiter:
     latest, for calls not answered sooner (see the module docstring).
 
     Each `acquire()` reserves its pacing slot when it is called, so turns follow call order
-    (FIFO); calls waiting for a place queue in order too. A waiter cancelled while it waits
-    for its slot loses that slot (at most `1 / rate` of the account's time), and a turn not
-    used loses only its slot: it never took a place. `clock` and `sleep` can be replaced, for
-    tests with a fake clock. One limiter serves one event loop; processes sharing an account
-    should split the rate.
+    (FIFO); turns and calls waiting for room queue in order too, and one keeper task hands out
+    what comes free, all at once (a busy event loop must not hand out one an iteration). A
+    waiter cancelled while it waits for its slot loses that slot (at most `1 / rate` of the
+    account's time). `clock` and `sleep` can be replaced, for tests with a fake clock. One
+    limiter serves one event loop; processes sharing an account should split the rate.
     """
 
     def __init__(self, rate_per_second: float, burst: int = 1, *, margin: float = 0.25,
@@ -232,8 +245,10 @@ class RateLimiter:
         self._anchor = -math.inf
         self._count = 0
         self._held: list[Turn] = []  # the calls holding a place (a few dozen at most)
-        self._queue: deque[tuple[asyncio.Future[None], Turn]] = deque()  # waiting for a place, in order
-        self._keeper: asyncio.Task[None] | None = None  # hands out places while calls wait
+        self._kept: list[Turn] = []  # turns given whose calls have not taken a place yet
+        self._queue: deque[tuple[asyncio.Future[None], Turn]] = deque()  # calls waiting for a place
+        self._turns: deque[tuple[asyncio.Future[None], Turn]] = deque()  # turns waiting for room
+        self._keeper: asyncio.Task[None] | None = None  # hands out places and turns while some wait
         self._change: asyncio.Future[None] | None = None  # what the keeper waits on besides time
 
     def __repr__(self) -> str:
@@ -242,17 +257,23 @@ class RateLimiter:
     async def acquire(self) -> Turn:
         """Wait for this caller's turn. The turn is offered to the next provider call made in
         this task (replacing one this task acquired from this limiter and did not use)."""
+        replaced = False
+        others = []
+        for other in _turns.get():
+            if other._limiter is self:
+                if other.usable:
+                    replaced = other._dropped = True
+                other._spent = True
+            elif other.usable:
+                others.append(other)
+        if replaced:
+            self._changed()  # the place it kept is free for others
         slot = self._reserve()
         while (wait := slot - self._clock()) > 0:  # a loop: a timer may fire a hair early
             await self._sleep(wait)
-        turn = Turn(self)
-        kept = []
-        for other in _turns.get():
-            if other._limiter is self:
-                other._spent = True
-            elif other.usable:
-                kept.append(other)
-        _turns.set((*kept, turn))
+        turn = Turn(self, self._clock())
+        await self._wait(self._turns, turn)
+        _turns.set((*others, turn))
         return turn
 
     def delay(self) -> float:
@@ -261,7 +282,7 @@ class RateLimiter:
         known yet). Reserves nothing."""
         now = self._clock()
         pacing = max(0.0, self._next_theoretical(now) - self._tolerance - now)
-        window = 0.0 if self._room(now) and not self._queue else self._free_at() - now
+        window = 0.0 if self._room_for_turn(now) and not self._turns else self._next_change(now) - now
         return max(pacing, window)
 
     @property
@@ -273,43 +294,62 @@ class RateLimiter:
     # -- the window -----------------------------------------------------------------------------
 
     async def _place(self, turn: Turn) -> None:
-        """Wait until the window has room (after those already waiting), then give `turn` a place."""
-        if not self._queue and self._room(self._clock()):
-            self._hold(turn)
+        """Wait until the window has room, then give `turn`'s call a place."""
+        await self._wait(self._queue, turn)
+
+    async def _wait(self, queue: deque[tuple[asyncio.Future[None], Turn]], turn: Turn) -> None:
+        """Join `queue` (calls waiting for a place, or turns waiting for room) unless there is
+        room now and nobody waits; the keeper serves it."""
+        now = self._clock()
+        if not self._queue and (self._room(now) if queue is self._queue else
+                                not self._turns and self._room_for_turn(now)):
+            self._grant(queue, turn, now)
             return
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (granted, turn)
-        self._queue.append(entry)
+        queue.append(entry)
         if self._keeper is None:
             self._keeper = asyncio.get_running_loop().create_task(self._keep())
         try:
             await granted
         except BaseException:
             if granted.done() and not granted.cancelled():
-                if turn._holding:  # given its place just as it gave up
-                    self._drop(turn)
-            elif entry in self._queue:
-                self._queue.remove(entry)
+                turn.release()  # served just as it gave up
+            elif entry in queue:
+                queue.remove(entry)
             raise
 
+    def _grant(self, queue: deque[tuple[asyncio.Future[None], Turn]], turn: Turn, now: float) -> None:
+        if queue is self._queue:
+            self._hold(turn)
+        else:
+            turn._granted = now
+            self._kept.append(turn)
+
     async def _keep(self) -> None:
-        """While calls wait for a place: hand out the places as they come free, all that are
-        free at once and in order (a late wake-up must not hand out one an iteration)."""
+        """While some wait: hand out what comes free, all of it at once and in order (a late
+        wake-up must not hand out one an iteration). Calls about to be written come first."""
         try:
             while True:
                 now = self._clock()
                 while self._queue and self._room(now):
-                    granted, turn = self._queue.popleft()
-                    if not granted.done():  # else cancelled, and not back to say so yet
-                        self._hold(turn)
-                        granted.set_result(None)
-                if not self._queue:
+                    self._serve(self._queue, now)
+                while self._turns and not self._queue and self._room_for_turn(now):
+                    self._serve(self._turns, now)
+                if not self._queue and not self._turns:
                     return
-                await self._wait_for_change(self._free_at() - now)
+                await self._wait_for_change(self._next_change(now) - now)
         finally:
             self._keeper = None
 
+    def _serve(self, queue: deque[tuple[asyncio.Future[None], Turn]], now: float) -> None:
+        granted, turn = queue.popleft()
+        if not granted.done():  # else cancelled, and not back to say so yet
+            self._grant(queue, turn, now)
+            granted.set_result(None)
+
     def _room(self, now: float) -> bool:
+        """Whether a call may take a place now: fewer than `capacity` are held."""
         held = self._held
         if any(turn.expiry() <= now for turn in held):
             self._held = []
@@ -320,10 +360,19 @@ class RateLimiter:
                     turn._holding = False
         return len(self._held) < self.capacity
 
-    def _free_at(self) -> float:
-        """When enough places expire for one to be free, as far as is known now."""
-        expiries = sorted(turn.expiry() for turn in self._held)
-        return expiries[len(expiries) - self.capacity] if len(expiries) >= self.capacity else -math.inf
+    def _room_for_turn(self, now: float) -> bool:
+        """Whether a turn may be given now: its call would find a place, counting those kept for
+        the turns given in the last `_KEEP` seconds whose calls have not taken theirs."""
+        self._kept = [turn for turn in self._kept if turn._granted + _KEEP > now and not (
+            turn._holding or turn._written or turn._dropped or turn._ended is not None)]
+        return self._room(now) and len(self._held) + len(self._kept) < self.capacity
+
+    def _next_change(self, now: float) -> float:
+        """The next moment a place or a kept one may come free, as far as is known now."""
+        times = [turn.expiry() for turn in self._held]
+        if self._turns:
+            times += [turn._granted + _KEEP for turn in self._kept]
+        return min((t for t in times if t > now), default=math.inf)
 
     async def _wait_for_change(self, seconds: float) -> None:
         """Sleep `seconds` (inf: until told), or less when a call moves on."""
