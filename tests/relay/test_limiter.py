@@ -1,16 +1,24 @@
-"""`RateLimiter` (against a fake clock and the real one) and `PollSchedule`."""
+"""`RateLimiter` (against a fake clock, simulated time and the real one) and `PollSchedule`."""
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 import random
+import selectors
 import time
 import tracemalloc
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
+import httpcore
+import httpx
 import pytest
 
-from ref2video.engines.dashscope import PollSchedule, RateLimiter
+from ref2video.engines.dashscope import PollSchedule, ProviderClient, ProviderTransient, RateLimiter
+
+T = TypeVar("T")
 
 
 class FakeClock:
@@ -70,15 +78,17 @@ def test_a_full_bucket_goes_at_once_then_one_per_interval() -> None:
     assert [t - start for t in grants(limiter, clock, 4)] == pytest.approx([0, 0, 0, 0.1])
 
 
-def test_real_time_60_acquires_at_50_per_second() -> None:
+def test_real_time_60_calls_at_50_per_second() -> None:
     limiter = RateLimiter(50, burst=1)
 
     async def main() -> list[float]:
         stamps: list[float] = []
 
         async def one() -> None:
-            await limiter.acquire()
+            turn = await limiter.acquire()
+            await turn.leave()  # as ProviderClient does under a transport that does not trace
             stamps.append(time.monotonic())
+            turn.answered()
 
         await asyncio.gather(*(one() for _ in range(60)))
         return stamps
@@ -87,9 +97,9 @@ def test_real_time_60_acquires_at_50_per_second() -> None:
     stamps = asyncio.run(main())
     elapsed = time.monotonic() - started
     assert 59 / 50 <= elapsed < 59 / 50 + 1.0
-    # Stamps are taken after the loop wakes the waiter, a little late and unevenly so; the
-    # grants themselves never exceed the rate (the fake-clock test), the stamps the rate + burst.
-    assert most_in_a_second(stamps) <= 50 + 1
+    # Turns are granted a little late and unevenly when the loop is busy (a loaded machine),
+    # so grants may bunch; the calls, stamped as they go, never exceed the rate.
+    assert most_in_a_second(stamps) <= 50
 
 
 def test_waiters_are_served_in_the_order_they_asked() -> None:
@@ -111,14 +121,14 @@ def test_waiters_are_served_in_the_order_they_asked() -> None:
 
 
 def test_a_cancelled_waiter_does_not_let_anyone_jump_the_rate() -> None:
-    limiter = RateLimiter(20, burst=1)
-
     async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(20, burst=1, clock=loop.time)  # on simulated time (below)
         stamps: list[float] = []
 
         async def one() -> None:
             await limiter.acquire()
-            stamps.append(time.monotonic())
+            stamps.append(loop.time())
 
         tasks = [asyncio.create_task(one()) for _ in range(6)]
         await asyncio.sleep(0.01)
@@ -126,10 +136,10 @@ def test_a_cancelled_waiter_does_not_let_anyone_jump_the_rate() -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         return stamps
 
-    stamps = asyncio.run(main())
+    stamps = simulate(main)
     assert len(stamps) == 5
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    assert min(gaps) >= 0.04  # 1/20 s apart (less timer jitter); the lost slot shows as one 0.1 s gap
+    assert gaps == pytest.approx([0.05, 0.1, 0.05, 0.05])  # 1/20 s apart; the lost slot is one 0.1 s gap
 
 
 @pytest.mark.parametrize("rate, burst", [(0, 1), (-1, 1), (float("inf"), 1), (float("nan"), 1), (5, 0)])
@@ -245,9 +255,375 @@ def test_ten_thousand_tasks_are_cheap() -> None:
     assert 20_000 < seen < 100_000
 
 
+# -- calls counted as they leave and arrive, on simulated time --------------------------------------
+
+
+class VirtualTime(asyncio.SelectorEventLoop):
+    """An event loop on simulated time: when nothing is ready to run, its clock jumps to the next
+    timer, so sleeps take no real time and every run is the same. `stall()` is the loop busy in
+    one callback: nothing else runs meanwhile, and whatever falls due meanwhile runs late."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        super().__init__(_Jump(self))
+
+    def time(self) -> float:
+        return self.now
+
+    def stall(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class _Jump(selectors.SelectSelector):
+    def __init__(self, loop: VirtualTime) -> None:
+        super().__init__()
+        self.loop = loop
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        if timeout is None:
+            raise RuntimeError("deadlock: nothing is ready to run and no timer is set")
+        self.loop.now += timeout
+        return []
+
+
+def simulate(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    with asyncio.Runner(loop_factory=VirtualTime) as runner:
+        return runner.run(main())
+
+
+URL = "http://provider.test/api/v1"
+RUNNING = {"output": {"task_id": "t-1", "task_status": "RUNNING"}}
+
+
+def provider(arrivals: list[float], answer_in: Callable[[], float] = lambda: 0.005,
+             status: int = 200) -> httpx.MockTransport:
+    """The provider's task query: notes when each call arrives, answers `answer_in()` s later."""
+    async def handler(request: httpx.Request) -> httpx.Response:
+        arrivals.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(answer_in())
+        return httpx.Response(status, json=RUNNING)
+    return httpx.MockTransport(handler)
+
+
+def test_calls_granted_on_time_but_sent_late_never_crowd_a_second() -> None:
+    """Between its grant and its send a call may wait (a database write first, a loop busy
+    elsewhere): the calls that arrive within any one second still never outnumber the rate."""
+    rng = random.Random(11)
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTime)
+        limiter = RateLimiter(20, clock=loop.time)
+        arrivals: list[float] = []
+        transport = provider(arrivals, lambda: rng.uniform(0.002, 0.05))
+        async with ProviderClient(URL, ["sk"], transport=transport) as client:
+            async def lane() -> None:
+                for _ in range(40):
+                    await limiter.acquire()
+                    if rng.random() < 0.3:
+                        await asyncio.sleep(rng.uniform(0.0, 0.6))  # something else first
+                    await client.get("t-1")
+
+            async def busy() -> None:
+                while True:
+                    await asyncio.sleep(rng.uniform(0.05, 0.5))
+                    loop.stall(rng.uniform(0.0, 0.4))
+
+            stalls = asyncio.create_task(busy())
+            await asyncio.gather(*(lane() for _ in range(10)))
+            stalls.cancel()
+        return arrivals
+
+    arrivals = simulate(main)
+    assert len(arrivals) == 400
+    assert most_in_a_second(arrivals) <= 20
+
+
+def test_with_the_budget_in_full_use_a_call_goes_as_soon_as_its_turn_is_given() -> None:
+    """Turns are given as places come free, so what a caller chose to ask at its turn (the most
+    urgent call it had) is not then held up behind the calls of earlier turns."""
+    async def main() -> tuple[list[float], float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(20, clock=loop.time)
+        waits: list[float] = []
+        gone: list[float] = []
+
+        async def lane() -> None:
+            for _ in range(30):
+                turn = await limiter.acquire()
+                given = loop.time()
+                await turn.leave()
+                gone.append(loop.time())
+                waits.append(gone[-1] - given)
+                await asyncio.sleep(0.2)  # answers take 0.2 s: a place is held 1.2 s
+                turn.answered()
+
+        await asyncio.gather(*(lane() for _ in range(10)))
+        return waits, (len(gone) - 1) / (max(gone) - min(gone))
+
+    waits, rate = simulate(main)
+    assert len(waits) == 300 and max(waits) == 0.0
+    assert 20 / 1.2 * 0.98 < rate < 20 / 1.2 * 1.03  # as many as the places allow (a faster start)
+
+
+def test_a_slow_event_loop_still_gets_nearly_the_rate() -> None:
+    """Every iteration of the loop takes 0.1 s (a process short of CPU): the places that came
+    free meanwhile are handed out together, not one an iteration, and no second is crowded."""
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTime)
+        busy = True
+
+        def slow_iteration() -> None:
+            loop.stall(0.1)
+            if busy:
+                loop.call_soon(slow_iteration)
+
+        limiter = RateLimiter(20, clock=loop.time)
+        arrivals: list[float] = []
+        async with ProviderClient(URL, ["sk"], transport=provider(arrivals, lambda: 0.0)) as client:
+            async def lane() -> None:
+                for _ in range(10):
+                    await limiter.acquire()
+                    await client.get("t-1")
+
+            loop.call_soon(slow_iteration)
+            await asyncio.gather(*(lane() for _ in range(40)))
+            busy = False
+        return arrivals
+
+    arrivals = simulate(main)
+    assert len(arrivals) == 400 and most_in_a_second(arrivals) <= 20
+    assert (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) > 15  # calls a second
+
+
+def test_quick_answers_keep_nearly_the_full_rate() -> None:
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(20, clock=loop.time)
+        arrivals: list[float] = []
+        async with ProviderClient(URL, ["sk"], transport=provider(arrivals, lambda: 0.005)) as client:
+            async def lane() -> None:
+                for _ in range(60):
+                    await limiter.acquire()
+                    await client.get("t-1")
+
+            await asyncio.gather(*(lane() for _ in range(10)))
+        return arrivals
+
+    arrivals = simulate(main)
+    assert len(arrivals) == 600 and most_in_a_second(arrivals) == 20
+    # Paced 1/20 s apart; a call's place comes back a second after its answer, 1.005 s after
+    # its grant, so 20 calls take 1.005 s rather than 1 s.
+    assert 599 / 20 <= arrivals[-1] - arrivals[0] < 599 / 20 * 1.01
+
+
+def test_a_turn_not_used_takes_no_place() -> None:
+    """A turn is only a paced slot: the place in the window is taken as the call goes."""
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(1, clock=loop.time)  # one place; a turn a second at most
+        start = loop.time()
+        gone: list[float] = []
+
+        async def call(after: float, then: float) -> None:
+            await asyncio.sleep(after)
+            turn = await limiter.acquire()
+            await asyncio.sleep(then)  # the turn is kept, not used yet
+            await turn.leave()
+            gone.append(loop.time() - start)
+            turn.answered()
+
+        # The first turn is taken at once and kept 5 s; the second, taken at 1 s (paced),
+        # goes at once, and the first then goes at 5 s: the second was answered at 1 s.
+        await asyncio.gather(call(0.0, 5.0), call(0.5, 0.0))
+        return gone
+
+    assert simulate(main) == pytest.approx([1.0, 5.0])
+
+
+@pytest.mark.parametrize("answer, retry_arrives", [
+    ("refused", 1.5),  # the connection failed: nothing was sent, the turn is given back
+    ("throttled", 3.0),  # a 429 answer at 2 s: the call arrived, and counts until 3 s
+    ("timeout", 3.0),  # no answer by the 2 s timeout: it may arrive yet, so it counts until 3 s
+])
+def test_a_failed_call_counts_unless_nothing_was_sent(answer: str, retry_arrives: float) -> None:
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        arrivals: list[float] = []
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            first = not arrivals
+            arrivals.append(loop.time() - start)
+            if first and answer == "refused":
+                await asyncio.sleep(1.5)  # the connection fails after 1.5 s
+                raise httpx.ConnectError("connection refused", request=request)
+            if first:
+                await asyncio.sleep(2.0 if answer == "throttled" else 10.0)
+                return httpx.Response(429, json={"code": "Throttling.RateQuota", "message": "slow down"})
+            return httpx.Response(200, json=RUNNING)
+
+        limiter = RateLimiter(1, clock=loop.time)
+        async with ProviderClient(URL, ["sk"], timeout=2.0, transport=httpx.MockTransport(handler)) as client:
+            for attempt in range(2):
+                await limiter.acquire()
+                try:
+                    await client.get("t-1")
+                except ProviderTransient:
+                    assert attempt == 0
+        return arrivals
+
+    assert simulate(main) == pytest.approx([0.0, retry_arrives])
+
+
+def test_many_waiters_are_served_in_order_and_no_place_is_lost() -> None:
+    async def main() -> tuple[list[float], list[int], list[int], int]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(20, clock=loop.time)
+        arrivals: list[float] = []
+        asked: list[int] = []
+        served: list[int] = []
+        async with ProviderClient(URL, ["sk"], transport=provider(arrivals)) as client:
+            async def one(i: int) -> None:
+                await asyncio.sleep(0.001 * (i % 7))  # ask out of index order
+                asked.append(i)
+                await limiter.acquire()
+                served.append(i)
+                await client.get("t-1")
+
+            tasks = [asyncio.create_task(one(i)) for i in range(300)]
+            await asyncio.sleep(2.0)
+            for i in asked[200:220]:
+                tasks[i].cancel()  # gave up waiting
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(1.01)
+        return arrivals, asked, served, limiter.held
+
+    arrivals, asked, served, held = simulate(main)
+    assert len(arrivals) == 280 and served == asked[:200] + asked[220:]
+    assert most_in_a_second(arrivals) <= 20
+    # The slots of the 300 turns were reserved at once; the 20 cancelled lost theirs.
+    assert arrivals[-1] - arrivals[0] < 300 / 20 * 1.01
+    assert held == 0
+
+
+def test_a_call_made_by_a_task_started_after_the_turn_uses_it() -> None:
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(20, clock=loop.time)
+        async with ProviderClient(URL, ["sk"], transport=provider([])) as client:
+            turn = await limiter.acquire()
+            before = turn.expiry()
+            await asyncio.create_task(client.get("t-1"))
+            return before, turn.expiry() - loop.time()
+
+    before, after = simulate(main)
+    assert before == math.inf and after == pytest.approx(1.0)
+
+
+class SlowNetwork(httpcore.AsyncNetworkBackend):
+    """Connections that take `connects[i]` seconds to open, in turn; the provider answers each
+    request `answer` seconds after its bytes arrive, and notes when they arrived."""
+
+    def __init__(self, connects: Iterable[float | Exception], answer: float) -> None:
+        self.connects = list(connects)
+        self.answer = answer
+        self.arrivals: list[float] = []
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None, socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        connect = self.connects.pop(0)
+        if isinstance(connect, Exception):
+            raise connect
+        await asyncio.sleep(connect)
+        return _SlowStream(self)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class _SlowStream(httpcore.AsyncNetworkStream):
+    ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 56\r\n\r\n"
+              b'{"output": {"task_id": "t-1", "task_status": "RUNNING"}}')
+
+    def __init__(self, network: SlowNetwork) -> None:
+        self.network = network
+        self.asked = 0
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if buffer.startswith(b"GET "):
+            self.network.arrivals.append(asyncio.get_running_loop().time())
+            self.asked += 1
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if not self.asked:
+            return b""
+        self.asked -= 1
+        await asyncio.sleep(self.network.answer)
+        return self.ANSWER
+
+    async def aclose(self) -> None:
+        pass
+
+    def get_extra_info(self, info: str) -> Any:
+        return None
+
+
+class CoreTransport(httpx.AsyncHTTPTransport):
+    """httpx's own transport on a simulated network: its requests carry httpcore's `trace`
+    extension to the connections, and ProviderClient knows it. (The pool is httpx's private
+    attribute: the one way to hand it a network backend.)"""
+
+    def __init__(self, network: httpcore.AsyncNetworkBackend) -> None:
+        super().__init__()
+        self._pool = httpcore.AsyncConnectionPool(network_backend=network)
+
+
+def test_a_call_counts_from_when_it_is_written_not_from_when_it_left() -> None:
+    """The first call spends 1.5 s opening its connection; the second, paced a second later,
+    gets one at once and is written first. The first is written only once the second's place
+    is free: a second and the margin after the second was written (its answer is slow)."""
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        network = SlowNetwork(connects=[1.5, 0.0], answer=3.0)
+        limiter = RateLimiter(1, clock=loop.time)  # margin 0.25 s
+        async with ProviderClient(URL, ["sk"], transport=CoreTransport(network)) as client:
+            async def call() -> None:
+                await limiter.acquire()
+                await client.get("t-1")
+
+            await asyncio.gather(call(), call())
+        return [t - start for t in network.arrivals]
+
+    arrivals = simulate(main)
+    assert arrivals == pytest.approx([1.0, 2.25]) and most_in_a_second(arrivals) == 1
+
+
+def test_a_call_whose_connection_fails_takes_no_place() -> None:
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        network = SlowNetwork(connects=[httpcore.ConnectError("refused"), 0.0], answer=0.01)
+        limiter = RateLimiter(1, clock=loop.time)
+        async with ProviderClient(URL, ["sk"], transport=CoreTransport(network)) as client:
+            await limiter.acquire()
+            with pytest.raises(ProviderTransient, match="could not connect"):
+                await client.get("t-1")
+            assert limiter.held == 0
+            await limiter.acquire()
+            await client.get("t-1")
+            assert limiter.held == 1
+        return [t - start for t in network.arrivals]
+
+    assert simulate(main) == pytest.approx([1.0])
+
+
 def test_a_stalled_event_loop_does_not_turn_reserved_slots_into_a_burst() -> None:
-    """Waiters whose slots came while the loop was busy elsewhere wake together; the grants
-    they then make still keep to the rate in every second."""
+    """Waiters whose slots came while the loop was busy elsewhere wake together; the calls
+    they then make still keep to the rate in every second (the fake clock of the tests above,
+    whose sleeps come late; calls made through the turns' own interface)."""
 
     class StallingClock(FakeClock):
         async def sleep(self, seconds: float) -> None:
@@ -263,8 +639,11 @@ def test_a_stalled_event_loop_does_not_turn_reserved_slots_into_a_burst() -> Non
 
         async def caller() -> None:
             for _ in range(25):
-                await limiter.acquire()
+                turn = await limiter.acquire()
+                await clock.sleep(0.01)  # on its way: perhaps late
+                await turn.leave()
                 stamps.append(clock())
+                turn.answered()
 
         await asyncio.gather(*(caller() for _ in range(8)))
         return stamps
@@ -272,3 +651,9 @@ def test_a_stalled_event_loop_does_not_turn_reserved_slots_into_a_burst() -> Non
     stamps = asyncio.run(main())
     assert len(stamps) == 200
     assert most_in_a_second(stamps) <= 20
+
+
+def test_margin_is_checked() -> None:
+    for margin in (-0.1, math.inf, math.nan):
+        with pytest.raises(ValueError, match="margin"):
+            RateLimiter(20, margin=margin)

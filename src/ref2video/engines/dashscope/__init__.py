@@ -5,7 +5,7 @@ was lost."""
 
 from .engine import DashscopeEngine
 from .errors import ProviderError, ProviderTransient
-from .limiter import PollSchedule, RateLimiter
+from .limiter import PollSchedule, RateLimiter, Turn
 from .provider import ProviderClient, UpstreamSummary, UpstreamTask
 
 __all__ = [
@@ -16,5 +16,6 @@ __all__ = [
     "ProviderError",
     "ProviderTransient",
     "RateLimiter",
+    "Turn",
     "PollSchedule",
 ]

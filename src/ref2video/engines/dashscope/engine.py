@@ -49,7 +49,7 @@ __all__ = ["DashscopeEngine", "provider_body", "account_of"]
 
 log = logging.getLogger(__name__)
 
-_HEADROOM = 0.8  # of the provider's rate limits, for the jitter between leaving and arriving
+_HEADROOM = 1.0  # of the provider's rate limits: the limiters count calls as they arrive
 
 
 class DashscopeEngine(Submitting, Reconciling, KeepingResults):
@@ -138,8 +138,8 @@ class DashscopeEngine(Submitting, Reconciling, KeepingResults):
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ref2video-relay-wait")
         self._downloads = asyncio.Semaphore(8)
         self._starts = asyncio.Semaphore(min(64, 16 * len(self.keys)))
-        # A little under the limits: calls spaced exactly 1/rate apart as they leave can still
-        # arrive closer together, and the provider counts arrivals.
+        # The full limits: each limiter holds a call's place until a second after it can have
+        # arrived (limiter.py), however late the call left after its grant.
         self.query_limiters = [RateLimiter(s.dashscope_query_rate * _HEADROOM) for _ in self.keys]
         self.submit_limiters = [RateLimiter(s.dashscope_submit_rate * _HEADROOM) for _ in self.keys]
         self.provider = ProviderClient(s.dashscope_base_url, self.keys, timeout=s.dashscope_timeout,

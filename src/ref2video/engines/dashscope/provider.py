@@ -32,7 +32,7 @@ from ... import metrics
 from ...version import __version__
 from ...protocol import TERMINAL
 from .errors import ProviderError, ProviderTransient
-from .limiter import RateLimiter
+from .limiter import RateLimiter, Turn, take_turns
 
 __all__ = ["ProviderClient", "UpstreamTask", "UpstreamSummary"]
 
@@ -46,6 +46,8 @@ _SNIPPET = 200
 _FALLBACK_CODES = {401: "InvalidApiKey", 403: "AccessDenied", 404: "NotFound", 408: "RequestTimeOut",
                    413: "RequestTooLarge", 429: "Throttling", 503: "ServiceUnavailable"}
 _XML_FIELD = re.compile(r"<(Code|Message)>([^<]{1,500})</\1>")
+# httpx's failures that mean nothing was sent: a limiter's turn is given back on these.
+_NEVER_SENT = (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +134,13 @@ class ProviderClient:
             await provider.download(task.video_url, Path("out.mp4"), max_bytes=500 << 20)
     ```
 
-    `timeout` bounds each API call as a whole (connect, send and read); waiting for a limiter
-    does not count. With `limiters` (one per key), every API call made with key i first waits
-    for `limiters[i]`; the storage and download hosts are not the API and are not limited.
+    `timeout` bounds each API call as a whole (connect, send and read); waiting for a limiter's
+    turn does not count (waiting for a place in its window, just before writing, does). With
+    `limiters` (one per key), every API call made with key i first waits for `limiters[i]`; the storage and download hosts are not the API and are not limited.
+    Every API call also takes the turns its task acquired from any `RateLimiter` beforehand
+    (`limiter.take_turns`): each takes a place in its limiter's window just before the request
+    is written (waiting for one if none is free) and learns how the call ended, so the limiters
+    count calls as they go, not as they are granted.
     Times sent to the task list are written in `tz`, the zone the provider reads them in.
     The keys go to the API's origin only, never to the upload or download hosts.
     """
@@ -153,6 +159,9 @@ class ProviderClient:
         self.timeout = timeout
         self.tz = tz
         self._limiters = builtins.list(limiters) if limiters is not None else None
+        # httpx's own transport writes through httpcore, whose `trace` tells a call's turns the
+        # moment its bytes go out; under another (a test's MockTransport) they count from the send.
+        self._traced = transport is None or isinstance(transport, httpx.AsyncHTTPTransport)
         self._turns = itertools.cycle(range(len(self._keys)))
         # A call that waited for its limiter's turn must not then wait for a connection: it
         # would leave late, together with later ones, and arrive as a burst. So the pool is
@@ -285,23 +294,40 @@ class ProviderClient:
             await self._limiters[k].acquire()
         headers = {**(headers or {}), "Authorization": f"Bearer {self._keys[k]}"}
         request = self._http.build_request(method, self.base_url + path, headers=headers, **options)
-        status, raw = await self._exchange(request, what, acts=acts)
+        turns = take_turns()  # this one's, and any the caller acquired for this call
+        if turns:
+            request.extensions["trace"] = _stamper(turns)
+            for turn in turns:
+                await turn.leave(traced=self._traced)
+        status, raw = await self._exchange(request, what, acts=acts, turns=turns)
         body = _json_object(raw)
         if body is None:
             raise ProviderTransient("BadResponse", f"{what}: HTTP {status} with a body that is not a JSON object: "
                                     f"{_snippet(raw)!r}", status=status, uncertain=acts)
         return body
 
-    async def _exchange(self, request: httpx.Request, what: str, *, acts: bool) -> tuple[int, bytes]:
-        """Send, read a bounded answer, and raise for any status other than 2xx."""
+    async def _exchange(self, request: httpx.Request, what: str, *, acts: bool,
+                        turns: Sequence[Turn] = ()) -> tuple[int, bytes]:
+        """Send, read a bounded answer, and raise for any status other than 2xx. `turns` learn
+        when the answer came back, or that none did (or that nothing was sent)."""
         try:
             with _mapped(what, acts=acts, timeout=self.timeout):
-                async with asyncio.timeout(self.timeout):
-                    response = await self._http.send(request, stream=True)
-                    try:
-                        raw = await _read_bounded(response, what, acts)
-                    finally:
-                        await response.aclose()
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        response = await self._http.send(request, stream=True)
+                        for turn in turns:
+                            turn.answered()
+                        try:
+                            raw = await _read_bounded(response, what, acts)
+                        finally:
+                            await response.aclose()
+                except BaseException as exc:
+                    for turn in turns:  # no effect on turns already answered
+                        if isinstance(exc, _NEVER_SENT):
+                            turn.release()
+                        else:
+                            turn.unanswered()
+                    raise
         except (ProviderError, ProviderTransient) as exc:
             # No status (not connected, timed out): the failure's code stands for it.
             metrics.PROVIDER_ANSWERS.labels(call=what, status=str(exc.status or exc.code)).inc()
@@ -337,6 +363,17 @@ class ProviderClient:
         except ValueError as exc:
             raise ProviderTransient("BadResponse", f"{what}: the answer has {exc}: {_snippet(answer)!r}",
                                     uncertain=uncertain) from exc
+
+
+def _stamper(turns: Sequence[Turn]) -> Any:
+    """httpcore's `trace` extension for one request: just before each write of the request
+    (headers, body), its turns take their places (the first time) and stamp the departure, so
+    time spent waiting for a connection or opening one is not counted."""
+    async def trace(event: str, info: Mapping[str, Any]) -> None:
+        if ".send_request_" in event:
+            for turn in turns:
+                await turn.sending()
+    return trace
 
 
 # -- error mapping ------------------------------------------------------------------------------
