@@ -136,7 +136,8 @@ class ProviderClient:
 
     `timeout` bounds each API call as a whole (connect, send and read); waiting for a limiter's
     turn does not count (waiting for a place in its window, just before writing, does). With
-    `limiters` (one per key), every API call made with key i first waits for `limiters[i]`; the storage and download hosts are not the API and are not limited.
+    `limiters` (one per key), every API call made with key i first waits for `limiters[i]`; the
+    storage and download hosts are not the API and are not limited.
     Every API call also takes the turns its task acquired from any `RateLimiter` beforehand
     (`limiter.take_turns`): each takes a place in its limiter's window just before the request
     is written (waiting for one if none is free) and learns how the call ended, so the limiters
