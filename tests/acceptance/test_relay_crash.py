@@ -53,19 +53,23 @@ def test_a_crash_between_submit_and_record_is_adopted_after_restart(tmp_path: Pa
 
     proxy.add(Rule("pass", "POST", "/video-synthesis", times=1, after_forward=kill_relay))
     try:
-        procs.append(spawn(["serve"], env, log))
-        wait_healthy(url, procs[0])
+        # The three tasks are made by an API-only process first, so the relay's kill cannot
+        # land in the middle of the creates; then the relaying process starts on them.
+        api_only = spawn(["serve"], {**env, "REF2VIDEO_WORKERS": "0"}, log)
+        wait_healthy(url, api_only)
         db = make_engine(database_url)
         accounts.create(db, "default", credit=to_micro(CREDIT), tz=ZoneInfo("Asia/Shanghai"))
         key = (tmp_path / "relay" / "first-api-key.txt").read_text().strip()
         client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
         ids = [client.post("/task/bailian/ref2video", json=make_body(f"character1 bows {i} steps=3 step_ms=30"))
                .json()["output"]["task_id"] for i in range(3)]
+        client.close()
+        stop(api_only)
+        procs.append(spawn(["serve"], env, log))  # killed once the provider answers its first submit
         deadline = time.monotonic() + 20
         while not killed or procs[0].poll() is None:
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
-        client.close()
         # Made upstream before the kill, answers never recorded: the one the proxy held back, and
         # any other submit already in flight at that moment (a loaded machine may send one).
         lost_answers = [task.spec["prompt"] for task in provider_tasks(provider)]
