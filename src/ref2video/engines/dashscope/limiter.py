@@ -282,7 +282,7 @@ class RateLimiter:
         known yet). Reserves nothing."""
         now = self._clock()
         pacing = max(0.0, self._next_theoretical(now) - self._tolerance - now)
-        window = 0.0 if self._room_for_turn(now) and not self._turns else self._next_change(now) - now
+        window = 0.0 if self._room_for_turn(now) and not self._turns else self._next_change(now, kept=True) - now
         return max(pacing, window)
 
     @property
@@ -367,10 +367,11 @@ class RateLimiter:
             turn._holding or turn._written or turn._dropped or turn._ended is not None)]
         return self._room(now) and len(self._held) + len(self._kept) < self.capacity
 
-    def _next_change(self, now: float) -> float:
-        """The next moment a place or a kept one may come free, as far as is known now."""
+    def _next_change(self, now: float, *, kept: bool | None = None) -> float:
+        """The next moment a place (or one kept for a turn, when turns wait) may come free, as far
+        as is known now."""
         times = [turn.expiry() for turn in self._held]
-        if self._turns:
+        if self._turns if kept is None else kept:
             times += [turn._granted + _KEEP for turn in self._kept]
         return min((t for t in times if t > now), default=math.inf)
 
