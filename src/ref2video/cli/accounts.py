@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -53,6 +54,19 @@ def _limit(text: str | None, what: str) -> int | None:
     if amount < 0:
         fail(f"{what} cannot be negative", 2)
     return amount
+
+
+def _emit(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], as_csv: bool) -> None:
+    """Rows as CSV on stdout, or as a table for people."""
+    if as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(header)
+        writer.writerows(rows)
+        return
+    table = Table(*header)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
 
 
 def _show(info: accounts.AccountInfo, as_json: bool) -> None:
@@ -140,16 +154,7 @@ def statement(owner: str, as_csv: Annotated[bool, typer.Option("--csv", help="CS
     entries = accounts.statement(db, owner)
     rows = [(datetime.fromtimestamp(e.created_at / 1000, tz).isoformat(timespec="seconds"), e.kind,
              str(to_credits(e.amount)), e.task_id or "", e.model or "", e.note or "") for e in entries]
-    header = ("time", "kind", "amount", "task_id", "model", "note")
-    if as_csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(header)
-        writer.writerows(rows)
-        return
-    table = Table(*header)
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
+    _emit(("time", "kind", "amount", "task_id", "model", "note"), rows, as_csv)
 
 
 @accounts_app.command("usage")
@@ -160,13 +165,4 @@ def usage(owner: Annotated[str | None, typer.Option(help="one owner (default: al
     db, tz = _open(config, init)
     rows = [(r.day, r.owner, r.model, str(r.tasks), str(r.seconds), str(to_credits(r.cost)))
             for r in accounts.usage(db, tz=tz, owner=owner)]
-    header = ("day", "owner", "model", "tasks", "seconds", "cost")
-    if as_csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(header)
-        writer.writerows(rows)
-        return
-    table = Table(*header)
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
+    _emit(("day", "owner", "model", "tasks", "seconds", "cost"), rows, as_csv)

@@ -36,6 +36,13 @@ async def _admin(request: Request) -> Principal:
     return principal
 
 
+async def _object(request: Request) -> dict[str, Any]:
+    body = await read_json(request, _BODY_LIMIT)
+    if not isinstance(body, dict):
+        raise InvalidParameter("the request body must be a JSON object")
+    return body
+
+
 def _ok(body: dict[str, Any]) -> JSONResponse:
     return JSONResponse({"request_id": request_id(), **body})
 
@@ -82,9 +89,7 @@ def _csv(header: tuple[str, ...], rows: list[tuple[Any, ...]], name: str) -> Res
 async def create_account(request: Request) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
-    body = await read_json(request, _BODY_LIMIT)
-    if not isinstance(body, dict):
-        raise InvalidParameter("the request body must be a JSON object")
+    body = await _object(request)
     owner = _owner(body.get("owner"))
     opening = _amount(body.get("credit", 0), "credit") or 0
     if opening < 0:
@@ -114,9 +119,7 @@ async def get_account(request: Request, owner: str) -> JSONResponse:
 async def credit_account(request: Request, owner: str) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
-    body = await read_json(request, _BODY_LIMIT)
-    if not isinstance(body, dict):
-        raise InvalidParameter("the request body must be a JSON object")
+    body = await _object(request)
     amount = _amount(body.get("amount"), "amount")
     if not amount:
         raise InvalidParameter("amount must not be zero")
@@ -135,9 +138,7 @@ async def credit_account(request: Request, owner: str) -> JSONResponse:
 async def set_limits(request: Request, owner: str) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
-    body = await read_json(request, _BODY_LIMIT)
-    if not isinstance(body, dict):
-        raise InvalidParameter("the request body must be a JSON object")
+    body = await _object(request)
     changes = {short: _amount(body[name], name, allow_none=True)
                for short, name in (("daily", "daily_limit"), ("monthly", "monthly_limit")) if name in body}
     try:
@@ -179,9 +180,7 @@ async def usage(request: Request, owner: str | None = None, format: str = "json"
 async def create_key(request: Request) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
-    body = await read_json(request, _BODY_LIMIT)
-    if not isinstance(body, dict):
-        raise InvalidParameter("the request body must be a JSON object")
+    body = await _object(request)
     owner = _owner(body.get("owner"))
     name, role = body.get("name", ""), body.get("role", "user")
     if not isinstance(name, str) or len(name) > 128:
@@ -222,9 +221,7 @@ def _endpoint(endpoint: webhooks.Endpoint) -> dict[str, Any]:
 async def add_webhook(request: Request) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
-    body = await read_json(request, _BODY_LIMIT)
-    if not isinstance(body, dict):
-        raise InvalidParameter("the request body must be a JSON object")
+    body = await _object(request)
     owner = _owner(body.get("owner"))
     events = body.get("events")
     if events is not None and not isinstance(events, list):

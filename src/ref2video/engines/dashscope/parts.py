@@ -3,6 +3,7 @@ blocking work is run off the event loop, and a submitted task is handed to its p
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures
 import functools
@@ -30,7 +31,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class RelayParts:
+class RelayParts(abc.ABC):
     """What submitting, reconciling and keeping results share (`engine.DashscopeEngine` sets it up)."""
 
     settings: Settings
@@ -49,9 +50,9 @@ class RelayParts:
     _ending: set[asyncio.Task[None]]
     resolve_upload: Callable[[str, str], Path | None]  # (owner, oss key) -> the owner's uploaded file
 
+    @abc.abstractmethod
     async def _reconcile(self, task: HeldTask, k: int, intent_ms: int, *, live: bool) -> None:
         """Find and adopt the upstream task of a submit whose answer was lost (`reconcile.py`)."""
-        raise NotImplementedError
 
     def _account_index(self, task: HeldTask) -> int | None:
         """The key a task was submitted with; it must be asked about with the same one."""
