@@ -38,7 +38,7 @@ from ..spec import TaskSpec
 from ..store.db import checkpoint, drop_loop_connection, is_postgres, loop_connection
 from ..store.keys import Principal
 from ..store.tasks import TaskRecord
-from . import transitions
+from . import observe, transitions
 
 __all__ = ["Creates", "creates_for"]
 
@@ -133,6 +133,7 @@ class Creates:
         finally:
             if exclusive:
                 lock.release()
+        observe.created([task.id for task in made])
         self._loop_commits += 1
         if self._loop_commits % _CHECKPOINT_EVERY == 0 and not self._checkpointing:
             self._checkpointing = True
@@ -225,6 +226,7 @@ class Creates:
                 except Exception as exc:  # whether it was committed is not known: no second try
                     held.let_go()
                     return [(future, None, exc) for _, _, future in batch]
+                observe.created([task.id for task in made or ()])
         if made is None:
             # Nothing was committed: each create again, on its own, on a fresh (pinged)
             # connection, so that each gets its own answer.
@@ -242,6 +244,7 @@ class Creates:
             task = transitions.create(conn, spec, principal)
             if self.on_insert is not None:
                 self.on_insert(conn)
+        observe.created([task.id])
         return task
 
 

@@ -99,6 +99,12 @@ def begin(db: Engine) -> Iterator[Connection]:
     publish(notes)
 
 
+def created(task_ids: Sequence[str]) -> None:
+    """Publish creates already committed by a transaction that noted nothing (`app.batches`)."""
+    if task_ids:
+        publish([_Moved(tuple(task_ids), Status.PENDING, None, None, None)])
+
+
 def publish(notes: Sequence[_Note]) -> None:
     for note in notes:
         if isinstance(note, _Charged):
