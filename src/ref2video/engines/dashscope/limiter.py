@@ -309,7 +309,12 @@ class RateLimiter:
         entry = (granted, turn)
         queue.append(entry)
         if self._keeper is None:
-            self._keeper = asyncio.get_running_loop().create_task(self._keep())
+            keep = self._keep()
+            try:
+                self._keeper = asyncio.get_running_loop().create_task(keep)
+            except RuntimeError:  # the loop is closing (a shutdown): no keeper, and no stray coroutine
+                keep.close()
+                raise
         try:
             await granted
         except BaseException:
