@@ -122,15 +122,16 @@ class DashscopeEngine(Submitting, Reconciling, KeepingResults):
         return len(self._held)
 
     def _run(self, ready: threading.Event) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._stopping = asyncio.Event()
-        ready.set()
-        try:
-            self._loop.run_until_complete(self._main())
-        except Exception:
-            log.exception("the relay stopped on an error")
-        finally:
-            self._loop.close()
+        # A Runner, not a bare loop: on the way out it cancels and awaits whatever is still
+        # pending (a limiter's keeper, say) before it closes the loop.
+        with asyncio.Runner() as runner:
+            self._loop = runner.get_loop()
+            self._stopping = asyncio.Event()
+            ready.set()
+            try:
+                runner.run(self._main())
+            except Exception:
+                log.exception("the relay stopped on an error")
 
     async def _main(self) -> None:
         s = self.settings
