@@ -152,3 +152,36 @@ def test_cancel_requests_reach_the_heartbeat(db: Engine) -> None:
     with db.begin() as conn:  # nothing changes a terminal row
         conn.execute(update(Task).where(Task.id == task_id, Task.status == "PENDING").values(status="RUNNING"))
     assert tasks.cancel(db, OWNER, task_id) is None
+
+
+def test_bulk_requeues_are_counted_and_logged(db: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """A reaped lease and a process handing back all it held are moves back to PENDING too:
+    the transition counter and the per-transition log show them, as they show a single retry."""
+    from prometheus_client import REGISTRY
+
+    from ref2video.queue.journal import TableJournal
+    from ref2video.queue.wakeup import Wakeup
+
+    def pending_moves() -> float:
+        return REGISTRY.get_sample_value("ref2video_task_transitions_total", {"to": "PENDING"}) or 0.0
+
+    reaped, released = add(db, 2)
+    caplog.set_level("INFO", "ref2video.tasks")
+    manager = QueueManager(db, lease_seconds=0.05, max_attempts=3)
+    assert manager.claim(MODELS) is not None
+    while True:  # the lease lapses
+        with db.connect() as conn:
+            if conn.execute(select(Task.lease_expires_at).where(Task.id == reaped)).scalar_one() < time.time() * 1000:
+                break
+        time.sleep(0.02)
+    before = pending_moves()
+    assert manager.reap() == (1, 0)
+    assert pending_moves() == before + 1
+    journal = TableJournal(QueueManager(db), Wakeup(db), "relay")
+    assert journal.claim(MODELS) is not None  # (the reaped task, first again)
+    assert journal.claim(MODELS) is not None
+    assert journal.release_all() == 2
+    assert pending_moves() == before + 3
+    lines = [r.getMessage() for r in caplog.records if r.name == "ref2video.tasks"]
+    assert sum(f"task {reaped} moved RUNNING -> PENDING" in line for line in lines) == 2
+    assert sum(f"task {released} moved RUNNING -> PENDING" in line for line in lines) == 1

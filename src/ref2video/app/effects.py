@@ -12,7 +12,7 @@ from sqlalchemy import Connection
 from ..protocol import Status
 from . import ledger, observe, outbox
 
-__all__ = ["after", "expired"]
+__all__ = ["after", "requeued", "expired"]
 
 _ENDS = (Status.SUCCEEDED, Status.FAILED, Status.CANCELED)
 
@@ -29,6 +29,12 @@ def after(conn: Connection, task_ids: Sequence[str], status: Status, *, usage: M
     if status in _ENDS:
         ledger.settle(conn, task_ids, status, usage)
     outbox.enqueue(conn, task_ids, status)
+
+
+def requeued(conn: Connection, task_ids: Sequence[str]) -> None:
+    """`task_ids` went back from RUNNING to the queue in bulk (a lapsed lease reaped, a process
+    handing back what it held): counted and logged, nothing to settle or tell the owner."""
+    observe.moved(conn, task_ids, Status.PENDING, source=Status.RUNNING)
 
 
 def expired(conn: Connection, task_ids: Sequence[str]) -> None:

@@ -188,7 +188,9 @@ def release_all(conn: Connection, token: str) -> int:
     """Hand every task held under `token` back without spending an attempt (a cancel accepted
     meanwhile stays asked for, and whoever claims the task next honours it)."""
     values = dict(_UNLEASED, status=Status.PENDING.value, progress=0, run_after=now_ms(), attempt=Task.attempt - 1)
-    return conn.execute(update(Task).where(holding(token)).values(**values)).rowcount
+    released = conn.execute(update(Task).where(holding(token)).values(**values).returning(Task.id)).scalars().all()
+    effects.requeued(conn, released)
+    return len(released)
 
 
 # -- housekeeping --------------------------------------------------------------------------------
@@ -221,8 +223,10 @@ def reap(conn: Connection, *, max_attempts: int) -> tuple[int, int]:
     failed = len(failed_ids)
     requeued = conn.execute(
         update(Task).where(lapsed, ~spent).values(**_UNLEASED, status=Status.PENDING.value, progress=0, run_after=now)
-    ).rowcount
-    return requeued, failed
+        .returning(Task.id)
+    ).scalars().all()
+    effects.requeued(conn, requeued)
+    return len(requeued), failed
 
 
 def expire(conn: Connection, task_ids: Sequence[str]) -> None:

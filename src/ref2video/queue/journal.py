@@ -73,7 +73,7 @@ class TableJournal:
         return done is not None
 
     def release_all(self) -> int:
-        with self.db.begin() as conn:
+        with observe.begin(self.db) as conn:
             done = transitions.release_all(conn, self.token)
         if done:
             self._on_requeue()
