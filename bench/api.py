@@ -3,7 +3,7 @@
 Usage:
 
     python bench/api.py [--duration S] [--concurrency 1,8,32,64] [--database-url URL] [--json out.json]
-                        [--warmup S] [--rounds N] [--limits RATE]
+                        [--warmup S] [--rounds N] [--limits RATE] [--billing] [--s3]
 
 Method
 ------
@@ -51,6 +51,20 @@ against ours: what the limits cost (docs/limits.md). RATE decides how often a Po
 takes a lease from the shared bucket (every RATE x 0.05 requests, at most half of RATE); a RATE
 near the throughput measured is the honest one.
 
+With ``--billing`` (and ``--limits RATE``) a fourth server, **gateway**, is ours as an operator
+charging customers runs it: billing on, the key's owner given an account with credit enough for
+every create, and every limit on as with ``--limits``. A create then holds its largest cost in the
+transaction that inserts the task (so it takes the full create path, not the grouped fast path);
+a query reads the task's cost. It is set against ours in a table of its own.
+
+With ``--s3`` one more server, **s3**, is ours on an S3-compatible bucket (moto's standalone
+server, started on loopback for the run) handing out presigned links to it. Besides the points
+above, both ours and s3 then also answer ``query-done``: queries of tasks that SUCCEEDED, whose
+answer carries ``video_url`` (on ours a link the API signs, on s3 a link presigned for the bucket
+with SigV4). The benchmark makes those tasks SUCCEEDED itself, through the queue's own claim and
+succeed on each server's database, with a small file stored as each result (on the local disk or
+in the bucket), so no engine runs. The ceiling's answer to ``query-done`` is its plain query.
+
 Everything is bounded: fixed-duration points, a hard timeout per point and per server start,
 loopback only; the servers are stopped and the temp dir (and PostgreSQL database) removed on the
 way out, whatever happens.
@@ -63,6 +77,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import functools
 import http.client
 import json
 import math
@@ -77,7 +92,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -211,17 +226,33 @@ def stop_process(server: Server) -> None:
 
 
 def start_ours(data_dir: Path, database_url: str | None, log_dir: Path, *, name: str = "ours",
-               limits: float | None = None) -> Server:
+               settings: dict[str, str] | None = None) -> Server:
+    """Ours on `data_dir`, with `settings` (names as in docs/configuration.md) beside the bench's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REF2VIDEO_")}
-    env.update(REF2VIDEO_DATA_DIR=str(data_dir), REF2VIDEO_WORKERS="0", REF2VIDEO_LOG_LEVEL="warning")
-    if database_url:
-        env["REF2VIDEO_DATABASE_URL"] = database_url
-    if limits:
-        burst = str(max(1, math.ceil(limits)))
-        env.update(REF2VIDEO_RATE_CREATE_PER_SECOND=str(limits), REF2VIDEO_RATE_CREATE_BURST=burst,
-                   REF2VIDEO_RATE_QUERY_PER_SECOND=str(limits), REF2VIDEO_RATE_QUERY_BURST=burst,
-                   REF2VIDEO_MAX_UNFINISHED_TASKS="1000000000")
+    env.update(ours_env(data_dir, database_url, settings or {}))
     return start_process(name, [sys.executable, "-m", "ref2video", "serve"], env, log_dir)
+
+
+def ours_env(data_dir: Path, database_url: str | None, settings: dict[str, str]) -> dict[str, str]:
+    values = {"data_dir": str(data_dir), "workers": "0", "log_level": "warning", **settings}
+    if database_url:
+        values["database_url"] = database_url
+    return {f"REF2VIDEO_{name.upper()}": value for name, value in values.items()}
+
+
+def limit_settings(rate: float) -> dict[str, str]:
+    """Every limit on at `rate` a second per key, set so that it never refuses."""
+    burst = str(max(1, math.ceil(rate)))
+    return {"rate_create_per_second": str(rate), "rate_create_burst": burst, "rate_query_per_second": str(rate),
+            "rate_query_burst": burst, "max_unfinished_tasks": "1000000000"}
+
+
+def open_account(data_dir: Path, database_url: str | None, credits: int) -> None:
+    """Give the first key's owner an account with `credits`, through the operator's CLI."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REF2VIDEO_")}
+    env.update(ours_env(data_dir, database_url, {}))
+    subprocess.run([sys.executable, "-m", "ref2video", "accounts", "create", "default", "--credit", str(credits)],
+                   env=env, check=True, capture_output=True, timeout=START_TIMEOUT)
 
 
 def start_ceiling(log_dir: Path) -> Server:
@@ -254,6 +285,75 @@ def fresh_postgres(url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- a bucket, and tasks that succeeded --------------------------------------------------------
+
+
+S3_ACCESS = {"s3_access_key_id": "bench", "s3_secret_access_key": "bench", "s3_region": "us-east-1"}
+
+
+@contextlib.contextmanager
+def s3_server(log_dir: Path) -> Iterator[dict[str, str]]:
+    """moto's standalone S3 server on loopback for the run; yields the settings of a bucket on it."""
+    port = free_port()
+    env = {**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"}
+    with open(log_dir / "s3.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://{HOST}:{port}"
+        settings = {"storage": "s3", "s3_bucket": "bench", "s3_endpoint_url": url, **S3_ACCESS}
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                result_storage(settings, log_dir / "s3-setup").client.create_bucket(Bucket="bench")
+                break
+            except Exception as exc:  # not listening yet (botocore wraps the refusal in its own errors)
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log = (log_dir / "s3.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"moto's S3 server did not start:\n{log}") from exc
+                time.sleep(0.1)
+        yield settings
+    finally:
+        server = Server("s3", port, process, log_dir / "s3.log")
+        stop_process(server)
+
+
+def result_storage(settings: dict[str, str], data_dir: Path) -> Any:
+    """The storage a server on `data_dir` with `settings` keeps its results in (storage/setup.py)."""
+    from ref2video.config import Settings
+    from ref2video.storage.setup import storages_from_settings
+
+    values: dict[str, Any] = {"data_dir": data_dir, **settings}
+    return storages_from_settings(Settings(**values), secret="unused")[0]
+
+
+def finish_tasks(database_url: str, data_dir: Path, settings: dict[str, str], count: int) -> None:
+    """Make `count` PENDING tasks SUCCEEDED through the queue's own claim and succeed, each
+    with a small result file stored where the server on `data_dir` keeps its results."""
+    from ref2video.queue.manager import QueueManager
+    from ref2video.store.db import make_engine
+
+    storage = result_storage(settings, data_dir)
+    video = data_dir / "bench-result.mp4"
+    video.write_bytes(b"\x00" * 4096)
+    db = make_engine(database_url)
+    try:
+        manager = QueueManager(db)
+        models = [CREATE_BODY["model"]]
+        for _ in range(count):
+            claim = manager.claim(models)
+            if claim is None:
+                raise RuntimeError("fewer PENDING tasks than were seeded")
+            key = f"{claim.task.id}-bench.mp4"
+            storage.put(key, video)
+            usage = {"duration": 5, "input_video_duration": 0, "output_video_duration": 5, "video_count": 1,
+                     "SR": 720, "size": "1280*720"}
+            if manager.succeed(claim, result_key=key, usage=usage, engine="bench") is None:
+                raise RuntimeError(f"task {claim.task.id} could not be finished")
+    finally:
+        db.dispose()
 
 
 # -- the load generator ----------------------------------------------------------------------
@@ -436,17 +536,21 @@ class Options:
     database_url: str | None
     json_path: Path | None
     limits: float | None = None
+    billing: bool = False
+    s3: bool = False
 
 
 async def measure(ours: Server, ceiling: Server, key: str, opts: Options,
-                  limited: tuple[Server, str] | None = None) -> tuple[list[Point], int]:
-    """Every point, ceiling then ours (then ours with limits, `limited`: its server and key);
-    returns the points and the final number of tasks."""
+                  extras: Sequence[tuple[Server, str]] = (),
+                  finish: dict[str, Callable[[], None]] | None = None) -> tuple[list[Point], int]:
+    """Every point, ceiling then ours then each of `extras` (their servers and keys); with
+    `finish` (server name -> how to make its seeded tasks SUCCEEDED), the query-done points
+    first. Returns the points and the final number of tasks on ours."""
     points: list[Point] = []
-    keys = {ours.name: key, ceiling.name: key, **({limited[0].name: limited[1]} if limited else {})}
-    extra = (limited[0],) if limited else ()
+    keys = {ours.name: key, ceiling.name: key, **{server.name: k for server, k in extras}}
+    others = tuple(server for server, _ in extras)
 
-    async def pair(op: str, requests: dict[str, Sequence[bytes]], c: int, targets: Sequence[Server]) -> None:
+    async def pair(op: str, requests: Mapping[str, Sequence[bytes]], c: int, targets: Sequence[Server]) -> None:
         for round_no in range(opts.rounds):
             for server in targets:
                 point = await run_point(server, op, requests[server.name], c, opts.warmup, opts.duration)
@@ -454,21 +558,30 @@ async def measure(ours: Server, ceiling: Server, key: str, opts: Options,
                 points.append(point)
                 print(_progress_line(point), file=sys.stderr, flush=True)
 
-    queries = query_requests(key, await seed_tasks(ours, key, SEED_TASKS))
-    each = {ours.name: queries, ceiling.name: queries}
-    for server in extra:
+    if finish:
+        done_on = [server for server in (ours, *others) if server.name in finish]
+        done = {ceiling.name: query_requests(key, [str(uuid.uuid4()) for _ in range(SEED_TASKS)])}
+        for server in done_on:
+            ids = await seed_tasks(server, keys[server.name], SEED_TASKS)
+            await asyncio.to_thread(finish[server.name])
+            done[server.name] = query_requests(keys[server.name], ids)
+        for c in opts.concurrency:
+            await pair("query-done", done, c, (ceiling, *done_on))
+    each: dict[str, Sequence[bytes]] = {}
+    for server in (ours, *others):
         each[server.name] = query_requests(keys[server.name], await seed_tasks(server, keys[server.name], SEED_TASKS))
+    each[ceiling.name] = each[ours.name]
     for c in opts.concurrency:
-        await pair("query", each, c, (ceiling, ours, *extra))
+        await pair("query", each, c, (ceiling, ours, *others))
     creates = {name: [http_request("POST", CREATE_PATH, k, json.dumps(CREATE_BODY).encode())]
                for name, k in keys.items()}
     for c in opts.concurrency:
-        await pair("create", creates, c, (ceiling, ours, *extra))
+        await pair("create", creates, c, (ceiling, ours, *others))
     newest, total = await newest_tasks(ours, key)
     latest = {ours.name: query_requests(key, newest)}
-    for server in extra:
+    for server in others:
         latest[server.name] = query_requests(keys[server.name], (await newest_tasks(server, keys[server.name]))[0])
-    await pair(f"query@{total}", latest, max(opts.concurrency), (ours, *extra))
+    await pair(f"query@{total}", latest, max(opts.concurrency), (ours, *others))
     return points, total
 
 
@@ -481,25 +594,43 @@ def _progress_line(p: Point) -> str:
 
 
 def run(opts: Options) -> dict[str, Any]:
-    """Start both servers, measure, stop them, clean up; return the report."""
+    """Start the servers, measure, stop them, clean up; return the report."""
     load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="ref2video-bench-"))
     servers: list[Server] = []
     try:
         with contextlib.ExitStack() as stack:
-            db_url = stack.enter_context(fresh_postgres(opts.database_url)) if opts.database_url else None
-            limits_url = (stack.enter_context(fresh_postgres(opts.database_url))
-                          if opts.database_url and opts.limits else None)
+            def database(data_dir: Path) -> tuple[str | None, str]:
+                """A fresh database for one server: (the URL it is given, the URL it ends up on)."""
+                if opts.database_url:
+                    url = stack.enter_context(fresh_postgres(opts.database_url))
+                    return url, url
+                return None, f"sqlite:///{data_dir / 'ref2video.db'}"
+
+            variants: list[tuple[str, dict[str, str]]] = [("ours", {})]
+            if opts.limits:
+                variants.append(("limits", limit_settings(opts.limits)))
+            if opts.billing:
+                assert opts.limits
+                variants.append(("gateway", {**limit_settings(opts.limits), "billing": "true"}))
+            if opts.s3:
+                variants.append(("s3", stack.enter_context(s3_server(workdir))))
             try:
                 servers.append(start_ceiling(workdir))
-                servers.append(start_ours(workdir / "data", db_url, workdir))
-                key = (workdir / "data" / "first-api-key.txt").read_text().strip()
-                limited = None
-                if opts.limits:
-                    servers.append(start_ours(workdir / "data-limits", limits_url, workdir, name="limits",
-                                              limits=opts.limits))
-                    limited = (servers[2], (workdir / "data-limits" / "first-api-key.txt").read_text().strip())
-                points, total = _run_loop(servers[1], servers[0], key, opts, limited)
+                keys: dict[str, str] = {}
+                finish: dict[str, Callable[[], None]] = {}
+                for name, settings in variants:
+                    data_dir = workdir / f"data-{name}"
+                    given, url = database(data_dir)
+                    servers.append(start_ours(data_dir, given, workdir, name=name, settings=settings))
+                    keys[name] = (data_dir / "first-api-key.txt").read_text().strip()
+                    if settings.get("billing"):
+                        open_account(data_dir, given, credits=10**12)
+                    if opts.s3 and name in ("ours", "s3"):
+                        finish[name] = functools.partial(finish_tasks, url, data_dir, settings, SEED_TASKS)
+                ours = servers[1]
+                extras = [(server, keys[server.name]) for server in servers[2:]]
+                points, total = _run_loop(ours, servers[0], keys["ours"], opts, extras, finish)
             finally:
                 for server in servers:
                     stop_process(server)
@@ -510,8 +641,8 @@ def run(opts: Options) -> dict[str, Any]:
             "points": [dataclasses.asdict(p) for p in points]}
 
 
-def _run_loop(ours: Server, ceiling: Server, key: str, opts: Options,
-              limited: tuple[Server, str] | None = None) -> tuple[list[Point], int]:
+def _run_loop(ours: Server, ceiling: Server, key: str, opts: Options, extras: Sequence[tuple[Server, str]],
+              finish: dict[str, Callable[[], None]]) -> tuple[list[Point], int]:
     loop_name = "asyncio"
     try:
         import uvloop
@@ -522,12 +653,12 @@ def _run_loop(ours: Server, ceiling: Server, key: str, opts: Options,
         runner = asyncio.Runner()
     print(f"client loop: {loop_name}; ours on :{ours.port}, ceiling on :{ceiling.port}", file=sys.stderr)
     with runner:
-        return runner.run(measure(ours, ceiling, key, opts, limited))
+        return runner.run(measure(ours, ceiling, key, opts, extras, finish))
 
 
 def _settings(opts: Options) -> dict[str, Any]:
     return {"duration_s": opts.duration, "warmup_s": opts.warmup, "rounds": opts.rounds,
-            "concurrency": opts.concurrency, "limits_rate": opts.limits,
+            "concurrency": opts.concurrency, "limits_rate": opts.limits, "billing": opts.billing, "s3": opts.s3,
             "database": "postgresql" if opts.database_url else "sqlite", "seeded_tasks": SEED_TASKS}
 
 
@@ -571,17 +702,17 @@ def medians(points: Sequence[Point]) -> list[Point]:
     return [sorted(g, key=lambda p: p.rps)[(len(g) - 1) // 2] for g in groups.values()]
 
 
-def table(points: Sequence[Point], database: str = "sqlite") -> str:
-    """A Markdown table: one row per (op, concurrency), ours against the ceiling."""
+def table(points: Sequence[Point], database: str = "sqlite", target: str = "ours") -> str:
+    """A Markdown table: one row per (op, concurrency), `target` (ours) against the ceiling."""
     targets = TARGETS[database]
     points = medians(points)
     ceilings = {(p.op, p.concurrency): p for p in points if p.target == "ceiling"}
-    header = ("| op | conc | ceiling req/s | ours req/s | ratio | target | ceiling p50 / p99 ms "
-              "| ours p50 / p99 ms | server CPU µs/req (ceil / ours) | CPU ratio | client CPU (ceil / ours) "
-              "| errors (ceil / ours) |")
+    header = (f"| op | conc | ceiling req/s | {target} req/s | ratio | target | ceiling p50 / p99 ms "
+              f"| {target} p50 / p99 ms | server CPU µs/req (ceil / {target}) | CPU ratio "
+              f"| client CPU (ceil / {target}) | errors (ceil / {target}) |")
     rows = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in points:
-        if p.target != "ours":
+        if p.target != target:
             continue
         base_op = p.op.split("@")[0]
         ceil = ceilings.get((p.op, p.concurrency)) or ceilings.get((base_op, p.concurrency))
@@ -590,29 +721,34 @@ def table(points: Sequence[Point], database: str = "sqlite") -> str:
         cpu_ratio = ceil.server_cpu_us / p.server_cpu_us if p.server_cpu_us else float("nan")
         rows.append(
             f"| {p.op} | {p.concurrency} | {ceil.rps:,.0f} | {p.rps:,.0f} | {ratio:.2f} "
-            f"| {targets[base_op]:.1f} | {ceil.p50_ms:.2f} / {ceil.p99_ms:.2f} "
+            f"| {_target(targets.get(base_op))} | {ceil.p50_ms:.2f} / {ceil.p99_ms:.2f} "
             f"| {p.p50_ms:.2f} / {p.p99_ms:.2f} | {ceil.server_cpu_us:.0f} / {p.server_cpu_us:.0f} "
             f"| {cpu_ratio:.2f} | {ceil.client_cpu:.0%} / {p.client_cpu:.0%} | {ceil.errors} / {p.errors} |"
         )
     return "\n".join(rows)
 
 
-def limits_table(points: Sequence[Point]) -> str:
-    """A Markdown table: ours with limits on against ours, per (op, concurrency)."""
+def _target(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def versus_table(points: Sequence[Point], target: str, base: str = "ours") -> str:
+    """A Markdown table: `target` (ours with limits, billing or a bucket) against `base`, per
+    (op, concurrency); the CPU cost is what `target` spends per request beyond `base`."""
     points = medians(points)
-    plain = {(p.op, p.concurrency): p for p in points if p.target == "ours"}
-    rows = ["| op | conc | ours req/s | limits req/s | ratio | ours p50 / p99 ms | limits p50 / p99 ms "
-            "| server CPU µs/req (ours / limits) | CPU cost | errors (limits) |",
+    plain = {(p.op, p.concurrency): p for p in points if p.target == base}
+    rows = [f"| op | conc | {base} req/s | {target} req/s | ratio | {base} p50 / p99 ms | {target} p50 / p99 ms "
+            f"| server CPU µs/req ({base} / {target}) | CPU cost | errors ({target}) |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in points:
-        base = plain.get((p.op, p.concurrency))
-        if p.target != "limits" or base is None:
+        other = plain.get((p.op, p.concurrency))
+        if p.target != target or other is None:
             continue
-        cost = p.server_cpu_us / base.server_cpu_us - 1 if base.server_cpu_us else float("nan")
+        cost = p.server_cpu_us / other.server_cpu_us - 1 if other.server_cpu_us else float("nan")
         rows.append(
-            f"| {p.op} | {p.concurrency} | {base.rps:,.0f} | {p.rps:,.0f} | {p.rps / base.rps:.2f} "
-            f"| {base.p50_ms:.2f} / {base.p99_ms:.2f} | {p.p50_ms:.2f} / {p.p99_ms:.2f} "
-            f"| {base.server_cpu_us:.0f} / {p.server_cpu_us:.0f} | {cost:+.0%} | {p.errors} |"
+            f"| {p.op} | {p.concurrency} | {other.rps:,.0f} | {p.rps:,.0f} | {p.rps / other.rps:.2f} "
+            f"| {other.p50_ms:.2f} / {other.p99_ms:.2f} | {p.p50_ms:.2f} / {p.p99_ms:.2f} "
+            f"| {other.server_cpu_us:.0f} / {p.server_cpu_us:.0f} | {cost:+.0%} | {p.errors} |"
         )
     return "\n".join(rows)
 
@@ -637,6 +773,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, int | None]:
                         help="a PostgreSQL server URL; a fresh database is made on it and dropped")
     parser.add_argument("--limits", type=float, default=None, metavar="RATE",
                         help="also measure ours with every limit on at RATE a second per key (never refusing)")
+    parser.add_argument("--billing", action="store_true",
+                        help="also measure ours with billing on and every limit on at --limits RATE")
+    parser.add_argument("--s3", action="store_true",
+                        help="also measure ours on an S3 bucket with presigned links, and queries of succeeded tasks")
     parser.add_argument("--json", type=Path, default=None, dest="json_path", help="also write the report here")
     parser.add_argument("--serve-ceiling", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
@@ -648,8 +788,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, int | None]:
         parser.error("--duration must be 0.1-120 s, --warmup 0-60 s and --rounds 1-9")
     if args.limits is not None and not 1 <= args.limits <= 1e7:
         parser.error("--limits takes a rate from 1 to 10000000 a second")
+    if args.billing and args.limits is None:
+        parser.error("--billing measures billing with the limits on: give --limits RATE too")
     opts = Options(args.duration, args.warmup, args.rounds, concurrency, args.database_url, args.json_path,
-                   args.limits)
+                   args.limits, args.billing, args.s3)
     return opts, (args.port if args.serve_ceiling else None)
 
 
@@ -667,11 +809,20 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{opts.warmup:g} s warm-up, median of {opts.rounds} round(s); "
           f"{report['tasks_at_end']} tasks in the table at the end; "
           f"load average {m['loadavg_before'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after\n")
-    print(table(points_of(report), report["settings"]["database"]))
+    points = points_of(report)
+    print(table(points, report["settings"]["database"]))
     if opts.limits:
         print(f"\nWith limits on (rate and burst {opts.limits:g} a second per key, "
               "the unfinished-task quota counted):\n")
-        print(limits_table(points_of(report)))
+        print(versus_table(points, "limits"))
+    if opts.billing:
+        print("\nWith billing on as well (a hold at every create, the cost in every answer):\n")
+        print(versus_table(points, "gateway"))
+    if opts.s3:
+        print("\nOn an S3 bucket, with presigned links (query-done: tasks that succeeded):\n")
+        print(versus_table(points, "s3"))
+        print("\nThe same against the ceiling:\n")
+        print(table(points, report["settings"]["database"], target="s3"))
     if opts.json_path:
         opts.json_path.write_text(json.dumps(report, indent=2) + "\n")
 

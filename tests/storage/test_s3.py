@@ -127,6 +127,35 @@ def test_a_presigned_link_reads_the_object_straight_from_the_bucket(storage: S3S
     # (moto does not check presigned signatures, so a tampered link is not tested here)
 
 
+def test_presigned_links_are_reused_briefly_and_always_valid_at_least_the_ttl(storage: S3Storage, source: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from ref2video.storage.s3 import PresignedLinks
+
+    storage.put("a.mp4", source)
+    signed: list[int] = []
+    presign = storage.presign
+    monkeypatch.setattr(storage, "presign", lambda key, ttl: signed.append(ttl) or presign(key, ttl))
+    now = [1000.0]
+    links = PresignedLinks("secret", 3600, storage, clock=lambda: now[0])
+    first = links.sign("http://api", "a.mp4")
+    assert parse_qs(urlsplit(first).query)["X-Amz-Expires"] == ["3660"]  # ttl + the 60 s it may be reused
+    now[0] += 60
+    assert links.sign("http://api", "a.mp4") == first and signed == [3660]  # still valid 3600 s from here
+    now[0] += 0.5
+    links.sign("http://api", "a.mp4")
+    assert signed == [3660, 3660]  # past the reuse: signed afresh
+    assert httpx.get(first).content == source.read_bytes()
+    short = PresignedLinks("secret", 30, storage)
+    short.sign("http://api", "a.mp4")
+    assert signed[-1] == 33  # a tenth of a short ttl
+    never = PresignedLinks("secret", 7 * 86400, storage)
+    never.sign("http://api", "a.mp4")
+    never.sign("http://api", "a.mp4")
+    assert signed[-2:] == [7 * 86400, 7 * 86400]  # at S3's longest a link cannot be reused
+
+
 def refusing_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

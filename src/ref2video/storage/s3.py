@@ -14,12 +14,16 @@ signs `video_url` that way) or, when the bucket is private to the API, through
 from __future__ import annotations
 
 import dataclasses
+import math
 import mimetypes
 import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -304,14 +308,39 @@ def _chunks(body: Any) -> Iterator[bytes]:
 
 
 class PresignedLinks(UrlSigner):
-    """`video_url` as a presigned link to the bucket, valid as long as a signed API link
-    (`url_ttl_seconds`). `verify` still accepts the API's own signed links, so a link handed
-    out before the switch keeps working until it expires."""
+    """`video_url` as a presigned link to the bucket, valid at least as long as a signed API
+    link (`url_ttl_seconds`). `verify` still accepts the API's own signed links, so a link handed
+    out before the switch keeps working until it expires.
 
-    def __init__(self, secret: str, ttl_seconds: int, storage: S3Storage) -> None:
+    Presigning (SigV4 in botocore) costs a query about twice its own time, and clients poll a
+    finished task again and again, so a link is kept and handed out again for up to `reuse`
+    seconds: it is signed for `ttl + reuse` seconds, so whoever gets it still has at least `ttl`.
+    """
+
+    def __init__(self, secret: str, ttl_seconds: int, storage: S3Storage, *, reuse_seconds: float | None = None,
+                 clock: Callable[[], float] = time.monotonic, max_links: int = 10_000) -> None:
         super().__init__(secret, ttl_seconds)
         self.storage = storage
+        longest = 7 * 86400 - ttl_seconds  # S3 signs for 7 days at most
+        self.reuse = max(0.0, min(60.0, ttl_seconds / 10, longest) if reuse_seconds is None
+                         else min(reuse_seconds, longest))
+        self._clock = clock
+        self._max = max_links
+        self._links: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key -> (url, signed at)
+        self._lock = threading.Lock()
 
     def sign(self, base_url: str, key: str, now: float | None = None) -> str:
         del base_url, now
-        return self.storage.presign(key, self.ttl_seconds)
+        at = self._clock()
+        with self._lock:
+            kept = self._links.get(key)
+            if kept is not None and at - kept[1] <= self.reuse:
+                return kept[0]
+        url = self.storage.presign(key, math.ceil(self.ttl_seconds + self.reuse))
+        if self.reuse > 0:
+            with self._lock:
+                self._links[key] = (url, at)
+                self._links.move_to_end(key)
+                while len(self._links) > self._max:
+                    self._links.popitem(last=False)
+        return url
