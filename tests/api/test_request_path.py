@@ -136,3 +136,50 @@ def test_polls_awaited_together_each_get_their_answer(db: Engine) -> None:
     assert answers[5] is None and answers[6] is None and answers[7] == answers[2]
     for answer in answers[:5]:
         assert answer == tasks.get_blocking(db, OWNER, answer.id, retention_ms=DAY_MS)
+
+
+def test_billed_creates_awaited_together_hold_each_and_refuse_only_what_a_balance_cannot_cover(
+        db: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Holds and the quota run in the batch's transaction; an owner in arrears fails the batch,
+    which is then tried create by create: each gets its own answer, and the books stay exact."""
+    from zoneinfo import ZoneInfo
+
+    from ref2video.app import accounts, ledger
+    from ref2video.app.ledger import Prices
+    from ref2video.config import LIST_PRICES
+    from ref2video.errors import Arrearage
+
+    tz = ZoneInfo("Asia/Shanghai")
+    spec = _spec()
+    billing = tasks.Billing(Prices.of(LIST_PRICES), tz)
+    one = billing.prices.unit(spec) * ledger.held_seconds(spec)
+    accounts.create(db, "poor", credit=3 * one, tz=tz)
+    accounts.create(db, "rich", credit=100 * one, tz=tz)
+    lock = _lock(db)
+
+    async def burst() -> list[Any]:
+        owners = ["poor", "rich"] * 5
+        return await asyncio.gather(*(
+            tasks.submit(db, spec, Principal(f"key-{o}", o), retention_ms=DAY_MS, write_lock=lock, billing=billing,
+                         max_unfinished=1000) for o in owners), return_exceptions=True)
+
+    answers = _run(db, burst())
+    poor, rich = answers[0::2], answers[1::2]
+    assert sum(isinstance(a, Arrearage) for a in poor) == 2 and not any(isinstance(a, BaseException) for a in rich)
+    assert _count(db) == 8
+    assert accounts.show(db, "poor", tz=tz).balance == 0
+    assert accounts.show(db, "rich", tz=tz).balance == 95 * one
+    assert not accounts.audit(db)  # every balance is the sum of its entries
+
+    sizes: list[int] = []
+    real = transitions.create_many
+    monkeypatch.setattr(transitions, "create_many", lambda conn, new, **o: sizes.append(len(new)) or real(conn, new, **o))
+
+    async def rich_burst() -> list[Any]:
+        return await asyncio.gather(*(
+            tasks.submit(db, spec, Principal("key-rich", "rich"), retention_ms=DAY_MS, write_lock=lock,
+                         billing=billing, max_unfinished=1000) for _ in range(6)))
+
+    assert len(_run(db, rich_burst())) == 6
+    assert sizes == [6]  # one batch: six inserts and six holds in one transaction
+    assert accounts.show(db, "rich", tz=tz).balance == 89 * one and not accounts.audit(db)

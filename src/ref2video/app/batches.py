@@ -14,9 +14,13 @@ burst of creates pays for one statement and one commit, not one of each per crea
   one for the statements and one for the commit). On SQLite the API's creates thus wait for
   each other on the write lock, not in SQLite's busy handler, which sleeps in steps.
 
-A batch that fails in the thread before its commit is tried again one create at a time, each
-in its own transaction, so every create gets its own answer: its task, or the error that it
-alone met (a failed commit is not tried again: it may have happened after all). The
+A create may bring more to do in its transaction (`add(..., then=...)`: the hold of its largest
+cost when billing is on, the owner's unfinished-task quota): that runs in the batch's
+transaction after the insert, for the batch's creates in the order of their owners (so that two
+batches lock accounts in one order). A batch that fails in the thread before its commit (an
+owner in arrears, over a quota) is tried again one create at a time, each in its own
+transaction, so every create gets its own answer: its task, or the error that it alone met (a
+failed commit is not tried again: it may have happened after all). The
 thread ends after a few idle seconds and starts again with the next batch; `close()` ends it
 for good (an engine's disposal does), after which a create runs in a thread of its own.
 """
@@ -40,7 +44,7 @@ from ..store.keys import Principal
 from ..store.tasks import TaskRecord
 from . import observe, transitions
 
-__all__ = ["Creates", "creates_for"]
+__all__ = ["Creates", "Then", "creates_for"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,8 @@ _MAX_BATCH = 256  # creates per transaction at most
 _CHECKPOINT_EVERY = 200  # commits on the loop between two WAL checkpoints
 _PG_THREADS = 2  # batches committing at once on PostgreSQL
 
-_Item = tuple[TaskSpec, Principal, "asyncio.Future[TaskRecord]"]
+Then = Callable[[Connection, TaskRecord], None]  # more of a create's work, in its transaction
+_Item = tuple[TaskSpec, Principal, "asyncio.Future[TaskRecord]", Then | None]
 _Answer = tuple["asyncio.Future[TaskRecord]", TaskRecord | None, BaseException | None]
 
 
@@ -76,16 +81,16 @@ class Creates:
         self._checkpointing = False
         self._late: set[asyncio.Future[None]] = set()  # creates after close(), each in a thread
 
-    async def add(self, spec: TaskSpec, principal: Principal) -> TaskRecord:
+    async def add(self, spec: TaskSpec, principal: Principal, then: Then | None = None) -> TaskRecord:
         if self._closed:
-            return await to_thread.run_sync(self._one_by_itself, spec, principal)
+            return await to_thread.run_sync(self._one_by_itself, spec, principal, then)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[TaskRecord] = loop.create_future()
         pending = self._gathering.get(loop)
         if pending is None:
             pending = self._gathering[loop] = []
             loop.call_soon(self._turn_done, loop)
-        pending.append((spec, principal, future))
+        pending.append((spec, principal, future, then))
         return await future
 
     def close(self) -> None:
@@ -123,9 +128,8 @@ class Creates:
             try:
                 conn = loop_connection(self.db)
                 with conn.begin():
-                    made = transitions.create_many(conn, [(spec, principal) for spec, principal, _ in batch])
-                    if self.on_insert is not None:
-                        self.on_insert(conn)
+                    made = self._create_all(conn, batch)
+                    self._then_all(conn, batch, made)
             except Exception:  # a lock held (or worse): the thread does it, and reports what fails
                 if conn is not None and (conn.invalidated or conn.in_transaction()):
                     drop_loop_connection(self.db)
@@ -141,7 +145,21 @@ class Creates:
                 asyncio.get_running_loop().run_in_executor(None, self._checkpoint)
             except RuntimeError:  # the loop is shutting down: the next one checkpoints
                 self._checkpointing = False
-        return [(future, task, None) for (_, _, future), task in zip(batch, made, strict=True)]
+        return [(future, task, None) for (_, _, future, _), task in zip(batch, made, strict=True)]
+
+    def _create_all(self, conn: Connection, batch: list[_Item]) -> list[TaskRecord]:
+        made = transitions.create_many(conn, [(spec, principal) for spec, principal, _, _ in batch])
+        if self.on_insert is not None:
+            self.on_insert(conn)
+        return made
+
+    @staticmethod
+    def _then_all(conn: Connection, batch: list[_Item], made: list[TaskRecord]) -> None:
+        """Each create's further work, owner by owner (so two batches lock accounts in one order)."""
+        for _, n in sorted((item[1].owner, n) for n, item in enumerate(batch) if item[3] is not None):
+            then = batch[n][3]
+            assert then is not None
+            then(conn, made[n])
 
     def _checkpoint(self) -> None:
         try:
@@ -154,8 +172,8 @@ class Creates:
     def _hand_over(self, batch: list[_Item]) -> None:
         with self._cond:
             if self._closed:
-                for spec, principal, future in batch:
-                    task = asyncio.ensure_future(self._later_by_itself(spec, principal, future))
+                for spec, principal, future, then in batch:
+                    task = asyncio.ensure_future(self._later_by_itself(spec, principal, future, then))
                     self._late.add(task)
                     task.add_done_callback(self._late.discard)
                 return
@@ -167,9 +185,10 @@ class Creates:
                 self._threads.add(thread)
                 thread.start()
 
-    async def _later_by_itself(self, spec: TaskSpec, principal: Principal, future: asyncio.Future[TaskRecord]) -> None:
+    async def _later_by_itself(self, spec: TaskSpec, principal: Principal, future: asyncio.Future[TaskRecord],
+                               then: Then | None) -> None:
         try:
-            task = await to_thread.run_sync(self._one_by_itself, spec, principal)
+            task = await to_thread.run_sync(self._one_by_itself, spec, principal, then)
         except Exception as exc:
             if not future.done():
                 future.set_exception(exc)
@@ -211,9 +230,8 @@ class Creates:
                     # trip for both and the BEGIN (an error surfaces as the pipeline ends).
                     driver: Any = conn.connection.driver_connection
                     with driver.pipeline() if is_postgres(self.db) else contextlib.nullcontext():
-                        made = transitions.create_many(conn, [(spec, principal) for spec, principal, _ in batch])
-                        if self.on_insert is not None:
-                            self.on_insert(conn)
+                        made = self._create_all(conn, batch)
+                    self._then_all(conn, batch, made)  # (reads their answers: not in the pipeline)
                 except BaseException:
                     transaction.rollback()
                     raise
@@ -225,23 +243,26 @@ class Creates:
                     transaction.commit()
                 except Exception as exc:  # whether it was committed is not known: no second try
                     held.let_go()
-                    return [(future, None, exc) for _, _, future in batch]
+                    return [(future, None, exc) for _, _, future, _ in batch]
                 observe.created([task.id for task in made or ()])
         if made is None:
             # Nothing was committed: each create again, on its own, on a fresh (pinged)
             # connection, so that each gets its own answer.
-            return [self._alone(spec, principal, future) for spec, principal, future in batch]
-        return [(future, task, None) for (_, _, future), task in zip(batch, made, strict=True)]
+            return [self._alone(*item) for item in batch]
+        return [(future, task, None) for (_, _, future, _), task in zip(batch, made, strict=True)]
 
-    def _alone(self, spec: TaskSpec, principal: Principal, future: asyncio.Future[TaskRecord]) -> _Answer:
+    def _alone(self, spec: TaskSpec, principal: Principal, future: asyncio.Future[TaskRecord],
+               then: Then | None) -> _Answer:
         try:
-            return (future, self._one_by_itself(spec, principal), None)
+            return (future, self._one_by_itself(spec, principal, then), None)
         except Exception as exc:
             return (future, None, exc)
 
-    def _one_by_itself(self, spec: TaskSpec, principal: Principal) -> TaskRecord:
+    def _one_by_itself(self, spec: TaskSpec, principal: Principal, then: Then | None = None) -> TaskRecord:
         with self.write_lock, self.db.begin() as conn:
             task = transitions.create(conn, spec, principal)
+            if then is not None:
+                then(conn, task)
             if self.on_insert is not None:
                 self.on_insert(conn)
         observe.created([task.id])

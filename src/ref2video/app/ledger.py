@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -91,17 +91,15 @@ def hold(conn: Connection, task: TaskRecord, spec: TaskSpec, prices: Prices, tz:
     unit = prices.unit(spec)
     seconds = held_seconds(spec)
     amount = unit * seconds
-    account = conn.execute(_for_update(conn, select(Account).where(Account.owner == task.owner))).first()
+    postgres = conn.dialect.name == "postgresql"
+    account = conn.execute(_ACCOUNT_FOR_UPDATE if postgres else _ACCOUNT, {"owner": task.owner}).first()
     if account is None:
         raise Arrearage("this account has no balance to pay for tasks")
     for limit, start, what in ((account.daily_limit, day_start(tz), "daily"),
                                (account.monthly_limit, month_start(tz), "monthly")):
         if limit is not None and spent_since(conn, task.owner, start) + amount > limit:
             raise Arrearage(f"this task would take the account past its {what} spend limit")
-    done = conn.execute(
-        update(Account).where(Account.owner == task.owner, Account.balance >= amount)
-        .values(balance=Account.balance - amount)
-    )
+    done = conn.execute(_TAKE, {"w_owner": task.owner, "amount": amount})
     if done.rowcount != 1:
         raise Arrearage("the balance cannot cover this task")
     _add(conn, task.owner, "hold", -amount, task_id=task.id, task_at=task.submitted_at, model=task.model,
@@ -177,19 +175,29 @@ def _add(conn: Connection, owner: str, kind: str, amount: int, *, task_id: str |
          task_at: int | None = None, model: str | None = None, detail: dict[str, Any] | None = None,
          note: str | None = None) -> bool:
     """Append an entry; False when the task already has one of this kind."""
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(LedgerEntry).values(
-        owner=owner, kind=kind, amount=amount, task_id=task_id, task_at=task_at, model=model, detail=detail,
-        note=note, created_at=now_ms(),
-    )
-    if task_id is not None:
+    stmt = _ADD[conn.dialect.name == "postgresql", task_id is not None]
+    values = dict(owner=owner, kind=kind, amount=amount, task_id=task_id, task_at=task_at, model=model,
+                  detail=detail, note=note, created_at=now_ms())
+    return conn.execute(stmt, {f"v_{name}": value for name, value in values.items()}).first() is not None
+
+
+# Built once, as every hold runs them: building and keying a statement costs more than running it.
+_ACCOUNT = select(Account.daily_limit, Account.monthly_limit).where(Account.owner == bindparam("owner"))
+_ACCOUNT_FOR_UPDATE = _ACCOUNT.with_for_update()  # PostgreSQL: two processes holding take turns
+_TAKE = (update(Account).where(Account.owner == bindparam("w_owner"), Account.balance >= bindparam("amount"))
+         .values(balance=Account.balance - bindparam("amount")))
+
+
+def _add_statement(insert: Any, per_task: bool) -> Any:
+    stmt = insert(LedgerEntry).values({name: bindparam(f"v_{name}") for name in (
+        "owner", "kind", "amount", "task_id", "task_at", "model", "detail", "note", "created_at")})
+    if per_task:  # a task has one entry of each kind: a second is dropped
         stmt = stmt.on_conflict_do_nothing(index_elements=["task_id", "kind"])
-    return conn.execute(stmt.returning(LedgerEntry.id)).first() is not None
+    return stmt.returning(LedgerEntry.id)
 
 
-def _for_update(conn: Connection, stmt: Any) -> Any:
-    # PostgreSQL: two processes holding against one account take turns. SQLite has one writer.
-    return stmt.with_for_update() if conn.dialect.name == "postgresql" else stmt
+_ADD = {(postgres, per_task): _add_statement(pg_insert if postgres else sqlite_insert, per_task)
+        for postgres in (False, True) for per_task in (False, True)}
 
 
 def day_start(tz: ZoneInfo) -> int:

@@ -6,10 +6,10 @@ The request path's two hottest calls are awaited on the event loop, without a th
   on PostgreSQL with the loop's pool, the polls of one turn of the loop read together
   (`app.reads`). On any database error it reads again the ordinary way, in a thread, so errors
   are reported as they always were.
-- `submit` hands a plain create to the engine's batches (`app.batches`): one transaction for the
-  creates that arrive together. A create that needs more in its transaction (a hold when
-  billing is on, an idempotency key, the unfinished-task quota, its own callback) runs `create`
-  in a thread, one transaction of its own.
+- `submit` hands a create to the engine's batches (`app.batches`): one transaction for the
+  creates that arrive together, with what each needs beside its insert (the hold of its largest
+  cost when billing is on, the unfinished-task quota). A create with an idempotency key or its
+  own callback runs `create` in a thread, one transaction of its own.
 
 `create`, `page` and `cancel` block, for a thread.
 """
@@ -36,7 +36,7 @@ from ..store.db import close_loop_pool, is_postgres, loop_connection
 from ..store.keys import Principal
 from ..store.tasks import Lookup, TaskPage, TaskRecord
 from . import ledger, limits, observe, transitions
-from .batches import creates_for
+from .batches import Then, creates_for
 from .idempotency import Claim, Replay, replay
 from .idempotency import bind as bind_key
 from .ledger import Prices
@@ -90,17 +90,27 @@ async def submit(db: Engine, spec: TaskSpec, principal: Principal, *, retention_
                  on_insert: Callable[[Connection], None] | None = None, billing: Billing | None = None,
                  callback_url: str | None = None, idempotency: Claim | None = None,
                  max_unfinished: int = 0) -> TaskRecord:
-    """`create`, awaited on the event loop. A plain create joins the engine's next batch (one
-    transaction for the creates that arrive together; `app.batches`); one with anything more to
-    do in its transaction runs `create` in a thread."""
-    if billing is not None or callback_url is not None or idempotency is not None or max_unfinished:
+    """`create`, awaited on the event loop. A create joins the engine's next batch (one
+    transaction for the creates that arrive together; `app.batches`), its hold and quota check
+    in that transaction; one with an idempotency key or a callback runs `create` in a thread."""
+    if callback_url is not None or idempotency is not None:
         return await to_thread.run_sync(functools.partial(
             create, db, spec, principal, retention_ms=retention_ms, write_lock=write_lock, on_insert=on_insert,
             billing=billing, callback_url=callback_url, idempotency=idempotency, max_unfinished=max_unfinished))
     if any(oss_key(url) for _, url in spec.all_urls):
         # Rare (the SDK's uploads): checked first, in a thread, as `create` does.
         await to_thread.run_sync(lambda: _check_uploads(db, spec, principal, retention_ms))
-    return await creates_for(db, write_lock=write_lock, on_insert=on_insert).add(spec, principal)
+    then = _holding(spec, billing, max_unfinished) if billing is not None or max_unfinished else None
+    return await creates_for(db, write_lock=write_lock, on_insert=on_insert).add(spec, principal, then)
+
+
+def _holding(spec: TaskSpec, billing: Billing | None, max_unfinished: int) -> Then:
+    """What a create does in its transaction after its insert, in `create`'s order."""
+    def then(conn: Connection, task: TaskRecord) -> None:
+        limits.check_unfinished(conn, task.owner, max_unfinished)
+        if billing is not None:
+            ledger.hold(conn, task, spec, billing.prices, billing.tz)
+    return then
 
 
 async def get(db: Engine, principal: Principal, task_id: str, *, retention_ms: int) -> TaskRecord | None:
