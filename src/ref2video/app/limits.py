@@ -28,6 +28,7 @@ tokens costs each process one statement per token, not one per request.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import threading
 import time
@@ -73,6 +74,11 @@ class Rate:
     @property
     def on(self) -> bool:
         return self.per_second > 0
+
+
+# One `Rate` per shape: a key's own is worked out on each of its requests, and a rate that is
+# the same object as its bucket's is found so without comparing fields.
+_shaped = functools.lru_cache(maxsize=1024)(Rate.of)
 
 
 def lease_size(rate: Rate, lease_seconds: float) -> int:
@@ -249,7 +255,7 @@ class Limits:
             per_second, burst = own.rate_query_per_second, own.rate_query_burst
         if per_second is None and burst is None:
             return default
-        return Rate.of(default.per_second if per_second is None else per_second,
+        return _shaped(default.per_second if per_second is None else per_second,
                        self.bursts[kind] if burst is None else burst)
 
     def admit_now(self, kind: str, key_id: str, own: KeyRates | None = None) -> bool:
@@ -271,7 +277,7 @@ class Limits:
         """The key's `kind` bucket, made at its first request and reshaped when `rate` is not
         the one it was made for (the key's own limits changed)."""
         found = self._buckets.get((kind, key_id))
-        if found is not None and found.rate == rate:
+        if found is not None and (found.rate is rate or found.rate == rate):
             return found
         with self._lock:
             found = self._buckets.get((kind, key_id))
