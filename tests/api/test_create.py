@@ -150,6 +150,11 @@ def test_openapi_document_and_docs_are_served(idle: LiveServer) -> None:
         assert path in spec["paths"], path
     body_schema = spec["components"]["schemas"]["CreateBody"]
     assert {"model", "input"} <= set(body_schema["required"])
+    for path in ("/task/bailian/ref2video", NATIVE):  # ref2video's own headers on both create routes
+        headers = {p["name"]: p for p in spec["paths"][path]["post"]["parameters"] if p["in"] == "header"}
+        assert {"Idempotency-Key", "X-Ref2video-Callback"} <= set(headers), path
+        assert headers["X-Ref2video-Callback"]["required"] is False
+        assert "docs/webhooks.md" in headers["X-Ref2video-Callback"]["description"]
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 

@@ -15,7 +15,8 @@ ROUTES = [("POST", "/admin/v1/accounts", {"owner": "x"}), ("GET", "/admin/v1/acc
           ("POST", "/admin/v1/accounts/x/credit", {"amount": 1}), ("PUT", "/admin/v1/accounts/x/limits", {}),
           ("GET", "/admin/v1/accounts/x/statement", None), ("GET", "/admin/v1/usage", None),
           ("POST", "/admin/v1/keys", {"owner": "x"}), ("GET", "/admin/v1/keys", None),
-          ("DELETE", "/admin/v1/keys/abc", None), ("POST", "/admin/v1/webhooks", {"owner": "x"}),
+          ("DELETE", "/admin/v1/keys/abc", None), ("PUT", "/admin/v1/keys/abc/limits", {"rate_query_per_second": 0}),
+          ("POST", "/admin/v1/webhooks", {"owner": "x"}),
           ("GET", "/admin/v1/webhooks?owner=x", None), ("DELETE", "/admin/v1/webhooks/ep?owner=x", None)]
 
 

@@ -6,12 +6,14 @@ import time
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from tests.acceptance.procs import env_for
 from tests.cli.procs import child_env
+from tests.limits.conftest import FakeClock, assert_throttled
 from tests.live import LiveServer
 from tests.test_spec import SEED_BODY
 
@@ -51,6 +53,42 @@ def test_create_list_revoke_round_trip(server: LiveServer, tmp_path: Path) -> No
 
     again = cli(["keys", "revoke", key_id], env)
     assert again.returncode == 1 and "no live key" in again.stderr
+
+
+def test_a_keys_own_rate_limits_are_set_listed_and_applied(make_server: Callable[..., LiveServer],
+                                                          tmp_path: Path) -> None:
+    """`keys create --query-rate`, `keys limits`, `keys list`; the server applies a change once
+    what it remembers of the key is stale (its clock is the test's here, moved by hand)."""
+    server = make_server(workers=0, rate_query_per_second=1, rate_query_burst=1)
+    clock = FakeClock()
+    server.service.auth.clock = server.service.limits.clock = clock
+    env = env_for(tmp_path / "cli", server.service.settings.database_url)
+    made = cli(["keys", "create", "--owner", "acme", "--query-rate", "0", "--create-rate", "2.5",
+                "--create-burst", "4"], env)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    key_id = key.split("-")[1]
+    client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"})
+    with client:
+        assert all(client.get("/api/v1/tasks").status_code == 200 for _ in range(5))  # no limit for it
+        row = next(line for line in cli(["keys", "list"], env).stdout.splitlines() if key_id in line)
+        assert "2.5/s, burst 4" in row and "no limit" in row, row
+
+        changed = cli(["keys", "limits", key_id, "--query-rate", "default", "--create-burst", "default"], env)
+        assert changed.returncode == 0, changed.stderr
+        assert changed.stdout.splitlines() == [f"key: {key_id}", "owner: acme", "creates: 2.5/s", "queries: default"]
+        clock.advance(server.service.auth.ttl)
+        assert client.get("/api/v1/tasks").status_code == 200
+        assert_throttled(client.get("/api/v1/tasks"), limit=1, words="1 queries a second, 1 at once")
+
+    for args, option in ((["--query-rate", "fast"], "--query-rate"), (["--create-burst", "1.5"], "--create-burst"),
+                         (["--create-rate", "-1"], "--create-rate"), (["--query-burst", "nan"], "--query-burst")):
+        bad = cli(["keys", "limits", key_id, *args], env)
+        assert bad.returncode == 2 and bad.stderr.count(option) == 1 and "Traceback" not in bad.stderr, bad.stderr
+        bad = cli(["keys", "create", *args], env)
+        assert bad.returncode == 2 and option in bad.stderr, bad.stderr
+    missing = cli(["keys", "limits", "nope", "--query-rate", "1"], env)
+    assert missing.returncode == 1 and "no live key 'nope'" in missing.stderr
 
 
 def test_a_bad_configuration_is_one_clear_line(tmp_path: Path) -> None:

@@ -60,7 +60,15 @@ _IDEMPOTENCY_KEY = {
     "description": "a ref2video extension: the same key with the same body within 24 hours answers the "
                    "task the first request made; with another body, 400 InvalidParameter (docs/limits.md)",
 }
-GATEWAY_CREATE: dict[str, Any] = {"requestBody": _CREATE_BODY, "security": SECURITY, "parameters": [_IDEMPOTENCY_KEY]}
+_CALLBACK = {
+    "name": "X-Ref2video-Callback", "in": "header", "required": False,
+    "schema": {"type": "string", "maxLength": 2048, "pattern": "^https?://[\\x21-\\x7e]+$"},
+    "description": "a ref2video extension: an absolute http(s) URL, without credentials, that gets this task's "
+                   "events, signed, beside the owner's endpoints (docs/webhooks.md); anything else is "
+                   "400 InvalidParameter and no task is made",
+}
+GATEWAY_CREATE: dict[str, Any] = {"requestBody": _CREATE_BODY, "security": SECURITY,
+                                  "parameters": [_IDEMPOTENCY_KEY, _CALLBACK]}
 NATIVE_CREATE: dict[str, Any] = {
     "requestBody": _CREATE_BODY,
     "security": SECURITY,
@@ -72,7 +80,7 @@ NATIVE_CREATE: dict[str, Any] = {
         "name": "X-DashScope-OssResourceResolve", "in": "header", "required": False,
         "schema": {"type": "string", "enum": ["enable"]},
         "description": "sent by clients whose references include oss:// uploads",
-    }, _IDEMPOTENCY_KEY],
+    }, _IDEMPOTENCY_KEY, _CALLBACK],
 }
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}

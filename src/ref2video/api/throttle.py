@@ -14,7 +14,8 @@ __all__ = ["admit", "CREATE", "QUERY"]
 
 
 async def admit(request: Request, principal: Principal, kind: str) -> None:
-    """Admit the request against the key's `kind` bucket, or raise `Throttled` (429)."""
+    """Admit the request against the key's `kind` bucket (its own limits, or the settings'), or
+    raise `Throttled` (429)."""
     limits = service_of(request).limits
-    if not limits.admit_now(kind, principal.key_id):
-        await in_thread(limits.admit, kind, principal.key_id)
+    if not limits.admit_now(kind, principal.key_id, principal.rates):
+        await in_thread(limits.admit, kind, principal.key_id, principal.rates)

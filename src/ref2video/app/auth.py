@@ -3,7 +3,9 @@
 A live key is remembered for `ttl` seconds (one by default), so a steady poller costs no
 database read per request, while a key revoked on any process stops working everywhere within
 `ttl`. The presented secret is still compared with the stored hash on every request, in
-constant time; unknown and revoked keys are never remembered.
+constant time; unknown and revoked keys are never remembered. The key's own rate limits are
+read with it and carried by its principal, so `Limits` needs no read of its own and a change
+takes effect everywhere within `ttl` too.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable
 from sqlalchemy import Engine
 
 from ..store import keys
-from ..store.keys import Principal
+from ..store.keys import KeyRates, Principal
 
 __all__ = ["Authenticator", "Principal"]
 
@@ -29,7 +31,8 @@ class Authenticator:
         self.db = db
         self.ttl = ttl
         self.clock = clock
-        self._live: dict[str, tuple[float, str, str, str]] = {}  # key id -> (read at, owner, secret hash, role)
+        # key id -> (read at, owner, secret hash, role, own rate limits)
+        self._live: dict[str, tuple[float, str, str, str, KeyRates | None]] = {}
         self._lock = threading.Lock()
 
     def principal(self, key: str) -> Principal | None:
@@ -55,7 +58,7 @@ class Authenticator:
         if not keys.check_secret(secret, stored_hash):
             return None
         assert remembered is not None
-        return Principal(key_id=key_id, owner=remembered[1], role=remembered[3])
+        return Principal(key_id=key_id, owner=remembered[1], role=remembered[3], rates=remembered[4])
 
     def remembered(self, key: str) -> Principal | None:
         """The principal of a key remembered and still fresh, without touching the database (so
@@ -69,9 +72,9 @@ class Authenticator:
             return None
         if not keys.check_secret(parsed[1], remembered[2]):
             return None
-        return Principal(key_id=parsed[0], owner=remembered[1], role=remembered[3])
+        return Principal(key_id=parsed[0], owner=remembered[1], role=remembered[3], rates=remembered[4])
 
     def forget(self, key_id: str) -> None:
-        """Drop what this process remembers of a key (it was revoked here)."""
+        """Drop what this process remembers of a key (it was revoked, or its limits changed, here)."""
         with self._lock:
             self._live.pop(key_id, None)

@@ -4,6 +4,10 @@ Every key has two token buckets, one for creates and one for queries (a task's q
 a cancel): a bucket holds at most `burst` tokens, gains `rate` a second, and each request takes
 one; a request that finds less than one token is refused (429 `Throttling.RateQuota`, with
 `Retry-After` and the `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` headers).
+The rates and bursts are the settings', unless the key has its own (`KeyRates`, which the
+request's principal carries from the authenticator, so they cost no database read); a bucket
+whose key's rate changed is reshaped at its next request, keeping the tokens it holds up to the
+new burst.
 An owner may also have at most `max_unfinished` tasks PENDING or RUNNING at once; that is
 checked in the create's own transaction (`check_unfinished`).
 
@@ -24,6 +28,7 @@ tokens costs each process one statement per token, not one per request.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import threading
 import time
@@ -35,6 +40,7 @@ from sqlalchemy import Connection, Engine
 from ..errors import Throttled
 from ..store import limits as store
 from ..store.db import is_postgres
+from ..store.keys import KeyRates
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -70,6 +76,11 @@ class Rate:
         return self.per_second > 0
 
 
+# One `Rate` per shape: a key's own is worked out on each of its requests, and a rate that is
+# the same object as its bucket's is found so without comparing fields.
+_shaped = functools.lru_cache(maxsize=1024)(Rate.of)
+
+
 def lease_size(rate: Rate, lease_seconds: float) -> int:
     """Tokens a process takes from a shared bucket at once: `lease_seconds` of the rate, at
     least `MIN_LEASE` (a statement per request would cost a query a fifth of its time), at
@@ -98,6 +109,14 @@ class LocalBucket:
         self.at = now
         self._lock = threading.Lock()
 
+    def reshaped(self, rate: Rate, now: float) -> LocalBucket:
+        """This bucket under another rate: what it holds now, at most the new burst."""
+        bucket = LocalBucket(self.kind, rate, now)
+        with self._lock:
+            held = min(self.rate.burst, self.tokens + max(0.0, now - self.at) * self.rate.per_second)
+        bucket.tokens = min(float(rate.burst), held)
+        return bucket
+
     def try_take(self, now: float) -> bool | None:
         """True: admitted. Raises `Throttled` when refused. (Never None: nothing to ask.)"""
         with self._lock:
@@ -122,6 +141,7 @@ class SharedBucket:
         self.kind, self.rate, self.name = kind, rate, name
         self.db = db
         self.clock = clock
+        self.lease_seconds = lease_seconds
         self.want = lease_size(rate, lease_seconds)
         self.stock = 0  # tokens taken from the row and not spent yet
         self.stock_until = 0.0
@@ -142,6 +162,13 @@ class SharedBucket:
             else:
                 return None
         raise _throttled(self.kind, self.rate, wait)
+
+    def reshaped(self, rate: Rate, now: float) -> SharedBucket:
+        """This bucket under another rate. The row is the same (each lease statement caps it at the
+        burst it is given); the tokens this process held, leased at the old rate, are dropped."""
+        bucket = SharedBucket(self.kind, rate, self.name, self.db, lease_seconds=self.lease_seconds, clock=self.clock)
+        bucket.exists = self.exists
+        return bucket
 
     def take(self, now: float) -> None:
         with self._leasing:
@@ -176,10 +203,11 @@ class SharedBucket:
 
 class Limits:
     """This process's rate limits: `admit_now` on the event loop, `admit` (which may ask the
-    database) in a thread when `admit_now` could not decide.
+    database) in a thread when `admit_now` could not decide; `principal.rates` are the key's own
+    limits, if it has any.
 
-        if not limits.admit_now(QUERY, key_id):     # True: admitted; raises Throttled
-            await in_thread(limits.admit, QUERY, key_id)
+        if not limits.admit_now(QUERY, key_id, principal.rates):  # True: admitted; raises Throttled
+            await in_thread(limits.admit, QUERY, key_id, principal.rates)
     """
 
     def __init__(self, db: Engine | None = None, *, create: Rate = Rate(), query: Rate = Rate(),
@@ -187,6 +215,9 @@ class Limits:
                  clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.rates = {CREATE: create, QUERY: query}
+        # The bursts as set (0: the rate rounded up), for a key with a rate of its own and no
+        # burst of its own; `from_settings` has the settings' (a `Rate` keeps only the result).
+        self.bursts = {CREATE: create.burst, QUERY: query.burst}
         self.max_unfinished = max_unfinished
         self.lease_seconds = lease_seconds
         self.shared = (db is not None and is_postgres(db)) if shared is None else shared
@@ -198,38 +229,63 @@ class Limits:
 
     @classmethod
     def from_settings(cls, settings: Settings, db: Engine) -> Limits:
-        return cls(
+        limits = cls(
             db,
             create=Rate.of(settings.rate_create_per_second, settings.rate_create_burst),
             query=Rate.of(settings.rate_query_per_second, settings.rate_query_burst),
             max_unfinished=settings.max_unfinished_tasks,
             lease_seconds=settings.rate_limit_lease,
         )
+        limits.bursts = {CREATE: settings.rate_create_burst, QUERY: settings.rate_query_burst}
+        return limits
 
     def on(self, kind: str) -> bool:
+        """Whether the settings limit `kind` (a key may still have a limit of its own)."""
         return self.rates[kind].on
 
-    def admit_now(self, kind: str, key_id: str) -> bool:
+    def rate(self, kind: str, own: KeyRates | None = None) -> Rate:
+        """The `kind` bucket of a key whose own limits are `own` (None: it has none): each of
+        its rate and burst that the key does not set is the settings'."""
+        default = self.rates[kind]
+        if own is None:
+            return default
+        if kind == CREATE:
+            per_second, burst = own.rate_create_per_second, own.rate_create_burst
+        else:
+            per_second, burst = own.rate_query_per_second, own.rate_query_burst
+        if per_second is None and burst is None:
+            return default
+        return _shaped(default.per_second if per_second is None else per_second,
+                       self.bursts[kind] if burst is None else burst)
+
+    def admit_now(self, kind: str, key_id: str, own: KeyRates | None = None) -> bool:
         """True when the request is admitted without asking the database (always, when this
-        kind has no limit); raises `Throttled` when it is refused; False means "call `admit`"."""
-        rate = self.rates[kind]
+        kind has no limit for the key); raises `Throttled` when it is refused; False means
+        "call `admit`"."""
+        rate = self.rate(kind, own)
         if not rate.on:
             return True
         return bool(self._bucket(kind, key_id, rate).try_take(self.clock()))
 
-    def admit(self, kind: str, key_id: str) -> None:
+    def admit(self, kind: str, key_id: str, own: KeyRates | None = None) -> None:
         """Admit the request or raise `Throttled`; may ask the database (blocking)."""
-        rate = self.rates[kind]
+        rate = self.rate(kind, own)
         if rate.on:
             self._bucket(kind, key_id, rate).take(self.clock())
 
     def _bucket(self, kind: str, key_id: str, rate: Rate) -> LocalBucket | SharedBucket:
+        """The key's `kind` bucket, made at its first request and reshaped when `rate` is not
+        the one it was made for (the key's own limits changed)."""
         found = self._buckets.get((kind, key_id))
-        if found is not None:
+        if found is not None and (found.rate is rate or found.rate == rate):
             return found
         with self._lock:
             found = self._buckets.get((kind, key_id))
-            if found is None:
+            if found is not None and found.rate == rate:
+                return found
+            if found is not None:
+                found = found.reshaped(rate, self.clock())
+            else:
                 if len(self._buckets) >= _MAX_BUCKETS:
                     self._buckets.clear()
                 if self.shared:
@@ -238,7 +294,7 @@ class Limits:
                                          lease_seconds=self.lease_seconds, clock=self.clock)
                 else:
                     found = LocalBucket(kind, rate, self.clock())
-                self._buckets[(kind, key_id)] = found
+            self._buckets[(kind, key_id)] = found
             return found
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
@@ -24,18 +24,28 @@ from ..config import Settings
 from ..service import Service
 from ..app import keys as key_store
 from ..store.db import describe, make_engine, migrate, schema_missing
-from .output import err, fail, out
+from .output import err, fail, one_line, out, piped
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(help="ref2video: reference-to-video tasks on your own terms.", no_args_is_help=True)
-keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys, and set a key's own rate limits.",
+                       no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file")]
 # Click's exception base, as the installed typer has it (newer ones carry their own copy of click).
 _ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 InitOpt = Annotated[bool, typer.Option("--init", help="create the database if there is none (serve always does)")]
+# A key's own rate limits (docs/limits.md); 'default' is the server's setting.
+CreateRateOpt = Annotated[str | None, typer.Option(
+    "--create-rate", help="creates a second for this key; 0: no limit; 'default': the server's")]
+CreateBurstOpt = Annotated[str | None, typer.Option(
+    "--create-burst", help="creates at once; 0: the rate rounded up; 'default': the server's")]
+QueryRateOpt = Annotated[str | None, typer.Option(
+    "--query-rate", help="queries a second for this key; 0: no limit; 'default': the server's")]
+QueryBurstOpt = Annotated[str | None, typer.Option(
+    "--query-burst", help="queries at once; 0: the rate rounded up; 'default': the server's")]
 
 
 def _settings(config: Path | None, **overrides: object) -> Settings:
@@ -137,11 +147,14 @@ def keys_create(
     owner: Annotated[str, typer.Option(help="tenant whose tasks the key sees")] = "default",
     name: Annotated[str, typer.Option(help="a label for people")] = "",
     admin: Annotated[bool, typer.Option("--admin", help="may also use the admin API (accounts, keys, usage)")] = False,
+    create_rate: CreateRateOpt = None, create_burst: CreateBurstOpt = None,
+    query_rate: QueryRateOpt = None, query_burst: QueryBurstOpt = None,
     init: InitOpt = False,
 ) -> None:
-    """Make a key. It is printed once and stored only as a hash."""
+    """Make a key, with its own rate limits if given. It is printed once and stored only as a hash."""
+    rates = key_store.KeyRates.of(_rates(create_rate, create_burst, query_rate, query_burst))
     db = _db(config, init=init)
-    key, info = key_store.create_key(db, owner=owner, name=name, role="admin" if admin else "user")
+    key, info = key_store.create_key(db, owner=owner, name=name, role="admin" if admin else "user", rates=rates)
     what = "an admin key" if admin else "a key"
     out.print(f"created {what} [bold]{info.id}[/bold] for owner {owner!r}; it is shown only now:")
     print(key)
@@ -149,11 +162,35 @@ def keys_create(
 
 @keys_app.command("list")
 def keys_list(config: ConfigOpt = None, init: InitOpt = False) -> None:
-    """List keys (ids and owners; secrets are never stored)."""
-    table = Table("id", "owner", "name", "role", "created", "revoked")
-    for info in key_store.list_keys(_db(config, init=init)):
-        table.add_row(info.id, info.owner, info.name, info.role, _when(info.created_at), _when(info.revoked_at) or "-")
+    """List keys (ids, owners and their own rate limits; secrets are never stored). In a pipe, a
+    line a key, its fields separated by tabs (a table would be cut to 80 columns there)."""
+    rows = [(info.id, info.owner, info.name, info.role, _when(info.created_at), _when(info.revoked_at) or "-",
+             *_own_limits(info.rates)) for info in key_store.list_keys(_db(config, init=init))]
+    if piped():
+        for row in rows:
+            print("\t".join(one_line(value) for value in row))
+        return
+    table = Table(Column("id", no_wrap=True), "owner", "name", "role", "created", "revoked", "creates", "queries")
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
+
+
+@keys_app.command("limits")
+def keys_limits(
+    key_id: Annotated[str, typer.Argument(help="key id")],
+    create_rate: CreateRateOpt = None, create_burst: CreateBurstOpt = None,
+    query_rate: QueryRateOpt = None, query_burst: QueryBurstOpt = None,
+    config: ConfigOpt = None, init: InitOpt = False,
+) -> None:
+    """Set a key's own rate limits ('default': back to the server's; an option left out stays).
+    Every server applies them within a second."""
+    changes = _rates(create_rate, create_burst, query_rate, query_burst)
+    info = key_store.set_rates(_db(config, init=init), key_id, changes)
+    if info is None:
+        fail(f"no live key {key_id!r}", 1)
+    creates, queries = _own_limits(info.rates)
+    print(f"key: {info.id}\nowner: {info.owner}\ncreates: {creates}\nqueries: {queries}")
 
 
 @keys_app.command("revoke")
@@ -163,6 +200,46 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="key id (or the whole
     if not key_store.revoke_key(_db(config, init=init), key_id):
         fail(f"no live key {key_id!r}", 1)
     out.print(f"revoked {key_id}", markup=False)
+
+
+_RATE_OPTIONS = {"rate_create_per_second": "--create-rate", "rate_create_burst": "--create-burst",
+                 "rate_query_per_second": "--query-rate", "rate_query_burst": "--query-burst"}
+
+
+def _rates(*texts: str | None) -> dict[str, float | int | None]:
+    """The rate limits the options set, in `_RATE_OPTIONS` order ('default': None, the server's),
+    checked as the admin API checks them; exit 2 on a bad one."""
+    values: dict[str, float | int | None] = {}
+    for (name, option), text in zip(_RATE_OPTIONS.items(), texts):
+        if text is None:
+            continue
+        try:
+            values |= key_store.check_rates({name: None if text.lower() == "default" else _number(text)})
+        except ValueError as exc:
+            fail(str(exc).replace(name, option, 1), 2)
+    return values
+
+
+def _number(text: str) -> int | float | str:
+    """`text` as an int, else a float, else as it is (for the check to refuse)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _own_limits(rates: key_store.KeyRates) -> tuple[str, str]:
+    """A key's own create and query limits for people: 'default' where it has none."""
+    def one(per_second: float | None, burst: int | None) -> str:
+        if per_second is None and burst is None:
+            return "default"
+        rate = "default" if per_second is None else "no limit" if per_second == 0 else f"{per_second:g}/s"
+        return rate if burst is None or per_second == 0 else f"{rate}, burst {burst}"
+
+    return (one(rates.rate_create_per_second, rates.rate_create_burst),
+            one(rates.rate_query_per_second, rates.rate_query_burst))
 
 
 def _db(config: Path | None, *, init: bool) -> Engine:

@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import hmac
 import secrets
-
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
@@ -22,10 +22,13 @@ from .models import ApiKey, ServerSecret
 
 __all__ = [
     "KeyInfo",
+    "KeyRates",
+    "RATE_FIELDS",
     "Principal",
     "create_key",
     "list_keys",
     "revoke_key",
+    "set_rates",
     "parse_key",
     "check_secret",
     "live_key",
@@ -40,6 +43,38 @@ _DUMMY_HASH = hashlib.sha256(b"ref2video-no-such-key").hexdigest()
 
 
 ROLES = ("user", "admin")  # an admin key may also use the admin API (accounts, keys, webhooks)
+# A key's own rate limits: its columns, named as the settings they stand in for.
+RATE_FIELDS = ("rate_create_per_second", "rate_create_burst", "rate_query_per_second", "rate_query_burst")
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyRates:
+    """A key's own rate limits (docs/limits.md): None is the settings' value, a rate of 0 no
+    limit for this key, a burst of 0 its rate rounded up."""
+
+    rate_create_per_second: float | None = None
+    rate_create_burst: int | None = None
+    rate_query_per_second: float | None = None
+    rate_query_burst: int | None = None
+
+    @classmethod
+    def of(cls, values: Mapping[str, float | int | None]) -> KeyRates:
+        """The limits `values` sets (by `RATE_FIELDS` name; any left out is None)."""
+        def rate(name: str) -> float | None:
+            value = values.get(name)
+            return None if value is None else float(value)
+
+        def burst(name: str) -> int | None:
+            value = values.get(name)
+            return None if value is None else int(value)
+
+        return cls(rate("rate_create_per_second"), burst("rate_create_burst"), rate("rate_query_per_second"),
+                   burst("rate_query_burst"))
+
+    @property
+    def any(self) -> bool:
+        """Whether the key has any limit of its own."""
+        return any(getattr(self, name) is not None for name in RATE_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,36 +85,58 @@ class KeyInfo:
     created_at: int
     revoked_at: int | None
     role: str = "user"
+    rates: KeyRates = KeyRates()
 
 
 @dataclasses.dataclass(frozen=True)
 class Principal:
-    """Who a request comes from: the key and the owner whose tasks it may see."""
+    """Who a request comes from: the key and the owner whose tasks it may see, and the key's
+    own rate limits (None: it has none, the settings apply)."""
 
     key_id: str
     owner: str
     role: str = "user"
+    rates: KeyRates | None = None
 
 
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_key(conn: Connection, owner: str = "default", name: str = "", role: str = "user") -> tuple[str, KeyInfo]:
+def create_key(conn: Connection, owner: str = "default", name: str = "", role: str = "user",
+               rates: KeyRates = KeyRates()) -> tuple[str, KeyInfo]:
     """A new key; the plain key is returned once and never stored."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
-    info = KeyInfo(id=key_id, owner=owner, name=name, created_at=now_ms(), revoked_at=None, role=role)
+    info = KeyInfo(id=key_id, owner=owner, name=name, created_at=now_ms(), revoked_at=None, role=role, rates=rates)
     conn.execute(insert(ApiKey).values(id=key_id, owner=owner, name=name, secret_hash=_hash(secret),
-                                       created_at=info.created_at, role=role))
+                                       created_at=info.created_at, role=role, **dataclasses.asdict(rates)))
     return f"{_PREFIX}-{key_id}-{secret}", info
+
+
+def _rates(row: Any) -> KeyRates:
+    return KeyRates(row.rate_create_per_second, row.rate_create_burst, row.rate_query_per_second, row.rate_query_burst)
 
 
 def list_keys(conn: Connection) -> list[KeyInfo]:
     rows = conn.execute(select(ApiKey).order_by(ApiKey.created_at)).all()
-    return [KeyInfo(r.id, r.owner, r.name, r.created_at, r.revoked_at, r.role) for r in rows]
+    return [KeyInfo(r.id, r.owner, r.name, r.created_at, r.revoked_at, r.role, _rates(r)) for r in rows]
+
+
+def set_rates(conn: Connection, key_id: str, changes: dict[str, float | int | None]) -> KeyInfo | None:
+    """Set some of a live key's own rate limits (`RATE_FIELDS`; None: back to the settings');
+    the key as it is now, or None when there is no such live key."""
+    unknown = set(changes) - set(RATE_FIELDS)
+    if unknown:
+        raise ValueError(f"not a key's rate limit: {', '.join(sorted(unknown))}")
+    live = (ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+    if changes and conn.execute(update(ApiKey).where(*live).values(**changes)).rowcount != 1:
+        return None
+    row = conn.execute(select(ApiKey).where(*live)).first()
+    return None if row is None else KeyInfo(row.id, row.owner, row.name, row.created_at, row.revoked_at, row.role,
+                                            _rates(row))
 
 
 def count_keys(conn: Connection) -> int:
@@ -111,12 +168,18 @@ def check_secret(secret: str, stored_hash: str | None) -> bool:
     return ok and stored_hash is not None
 
 
-def live_key(conn: Connection, key_id: str) -> tuple[str, str, str] | None:
-    """(owner, secret hash, role) of the live key `key_id`, or None when it is unknown or revoked."""
-    row = conn.execute(
-        select(ApiKey.owner, ApiKey.secret_hash, ApiKey.role).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-    ).first()
-    return None if row is None else (row.owner, row.secret_hash, row.role)
+_LIVE = select(ApiKey.owner, ApiKey.secret_hash, ApiKey.role, ApiKey.rate_create_per_second, ApiKey.rate_create_burst,
+               ApiKey.rate_query_per_second, ApiKey.rate_query_burst)
+
+
+def live_key(conn: Connection, key_id: str) -> tuple[str, str, str, KeyRates | None] | None:
+    """(owner, secret hash, role, own rate limits or None when it has none) of the live key
+    `key_id`, or None when it is unknown or revoked."""
+    row = conn.execute(_LIVE.where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))).first()
+    if row is None:
+        return None
+    rates = _rates(row)
+    return row.owner, row.secret_hash, row.role, rates if rates.any else None
 
 
 def is_live(conn: Connection, key_id: str) -> bool:

@@ -76,6 +76,11 @@ class ApiKey(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger)
     role: Mapped[str] = mapped_column(String(16), default="user", server_default="user")  # "user" or "admin"
+    # The key's own rate limits (docs/limits.md); None: the settings', a rate of 0: no limit.
+    rate_create_per_second: Mapped[float | None] = mapped_column(Float)
+    rate_create_burst: Mapped[int | None] = mapped_column(Integer)
+    rate_query_per_second: Mapped[float | None] = mapped_column(Float)
+    rate_query_burst: Mapped[int | None] = mapped_column(Integer)
 
 
 class ServerSecret(Base):

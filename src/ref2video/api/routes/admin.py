@@ -13,7 +13,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from ...app import accounts, keys, webhooks
-from ...app.keys import ROLES
+from ...app.keys import RATE_FIELDS, ROLES, KeyInfo, KeyRates
+from ...app.limits import KINDS
 from ...app.auth import Principal
 from ...app.ledger import to_credits, to_micro
 from ...errors import AccessDenied, InvalidParameter, NotFound, UnsupportedOperation, clip
@@ -175,8 +176,27 @@ async def usage(request: Request, owner: str | None = None, format: str = "json"
     return _ok({"usage": [dict(zip(header, row)) for row in rows]})
 
 
-@router.post("/keys", summary="Make a key for an owner (shown once)", responses=errors(400, 401, 403),
-             openapi_extra={"security": SECURITY})
+def _rates(body: dict[str, Any]) -> dict[str, float | int | None]:
+    """The key's own rate limits that `body` sets, checked (400 naming the first bad one)."""
+    try:
+        return keys.check_rates(body)
+    except ValueError as exc:
+        raise InvalidParameter(str(exc)) from None
+
+
+def _key(info: KeyInfo, request: Request) -> dict[str, Any]:
+    """A key as the admin API shows it: its own rate limits as set (null: the server's), and
+    the limits in effect for it (null: none)."""
+    limits = service_of(request).limits
+    in_effect = {kind: limits.rate(kind, info.rates) for kind in KINDS}
+    return {"id": info.id, "owner": info.owner, "name": info.name, "role": info.role, "created_at": info.created_at,
+            "revoked_at": info.revoked_at, **{name: getattr(info.rates, name) for name in RATE_FIELDS},
+            "limits": {kind: {"per_second": rate.per_second, "burst": rate.burst} if rate.on else None
+                       for kind, rate in in_effect.items()}}
+
+
+@router.post("/keys", summary="Make a key for an owner (shown once), with its own rate limits if given",
+             responses=errors(400, 401, 403), openapi_extra={"security": SECURITY})
 async def create_key(request: Request) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
@@ -187,17 +207,35 @@ async def create_key(request: Request) -> JSONResponse:
         raise InvalidParameter("name must be a string of at most 128 characters")
     if role not in ROLES:
         raise InvalidParameter(f"role must be one of {', '.join(ROLES)}")
-    key, info = await in_thread(lambda: keys.create_key(service.db, owner=owner, name=name, role=role))
-    return _ok({"key": key, "id": info.id, "owner": owner, "role": role})
+    rates = KeyRates.of(_rates(body))
+    key, info = await in_thread(lambda: keys.create_key(service.db, owner=owner, name=name, role=role, rates=rates))
+    return _ok({"key": key, **_key(info, request)})
 
 
-@router.get("/keys", summary="Every key (ids, owners and roles; secrets are never stored)",
+@router.get("/keys", summary="Every key (ids, owners, roles and own rate limits; secrets are never stored)",
             responses=errors(401, 403), openapi_extra={"security": SECURITY})
 async def list_keys(request: Request) -> JSONResponse:
     await _admin(request)
     found = await in_thread(keys.list_keys, service_of(request).db)
-    return _ok({"keys": [{"id": k.id, "owner": k.owner, "name": k.name, "role": k.role, "created_at": k.created_at,
-                          "revoked_at": k.revoked_at} for k in found]})
+    return _ok({"keys": [_key(k, request) for k in found]})
+
+
+@router.put("/keys/{key_id}/limits",
+            summary="Set a key's own rate limits (null: back to the server's; a rate of 0: no limit for it)",
+            responses=errors(400, 401, 403, 404), openapi_extra={"security": SECURITY})
+async def set_key_limits(request: Request, key_id: str) -> JSONResponse:
+    await _admin(request)
+    service = service_of(request)
+    body = await _object(request)
+    unknown = sorted(set(body) - set(RATE_FIELDS))
+    if unknown:
+        raise InvalidParameter(f"{clip(unknown[0])} is not a key's rate limit; the fields are {', '.join(RATE_FIELDS)}")
+    changes = _rates(body)
+    info = await in_thread(lambda: keys.set_rates(service.db, key_id, changes))
+    if info is None:
+        raise NotFound(f"no live key {clip(key_id)}")
+    service.auth.forget(key_id)  # this process applies them at once, every other one within a second
+    return _ok(_key(info, request))
 
 
 @router.delete("/keys/{key_id}", summary="Revoke a key (every server stops taking it within a second)",
