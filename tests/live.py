@@ -100,6 +100,12 @@ def settings_for(data_dir: Path, database_url: str, **overrides: Any) -> Setting
 _s3_server: Any = None
 
 
+# For the tests of the API's own signed result links (their signatures, expiry, Range answers):
+# on a bucket (REF2VIDEO_TEST_STORAGE=s3) their server serves videos through the API, as with
+# `s3_private`; on the local disk this changes nothing.
+API_LINKS: dict[str, Any] = {"s3_private": True}
+
+
 def _test_storage() -> dict[str, Any]:
     """REF2VIDEO_TEST_STORAGE=s3 (presigned links) or s3-private (served through the API) runs
     every test server on a bucket of its own in one moto server for the run; unset: local."""
@@ -129,6 +135,16 @@ class LiveServer:
     _thread: threading.Thread
     clients: list[httpx.Client] = field(default_factory=list)
     _pollers: dict[str, httpx.Client] = field(default_factory=dict)
+
+    @property
+    def results_url(self) -> str:
+        """Where this server's `video_url` links point: its own signed `/v1/results/` links, or,
+        on a bucket with presigned links, the bucket's `results/` folder."""
+        s = self.service.settings
+        if s.storage == "s3" and not s.s3_private:
+            prefix = s.s3_prefix.strip("/") + "/" if s.s3_prefix.strip("/") else ""
+            return f"{s.s3_endpoint_url}/{s.s3_bucket}/{prefix}results/"
+        return f"{self.url}/v1/results/"
 
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key or self.key}"}

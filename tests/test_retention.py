@@ -140,7 +140,7 @@ def test_ownership_is_asked_once_per_batch_of_names(stores: Stores) -> None:
 
 
 def test_the_configured_grace_reaches_the_sweep_of_a_live_server(make_server: Callable[..., LiveServer]) -> None:
-    server = make_server(orphan_grace_seconds=60)
+    server = make_server(orphan_grace_seconds=60, storage="local")  # the sweep of the local disk
     task_id = server.create()
     out = server.wait(task_id)["output"]
     assert out["task_status"] == "SUCCEEDED"

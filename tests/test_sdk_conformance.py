@@ -47,7 +47,7 @@ def test_async_call_fetch_and_wait(sdk: LiveServer) -> None:
     done = VideoSynthesis.wait(created, api_key=sdk.key)
     assert done.status_code == HTTPStatus.OK
     assert done.output.task_status == "SUCCEEDED"
-    assert done.output.video_url.startswith(sdk.url)
+    assert done.output.video_url.startswith(sdk.results_url)
     assert done.usage.video_count == 1 and done.usage["SR"] == 720 and done.usage["size"] == "1280*720"
     assert httpx.get(done.output.video_url).status_code == 200
     assert sdk.get(task_id)["output"]["seed"] == 7
@@ -126,4 +126,4 @@ def test_the_sdk_finds_the_server_through_DASHSCOPE_HTTP_BASE_URL(server: LiveSe
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["status"] == 200 and result["task_status"] == "SUCCEEDED"
-    assert result["video_url"].startswith(server.url)
+    assert result["video_url"].startswith(server.results_url)

@@ -9,13 +9,14 @@ import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from ref2video.app import tasks as app_tasks
-from tests.live import LiveServer, make_body, ref_url, settings_for, start_server
+from tests.live import API_LINKS, LiveServer, make_body, ref_url, settings_for, start_server
 from tests.tcp_proxy import TcpProxy
 
 GATEWAY = "/task/bailian/ref2video"
@@ -72,7 +73,8 @@ def test_digits_that_are_not_ascii_or_too_many(make_server) -> None:  # type: ig
         assert_envelope(r, 403, "AccessDenied")
 
 
-def test_a_result_link_with_a_non_ascii_signature_is_refused(server: LiveServer) -> None:
+def test_a_result_link_with_a_non_ascii_signature_is_refused(make_server: Callable[..., LiveServer]) -> None:
+    server = make_server(**API_LINKS)
     task_id = server.create()
     url = server.wait(task_id)["output"]["video_url"]
     forged = url.rsplit("sig=", 1)[0] + "sig=é" + "0" * 63
@@ -200,7 +202,8 @@ def test_huge_parameters_are_cut_in_messages(make_server) -> None:  # type: igno
     assert ref_url("a.png")  # the reference server stays up for the suite
 
 
-def test_a_range_header_that_cannot_be_read_is_ignored(server: LiveServer) -> None:
+def test_a_range_header_that_cannot_be_read_is_ignored(make_server: Callable[..., LiveServer]) -> None:
+    server = make_server(**API_LINKS)
     url = server.wait(server.create())["output"]["video_url"]
     whole = httpx.get(url).content
     for value in ("bytes=abc", "bytes=5-2", "items=0-1"):

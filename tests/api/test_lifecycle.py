@@ -24,7 +24,7 @@ def test_a_task_runs_to_success_with_usage_and_provider_times(server: LiveServer
     assert out["submit_time"] <= out["scheduled_time"] <= out["end_time"]
     assert out["orig_prompt"] == "character1 steps=4 input_s=7.2"
     assert out["progress"] == 100 and out["engine"] == "scripted"
-    assert out["video_url"].startswith(server.url + "/v1/results/")
+    assert out["video_url"].startswith(server.results_url)
     # Reference-video seconds are billed whole and capped at 5; usage numbers are integers.
     assert body["usage"] == {
         "duration": 15, "input_video_duration": 5, "output_video_duration": 10, "video_count": 1,

@@ -168,6 +168,6 @@ def test_the_official_sdk_2_client_sends_the_media_form(server: LiveServer, tmp_
         media=[{"type": "reference_image", "url": str(hero)}, video()], resolution="720P", ratio="1:1", duration=4)
     assert job.status == "PENDING"
     done = client.videos.jobs.wait(job, timeout=60)
-    assert done.status == "SUCCEEDED" and done.video_url.startswith(server.url)
+    assert done.status == "SUCCEEDED" and done.video_url.startswith(server.results_url)
     assert done.usage is not None and done.usage.model_extra["ratio"] == "1:1"
     assert done.usage.model_extra["output_video_duration"] == 4

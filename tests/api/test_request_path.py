@@ -173,7 +173,8 @@ def test_billed_creates_awaited_together_hold_each_and_refuse_only_what_a_balanc
 
     sizes: list[int] = []
     real = transitions.create_many
-    monkeypatch.setattr(transitions, "create_many", lambda conn, new, **o: sizes.append(len(new)) or real(conn, new, **o))
+    monkeypatch.setattr(transitions, "create_many",
+                        lambda conn, new, **o: sizes.append(len(new)) or real(conn, new, **o))
 
     async def rich_burst() -> list[Any]:
         return await asyncio.gather(*(

@@ -11,7 +11,7 @@ import httpx
 from sqlalchemy import update
 
 from ref2video.store.models import Task
-from tests.live import LiveServer
+from tests.live import API_LINKS, LiveServer
 
 
 def finished(server: LiveServer) -> tuple[str, str]:
@@ -42,7 +42,8 @@ def test_range_requests_let_players_seek(server: LiveServer) -> None:
     assert head.status_code == 200 and int(head.headers["content-length"]) == len(whole)
 
 
-def test_tampered_or_expired_links_are_refused(server: LiveServer) -> None:
+def test_tampered_or_expired_links_are_refused(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(**API_LINKS)
     _, url = finished(server)
     parts = urlsplit(url)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -63,7 +64,7 @@ def test_tampered_or_expired_links_are_refused(server: LiveServer) -> None:
 
 
 def test_links_expire_after_the_configured_lifetime(make_server) -> None:  # type: ignore[no-untyped-def]
-    server = make_server(url_ttl_seconds=1)
+    server = make_server(url_ttl_seconds=1, **API_LINKS)
     _, url = finished(server)
     expires = int(parse_qs(urlsplit(url).query)["expires"][0])
     assert time.time() < expires <= time.time() + 2
