@@ -45,8 +45,9 @@ _SETTLE_MS = 5_000  # the provider's list may lag its submits a little
 SKEW_MS = 300_000  # our clock against the provider's
 _RECONCILE_MS = 3_600_000  # how long an orphan may stay unsure before it fails
 _UNSURE_WAIT = 15.0
-# Looks again before an orphan with only failed candidates fails: a sibling that succeeded is
-# usually recorded meanwhile, and the one candidate left, adopted, gives the provider's own code.
+# Looks in a row that find only failed candidates for an orphan before it fails: a sibling that
+# succeeded is usually recorded meanwhile, and the one candidate left, adopted, gives the
+# provider's own code.
 _FAILED_LOOKS = 2
 
 _PAGE = 100
@@ -130,7 +131,7 @@ class Reconciling(RelayParts):
         start_ms, end_ms = intent_ms - SKEW_MS, intent_ms + self.timeout_ms + SKEW_MS
         # The submit may still be in flight at the provider until its timeout has passed.
         settle_ms = (now_ms() if live else intent_ms + self.timeout_ms) + _SETTLE_MS
-        failures = unsure = 0
+        failures = unsure = empty_looks = 0
         while True:
             await asyncio.sleep(max(0.0, (settle_ms - now_ms()) / 1000))
             try:
@@ -156,7 +157,7 @@ class Reconciling(RelayParts):
             elif found is Found.NOTHING:
                 await self._nothing_upstream(task, live=live)
                 return
-            elif found is Found.FAILED and unsure >= _FAILED_LOOKS:
+            elif found is Found.FAILED and empty_looks >= _FAILED_LOOKS:
                 await self._end(task.id, self.manager.fail, "InternalError.SubmitUnconfirmed",
                                 "the submit of this task was interrupted, and the provider made nothing for it "
                                 "that succeeded (its task, if it made one, failed); nothing was charged, "
@@ -169,6 +170,7 @@ class Reconciling(RelayParts):
                 return
             else:
                 log.info("relay: task %s is not told apart from other submits yet", task.id)
+            empty_looks = empty_looks + 1 if found is Found.FAILED else 0
             unsure += 1  # ask again soon (a sibling may record its task any moment), then less often
             settle_ms = now_ms() + int(min(_UNSURE_WAIT, 1.5 * 2.0 ** unsure) * 1000)
 
