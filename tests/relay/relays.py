@@ -55,9 +55,9 @@ def row(server: LiveServer, task_id: str) -> Row:
 
 
 def provider_tasks(provider: LiveServer) -> list[Any]:
-    """Every task the provider holds: (id, status, prompt)."""
+    """Every task the provider holds: (id, status, spec, usage)."""
     with provider.service.db.connect() as conn:
-        return list(conn.execute(select(Task.id, Task.status, Task.spec)).all())
+        return list(conn.execute(select(Task.id, Task.status, Task.spec, Task.usage)).all())
 
 
 def wait_for(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:

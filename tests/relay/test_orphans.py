@@ -42,11 +42,16 @@ def orphan(tmp_path: Path, database_url: str, provider: LiveServer, prompts: lis
         api.stop()
     if reached:
         for p in prompts:
-            r = httpx.post(f"{provider.url}/api/v1/services/aigc/video-generation/video-synthesis",
-                           json=make_body(p), headers={"Authorization": f"Bearer {provider.key}",
-                                                       "X-DashScope-Async": "enable"})
-            assert r.status_code == 200
+            submit_upstream(provider, p)
     return ids
+
+
+def submit_upstream(provider: LiveServer, prompt: str) -> None:
+    """What a relay's submit does at the provider: a task made from `prompt`."""
+    r = httpx.post(f"{provider.url}/api/v1/services/aigc/video-generation/video-synthesis",
+                   json=make_body(prompt), headers={"Authorization": f"Bearer {provider.key}",
+                                                    "X-DashScope-Async": "enable"})
+    assert r.status_code == 200
 
 
 def test_an_orphan_that_reached_the_provider_is_adopted(tmp_path: Path, provider: LiveServer) -> None:
@@ -106,5 +111,43 @@ def test_a_provider_task_that_is_already_someone_elses_is_not_adopted(tmp_path: 
         out = relay.wait(task_id, timeout=30)["output"]
         assert (out["task_status"], out["code"]) == ("FAILED", "InternalError.SubmitUnconfirmed")
         assert len(provider_tasks(provider)) == 1
+    finally:
+        relay.stop()
+
+
+def test_orphans_whose_only_candidates_failed_upstream_fail_too(tmp_path: Path, provider: LiveServer) -> None:
+    """Two submits cut off together: one reached the provider, which failed it, the other never
+    left. A failed task echoes no prompt, so neither orphan can tell whose it is; but whichever
+    it is, the provider made nothing that succeeded for either, and both end FAILED (the one
+    left last, with no sibling any more, takes the failed task and its code). Before, each
+    stayed RUNNING (and its hold held) for an hour, waiting for the other to be recorded."""
+    database_url = f"sqlite:///{tmp_path / 'relay.db'}"
+    prompts = ["character1 trips fail=DataInspectionFailed", "character1 waves steps=2 step_ms=20"]
+    ids = orphan(tmp_path, database_url, provider, prompts, reached=False)
+    submit_upstream(provider, prompts[0])
+    relay = start_relay(tmp_path, database_url, provider.url, [provider.key])
+    try:
+        outs = [relay.wait(task_id, timeout=40)["output"] for task_id in ids]
+        assert [out["task_status"] for out in outs] == ["FAILED", "FAILED"]
+        assert {out["code"] for out in outs} <= {"InternalError.SubmitUnconfirmed", "DataInspectionFailed"}
+        assert len(provider_tasks(provider)) == 1  # and nothing was submitted again
+    finally:
+        relay.stop()
+
+
+def test_an_orphan_whose_task_failed_upstream_gets_the_providers_code_once_its_sibling_is_adopted(
+        tmp_path: Path, provider: LiveServer) -> None:
+    """Both submits reached the provider: one failed there, one succeeded. The failed one is not
+    given up on at the first look; once the other orphan has adopted its task, it is the one
+    candidate left, and its task ends with the provider's own code."""
+    database_url = f"sqlite:///{tmp_path / 'relay.db'}"
+    prompts = ["character1 trips fail=DataInspectionFailed", "character1 waves steps=2 step_ms=20"]
+    failed, succeeded = orphan(tmp_path, database_url, provider, prompts, reached=True)
+    relay = start_relay(tmp_path, database_url, provider.url, [provider.key])
+    try:
+        assert relay.wait(succeeded, timeout=40)["output"]["task_status"] == "SUCCEEDED"
+        out = relay.wait(failed, timeout=40)["output"]
+        assert (out["task_status"], out["code"]) == ("FAILED", "DataInspectionFailed"), out
+        assert len(provider_tasks(provider)) == 2
     finally:
         relay.stop()

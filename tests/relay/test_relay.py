@@ -134,6 +134,23 @@ def test_a_restarted_relay_adopts_the_tasks_in_flight_without_submitting_again(
         second.stop()
 
 
+def test_a_relay_given_some_models_relays_only_those(tmp_path: Path, database_url: str,
+                                                    provider: LiveServer) -> None:
+    """`worker_models` narrows the relay as it narrows worker threads (`ref2video worker
+    --models`): the other relayed models' tasks are left to the processes that serve them.
+    Before, the relay claimed every model mapped to `dashscope`."""
+    relay = start_relay(tmp_path, database_url, provider.url, [provider.key], worker_models=["wan2.6-r2v"])
+    try:
+        other = relay.create(make_body(QUICK))  # wan2.6-r2v-flash, older, so first in line
+        mine = relay.create(make_body(QUICK, model="wan2.6-r2v"))
+        assert relay.wait(mine, timeout=30)["output"]["task_status"] == "SUCCEEDED"
+        assert relay.get(other)["output"]["task_status"] == "PENDING"
+        assert len(provider_tasks(provider)) == 1
+        assert [dict(engine.models) for engine in relay.service.held.engines] == [{"wan2.6-r2v": "wan2.6-r2v"}]
+    finally:
+        relay.stop()
+
+
 def test_relayed_models_need_keys(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="dashscope_api_keys"):
         Settings(data_dir=tmp_path, models={"wan2.6-r2v": "dashscope"})

@@ -90,7 +90,11 @@ class DashscopeEngine(Submitting, Reconciling, KeepingResults):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DashscopeEngine:
-        return cls(settings, settings.relay_models)
+        """Relays the models mapped to `dashscope`, or those of them the process was given
+        (`worker_models`, `ref2video worker --models`)."""
+        only = set(settings.worker_models)
+        return cls(settings, {model: theirs for model, theirs in settings.relay_models.items()
+                              if not only or model in only})
 
     def load(self) -> None:
         """Nothing to load: the provider holds the model."""

@@ -11,8 +11,12 @@ handing one owner's video to another would be far worse than failing:
   model in the window (a sibling that could own it): it is ours.
 * otherwise the candidates that have SUCCEEDED are queried, and the one whose `orig_prompt`
   (the provider echoes it) is our prompt is ours if it is the only one; when every candidate
-  has been read and none is ours, there is `Found.NOTHING` for us. Candidates still running
-  (or failed: a failed task echoes no prompt) may settle this later: `Found.UNSURE`, ask again.
+  has been read and none is ours, there is `Found.NOTHING` for us. A candidate that FAILED or
+  was CANCELED echoes no prompt, so it may be ours or a sibling's; when every other candidate
+  has been read and is not ours, whichever it is, nothing succeeded for us upstream:
+  `Found.FAILED`, and after a couple more looks the task fails (waiting longer would not help
+  when the sibling's submit never left). Candidates still running may settle this later:
+  `Found.UNSURE`, ask again.
 
 An adopted task's result is also checked against the prompt when it succeeds.
 """
@@ -41,13 +45,19 @@ _SETTLE_MS = 5_000  # the provider's list may lag its submits a little
 SKEW_MS = 300_000  # our clock against the provider's
 _RECONCILE_MS = 3_600_000  # how long an orphan may stay unsure before it fails
 _UNSURE_WAIT = 15.0
+# Looks in a row that find only failed candidates for an orphan before it fails: a sibling that
+# succeeded is usually recorded meanwhile, and the one candidate left, adopted, gives the
+# provider's own code.
+_FAILED_LOOKS = 2
 
 _PAGE = 100
+_ENDED_EMPTY = frozenset({Status.FAILED.value, Status.CANCELED.value})  # ended with no video, echo no prompt
 _MAX_PAGES = 50  # 5,000 tasks of one account and model in a few minutes: enough
 
 
 class Found(enum.Enum):
     NOTHING = "nothing"  # no candidate: the submit never created a task
+    FAILED = "failed"  # no candidate is ours that succeeded: ours, if it exists, failed or was canceled
     UNSURE = "unsure"  # candidates, but none can be told to be ours yet
 
 
@@ -75,8 +85,12 @@ async def find_orphan(
     if len(candidates) == 1 and not await siblings():
         return candidates[0].task_id
     matches = []
-    all_known = True  # every candidate's prompt was read: none unaccounted for
+    all_known = True  # every candidate's prompt was read, or it ended with nothing to deliver
+    ended_unread = False  # some candidate failed or was canceled: it may be ours
     for item in candidates:
+        if item.status in _ENDED_EMPTY:
+            ended_unread = True
+            continue
         if item.status != Status.SUCCEEDED.value:
             all_known = False
             continue
@@ -90,7 +104,9 @@ async def find_orphan(
             matches.append(item.task_id)
     if len(matches) == 1:
         return matches[0]
-    return Found.NOTHING if not matches and all_known else Found.UNSURE
+    if matches or not all_known:
+        return Found.UNSURE
+    return Found.FAILED if ended_unread else Found.NOTHING
 
 
 def orig_prompt(task: UpstreamTask) -> str | None:
@@ -115,7 +131,7 @@ class Reconciling(RelayParts):
         start_ms, end_ms = intent_ms - SKEW_MS, intent_ms + self.timeout_ms + SKEW_MS
         # The submit may still be in flight at the provider until its timeout has passed.
         settle_ms = (now_ms() if live else intent_ms + self.timeout_ms) + _SETTLE_MS
-        failures = unsure = 0
+        failures = unsure = empty_looks = 0
         while True:
             await asyncio.sleep(max(0.0, (settle_ms - now_ms()) / 1000))
             try:
@@ -141,6 +157,12 @@ class Reconciling(RelayParts):
             elif found is Found.NOTHING:
                 await self._nothing_upstream(task, live=live)
                 return
+            elif found is Found.FAILED and empty_looks >= _FAILED_LOOKS:
+                await self._end(task.id, self.manager.fail, "InternalError.SubmitUnconfirmed",
+                                "the submit of this task was interrupted, and the provider made nothing for it "
+                                "that succeeded (its task, if it made one, failed); nothing was charged, "
+                                "please submit it again")
+                return
             elif now_ms() > intent_ms + _RECONCILE_MS:
                 await self._end(task.id, self.manager.fail, "InternalError.SubmitUnconfirmed",
                                 "the submit of this task was interrupted and the provider's task list "
@@ -148,6 +170,7 @@ class Reconciling(RelayParts):
                 return
             else:
                 log.info("relay: task %s is not told apart from other submits yet", task.id)
+            empty_looks = empty_looks + 1 if found is Found.FAILED else 0
             unsure += 1  # ask again soon (a sibling may record its task any moment), then less often
             settle_ms = now_ms() + int(min(_UNSURE_WAIT, 1.5 * 2.0 ** unsure) * 1000)
 
