@@ -123,7 +123,7 @@ def test_liveness_and_readiness_answer(server: LiveServer) -> None:
     r = httpx.get(f"{server.url}/health/ready")
     assert r.status_code == 200
     assert r.json() == {"status": "ok", "database": "ok", "storage": "ok", "uploads": "ok"}
-    assert list((server.service.settings.results_dir or Path()).iterdir()) == []  # the probe left nothing
+    assert list(server.service.storage.listing()) == []  # the probe left nothing
 
 
 class _ReadOnly(LocalStorage):

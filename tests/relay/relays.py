@@ -20,7 +20,11 @@ QUICK = "character1 waves steps=3 step_ms=50"
 
 
 def start_provider(root: Path, **overrides: Any) -> LiveServer:
-    return start_server(settings_for(root / "provider", f"sqlite:///{root / 'provider.db'}", **overrides))
+    """The fake provider: a ref2video server that answers as the real one does. Its results are
+    always served by its own links (the real provider's are OSS links, and the fault proxy sits
+    in front of them), whatever storage the suite runs on."""
+    values = {"storage": "local", **overrides}
+    return start_server(settings_for(root / "provider", f"sqlite:///{root / 'provider.db'}", **values))
 
 
 def relay_settings(root: Path, database_url: str, base: str, keys: list[str], **overrides: Any) -> dict[str, Any]:
