@@ -39,6 +39,7 @@ from ..preview.mix import VOICE_RATE, mix, speak_lines
 from ..preview.plan import FPS, Plan, RefShape, make_plan
 from ..preview.render import Encoder
 from ..preview.script import Script, read_prompt
+from . import speedups
 from .mapping import (
     DEFAULT_NEGATIVE,
     cover_box,
@@ -80,15 +81,18 @@ class WanOptions:
     first_block_cache: float = 0.0
 
     def check(self) -> None:
-        """Errors in the settings themselves, told at start-up."""
+        """Errors in the settings, told at start-up: those of the values themselves, a LoRA
+        file that is not a LoRA, an attention backend diffusers lacks (`speedups.check`)."""
         if self.cpu_offload and not self.device.startswith("cuda"):
-            raise ValueError("wan_cpu_offload needs a CUDA wan_device")
+            raise ValueError(f"wan_cpu_offload needs a CUDA wan_device (wan_device is {self.device!r}): "
+                             "diffusers' model CPU offload moves each part to the GPU while it runs")
         if self.dtype == "float16" and self.device == "cpu":
             raise ValueError("wan_dtype float16 is not supported on the CPU; use float32 or auto")
         if self.area:
             w, _, h = self.area.partition("*")
             if int(w) < 16 or int(h) < 16:
                 raise ValueError(f"wan_area {self.area!r} is smaller than 16*16")
+        speedups.check(lora=self.lora, attention=self.attention)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +178,7 @@ class WanEngine:
         except (OSError, ValueError, KeyError) as exc:
             raise EngineError(f"the model in {str(folder)!r} could not be loaded: {exc}",
                               code="ModelNotFound") from exc
-        self._configure(pipe, torch)
+        speedups.apply(pipe, lora=opts.lora, attention=opts.attention, first_block_cache=opts.first_block_cache)
         if opts.cpu_offload:
             pipe.enable_model_cpu_offload(device=device)
         else:
@@ -189,35 +193,6 @@ class WanEngine:
         self._pipe, self._torch = pipe, torch
         self._speech = Speech()
         log.info("wan engine loaded %s on %s (%s, %d layers, area %d)", folder, device, dtype, layers, self._area)
-
-    def _configure(self, pipe: Any, torch: Any) -> None:
-        """The optional speed-ups; one that this diffusers cannot apply is a configuration error."""
-        opts = self.options
-        if opts.lora is not None:
-            if not Path(opts.lora).is_file():
-                raise EngineError(f"wan_lora {str(opts.lora)!r} is not a file", code="InvalidConfiguration")
-            try:
-                pipe.load_lora_weights(str(opts.lora), adapter_name="distill", local_files_only=True)
-            except Exception as exc:
-                raise EngineError(f"wan_lora could not be loaded: {exc}", code="InvalidConfiguration") from exc
-        if opts.attention:
-            setter = getattr(pipe.transformer, "set_attention_backend", None)
-            if setter is None:
-                raise EngineError("wan_attention needs a diffusers with attention backends (0.35 or newer)",
-                                  code="InvalidConfiguration")
-            try:
-                setter(opts.attention)
-            except Exception as exc:
-                raise EngineError(f"wan_attention {opts.attention!r} is not available: {exc}",
-                                  code="InvalidConfiguration") from exc
-        if opts.first_block_cache:
-            try:
-                from diffusers.hooks import FirstBlockCacheConfig
-
-                pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=opts.first_block_cache))
-            except Exception as exc:
-                raise EngineError(f"wan_first_block_cache is not supported here: {exc}",
-                                  code="InvalidConfiguration") from exc
 
     # -- generating -----------------------------------------------------------------------
 
@@ -341,6 +316,11 @@ class WanEngine:
         return EngineError(f"the wan pipeline failed: {type(exc).__name__}: {exc}", code="InternalError")
 
     def _free(self) -> None:
+        if self._pipe is not None:
+            # A pass that ended early (a cancel, a failure) skipped the pipeline's own reset of
+            # stateful hooks: the first-block cache would carry its state into the next task
+            # (and fail it at another size). This also puts offloaded parts back on the CPU.
+            self._pipe.maybe_free_model_hooks()
         gc.collect()
         torch = self._torch
         if torch is not None and self.options.device.startswith("cuda") and torch.cuda.is_available():
