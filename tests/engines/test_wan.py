@@ -6,7 +6,6 @@ quality. Skipped when torch or diffusers is absent (`pip install -e '.[wan]'`)."
 from __future__ import annotations
 
 import io
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -88,19 +87,6 @@ def test_a_folder_of_another_model_is_refused_with_a_clear_code(tmp_path: Path) 
 
 
 # -- the engine on a tiny random pipeline -------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def wan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    pytest.importorskip("diffusers")
-    import torch
-
-    from ref2video.engines.wan.random_pipeline import TINY, build_pipeline
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(1)  # tiny tensors: threads only add overhead on a shared 2-core machine
-    return build_pipeline(tmp_path_factory.mktemp("wan") / "tiny-vace", TINY)
 
 
 class Spy:

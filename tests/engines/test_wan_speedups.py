@@ -8,7 +8,6 @@ shows (docs/engines.md). Skipped when torch or diffusers is absent (`pip install
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,20 +34,6 @@ MODEL = "wan2.6-r2v-flash"
 def database_url(tmp_path: Path) -> str:
     """SQLite only: the engine, not the store, is under test here."""
     return f"sqlite:///{tmp_path / 'db.sqlite'}"
-
-
-@pytest.fixture(scope="session")
-def wan_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Copied from tests.engines.test_wan.wan_dir
-    pytest.importorskip("torch")
-    pytest.importorskip("diffusers")
-    import torch
-
-    from ref2video.engines.wan.random_pipeline import TINY, build_pipeline
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(1)  # tiny tensors: threads only add overhead on a shared 2-core machine
-    return build_pipeline(tmp_path_factory.mktemp("wan") / "tiny-vace", TINY)
 
 
 @pytest.fixture(scope="session")
