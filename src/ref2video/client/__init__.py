@@ -25,6 +25,7 @@ from ._errors import (
     TransportError,
     WaitTimeout,
 )
+from ._headers import retry_after
 from ._models import Task, TaskPage, TaskSummary, Usage
 
 __all__ = [
@@ -46,4 +47,5 @@ __all__ = [
     "WaitTimeout",
     "TaskNotFound",
     "AmbiguousTaskId",
+    "retry_after",
 ]

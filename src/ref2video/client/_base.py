@@ -20,7 +20,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, tzinfo, UTC
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TypeAlias
 from urllib.parse import quote
@@ -30,6 +29,7 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from ..version import __version__
+from ._headers import retry_after
 from ._errors import AmbiguousTaskId, ClientError, TaskFailed, TaskNotFound, TransportError, error_for_response
 from ._models import Task, TaskPage
 
@@ -256,7 +256,7 @@ class _BaseClient:
         """Seconds to wait before sending again after a 429 or 503, or None to keep the answer."""
         if response.status_code not in _RETRY_STATUSES or attempt >= self.max_retries:
             return None
-        hint = _retry_after(response)
+        hint = retry_after(response)
         delay = min(hint, _MAX_RETRY_AFTER) if hint is not None else self._backoff(attempt)
         log.info("retrying %s %s in %.2f s after HTTP %d", response.request.method, response.request.url,
                  delay, response.status_code)
@@ -267,7 +267,7 @@ class _BaseClient:
 
     def _failure(self, response: httpx.Response) -> ClientError:
         """The error for a non-2xx answer (whose body has been read)."""
-        return error_for_response(response, retry_after=_retry_after(response))
+        return error_for_response(response, retry_after=retry_after(response))
 
     def _unreachable(self, exc: httpx.TransportError, attempts: int) -> TransportError:
         request = exc.request
@@ -381,24 +381,6 @@ def _server_time(moment: datetime, zone: tzinfo) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(zone).strftime(_TIME_FORMAT)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """The Retry-After header in seconds (a number or an HTTP date), or None."""
-    value = response.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _describe(exc: httpx.TransportError) -> str:

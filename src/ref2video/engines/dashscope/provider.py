@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo, UTC
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -29,6 +28,7 @@ from urllib.parse import quote
 import httpx
 
 from ... import metrics
+from ...client import retry_after
 from ...version import __version__
 from ...protocol import TERMINAL
 from .errors import ProviderError, ProviderTransient
@@ -405,7 +405,7 @@ def _status_error(response: httpx.Response, raw: bytes, what: str, acts: bool) -
     message = f"{what}: {message}"
     if status in (408, 429) or status >= 500:
         # A 429 refuses before acting; a 5xx (a gateway's 504 above all) may come after.
-        return ProviderTransient(code, message, _retry_after(response), status=status,
+        return ProviderTransient(code, message, retry_after(response), status=status,
                                  uncertain=acts and status != 429)
     return ProviderError(code, message, status)
 
@@ -526,22 +526,3 @@ def _snippet(raw: bytes | Mapping[str, Any]) -> str:
 def _describe(exc: Exception) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-# Copied from ref2video.client._base._retry_after
-def _retry_after(response: httpx.Response) -> float | None:
-    """The Retry-After header in seconds (a number or an HTTP date), or None."""
-    value = response.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
