@@ -3,7 +3,6 @@ servers that references come from."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import http.server
 import ssl
@@ -21,7 +20,8 @@ class Route:
     body: bytes = b""
     status: int = 200
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
-    # One of: None (send `body`), "drip" (one byte every 0.2 s), "endless" (bytes forever).
+    # One of: None (send `body`), "drip" (`body` one byte every 0.2 s, round and round),
+    # "endless" (bytes forever).
     behaviour: str | None = None
     # Called with the request headers; may return a replacement Route (e.g. a 304).
     respond: Callable[[dict[str, str]], Route | None] | None = None
@@ -33,6 +33,7 @@ class Server:
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.routes: dict[str, Route] = {}
         self.hits: list[tuple[str, dict[str, str]]] = []
+        self.dropped: list[str] = []  # paths whose answer the client hung up on before its end
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
         if tls:
@@ -56,6 +57,16 @@ class Server:
     def hits_for(self, path: str) -> list[dict[str, str]]:
         return [headers for hit_path, headers in self.hits if hit_path == path]
 
+    def hung_up_on(self, path: str, timeout: float = 20.0) -> bool:
+        """Whether the client hangs up on `path`'s answer before its end (seen at the server's
+        next write), waiting up to `timeout` s for it."""
+        deadline = time.monotonic() + timeout
+        while path not in self.dropped:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
@@ -68,8 +79,10 @@ def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
             server.hits.append((self.path, headers))
             route = server.routes.get(self.path, Route(b"not found", status=404))
             route = (route.respond(headers) if route.respond else None) or route
-            with contextlib.suppress(OSError):  # the client gave up, as the tests intend
+            try:
                 self._answer(route)
+            except OSError:  # the client gave up, as the tests intend
+                server.dropped.append(self.path)
 
         def _answer(self, route: Route) -> None:
             self.send_response(route.status)
@@ -80,8 +93,9 @@ def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
             self.send_header("Connection", "close")
             self.end_headers()
             if route.behaviour == "drip":
-                for _ in range(150):  # at most 30 s, far beyond any test's deadline
-                    self.wfile.write(route.body[:1] or b"\0")
+                drops = route.body or b"\0"
+                for n in range(150):  # at most 30 s, far beyond any test's deadline
+                    self.wfile.write(bytes([drops[n % len(drops)]]))
                     self.wfile.flush()
                     time.sleep(0.2)
             elif route.behaviour == "endless":

@@ -13,7 +13,7 @@ import av
 import pytest
 from PIL import Image
 
-from ref2video.client import Client
+from ref2video.client import Client, _base, _client
 from tests.client.flaky import FlakyServer
 from tests.live import LiveServer
 
@@ -29,6 +29,26 @@ def database_url(tmp_path: Path) -> str:
 def client(server: LiveServer) -> Iterator[Client]:
     with Client(server.url, server.key, backoff=0.05) as c:
         yield c
+
+
+def record_sleeps(patch: pytest.MonkeyPatch) -> list[float]:
+    """Make the clients' time pass only when they sleep: each sleep (a wait's pause, a retry's
+    delay) is recorded rather than slept, and their clock is the sum of those so far."""
+    asked: list[float] = []
+
+    async def asleep(delay: float) -> None:
+        asked.append(delay)
+
+    patch.setattr(_client, "_sleep", asked.append)
+    patch.setattr(_client, "_async_sleep", asleep)
+    patch.setattr(_base, "_clock", lambda: sum(asked))
+    return asked
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The delays the clients asked to sleep, in order (see `record_sleeps`)."""
+    return record_sleeps(monkeypatch)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import contextlib
 import http.server
 import json
 import threading
-import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,10 +36,12 @@ class FlakyServer:
         self.upstream = upstream
         self.plan: deque[Plan] = deque()
         self.hits: list[tuple[str, str]] = []
-        self.delay = 0.0  # seconds to hold every request before answering it
+        # Hold each request until this many have been held at once (20 s at most); 0: no hold.
+        self.together = 0
         self.in_flight = 0
         self.most_in_flight = 0  # how many requests were being held at once, at most
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
@@ -63,11 +64,12 @@ class FlakyServer:
 
     @contextlib.contextmanager
     def _hold(self) -> Iterator[None]:
-        with self._lock:
+        with self._changed:
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self.most_in_flight >= self.together, timeout=20)
         try:
-            time.sleep(self.delay)
             yield
         finally:
             with self._lock:

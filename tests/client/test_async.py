@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,10 +71,11 @@ def test_create_upload_wait_get_list_download(server: LiveServer, tmp_path: Path
 
 
 def test_uploads_of_one_create_run_concurrently(server: LiveServer, tmp_path: Path) -> None:
-    """Three uploads through a proxy that holds each request 0.3 s are held there at the same time."""
+    """Three uploads through a proxy that holds each until all three are in (or 20 s: one after
+    another, each would be held that long alone) are held there at the same time."""
     files = [make_png(tmp_path / f"p{i}.png") for i in range(3)]
     proxy = FlakyServer(upstream=server.url)
-    proxy.delay = 0.3
+    proxy.together = 3
     try:
         async def main() -> Task:
             async with AsyncClient(proxy.url, server.key) as client:
@@ -118,17 +118,15 @@ def test_cancel_generate_and_errors(make_server: Callable[..., LiveServer], serv
     assert not (tmp_path / "no.mp4").exists()
 
 
-def test_retries(server: LiveServer, flaky: FlakyServer) -> None:
+def test_retries(server: LiveServer, flaky: FlakyServer, sleeps: list[float]) -> None:
     flaky.upstream = server.url
     task_id = server.create()
     transport = CountingTransport()
 
-    async def main() -> float:
+    async def main() -> None:
         flaky.then(429, retry_after="1").then(503)
         async with AsyncClient(flaky.url, server.key, backoff=0.05) as client:
-            started = time.monotonic()
             assert (await client.get(task_id)).id == task_id
-            elapsed = time.monotonic() - started
             flaky.then(500)
             with pytest.raises(Exception, match="InternalError"):
                 await client.get(task_id)
@@ -137,12 +135,14 @@ def test_retries(server: LiveServer, flaky: FlakyServer) -> None:
             with pytest.raises(TransportError) as info:
                 await client.get("t1")
             assert isinstance(info.value.__cause__, httpx.ConnectError)
-        return elapsed
 
-    elapsed = asyncio.run(main())
-    assert 0.95 <= elapsed < 5.0
+    asyncio.run(main())
     assert flaky.count("GET") == 4  # 429, 503, the answer; then one 500, not retried
     assert len(transport.requests) == 3
+    # Retry-After, then backoff * 2**n jittered into [50%, 100%]: 0.05-0.1 s; for the closed
+    # port 0.005-0.01 s, then 0.01-0.02 s.
+    assert len(sleeps) == 4 and sleeps[0] == 1.0, sleeps
+    assert 0.05 <= sleeps[1] <= 0.1 and 0.005 <= sleeps[2] <= 0.01 and 0.01 <= sleeps[3] <= 0.02, sleeps
 
 
 def test_resolve(make_server: Callable[..., LiveServer]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta, UTC
@@ -26,7 +25,7 @@ from ref2video.client import (
     WaitTimeout,
 )
 from ref2video.store.models import Task as TaskRow
-from tests.client.conftest import QUICK, assert_mp4, make_png
+from tests.client.conftest import QUICK, assert_mp4, make_png, record_sleeps
 from tests.http_server import Server
 from tests.api.test_cancel_list import set_ids
 from tests.live import LiveServer, ref_url
@@ -185,10 +184,14 @@ def test_a_failing_task_is_returned_by_wait_and_raised_by_generate(client: Clien
 
 def test_wait_times_out_with_the_last_state(client: Client) -> None:
     task = client.create("character1 steps=100 step_ms=50", [ref_url("a.png")])
-    started = time.monotonic()
-    with pytest.raises(WaitTimeout) as info:
-        client.wait(task, timeout=0.4, poll_interval=0.1)
-    assert 0.35 < time.monotonic() - started < 1.5
+    polls: list[Task] = []
+    with pytest.MonkeyPatch.context() as patch:  # the client's time passes only as it sleeps
+        sleeps = record_sleeps(patch)
+        with pytest.raises(WaitTimeout) as info:
+            client.wait(task, timeout=0.625, poll_interval=0.25, on_progress=polls.append)
+    # The interval, then what was left of the deadline; a poll before each pause and one at the end.
+    assert sleeps == [0.25, 0.25, 0.125]
+    assert len(polls) == 4 and info.value.task == polls[-1]
     assert info.value.task.id == task.id and not info.value.task.done
     assert f"task {task.id} is still {info.value.task.status}" in str(info.value)
     client.cancel(task)  # a RUNNING task of a local engine stops too

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-import time
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -69,28 +68,35 @@ def test_a_mixed_set_becomes_references_in_order(
 
 def test_downloads_run_at_once(server: Server, media: dict[str, Path], tmp_path: Path, policy: FetchPolicy) -> None:
     body = media["png"].read_bytes()
+    # Each answer waits until all three requests are in: one after another, the first would wait
+    # alone until the barrier breaks, and be answered 503. Generous limits: only that breaks it.
+    barrier = threading.Barrier(3, timeout=20)
 
-    def late(headers: dict[str, str]) -> Route:
-        time.sleep(0.6)
+    def together(headers: dict[str, str]) -> Route:
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            return Route(b"not all at once", status=503)
         return Route(body)
 
     for n in range(3):
-        server.routes[f"/i/late{n}.png"] = Route(respond=late)
-    started = time.monotonic()
-    refs = ingest([server.url(f"/i/late{n}.png") for n in range(3)], tmp_path, policy)
-    assert len(refs) == 3
-    assert time.monotonic() - started < 1.5  # one after another would take 1.8 s
+        server.routes[f"/i/together{n}.png"] = Route(respond=together)
+    patient = dataclasses.replace(policy, read_timeout=30, total_timeout=60)
+    refs = ingest([server.url(f"/i/together{n}.png") for n in range(3)], tmp_path, patient)
+    assert [r.format for r in refs] == [PNG] * 3
 
 
 def test_the_first_failure_cancels_the_rest(
     server: Server, media: dict[str, Path], tmp_path: Path, policy: FetchPolicy
 ) -> None:
-    drip = server.serve("/i/forever", b"\x89", behaviour="drip")
+    # A real PNG's bytes (no sniffing failure) and a deadline past the drip's 30 s: only the
+    # 404's cancelling it can cut the drip short.
+    drip = server.serve("/i/forever", media["png"].read_bytes(), behaviour="drip")
     missing = server.serve("/i/missing", b"gone", status=404)
-    started = time.monotonic()
-    error = refused([drip, missing], tmp_path, policy)  # the drip alone would take 10 s
-    assert time.monotonic() - started < 2.0
+    patient = dataclasses.replace(policy, total_timeout=60)
+    error = refused([drip, missing], tmp_path, patient)
     assert (error.code, error.message) == ("InvalidURL", "reference 2: the server answered HTTP 404")
+    assert server.hung_up_on("/i/forever")  # abandoned, not downloaded to its end
     assert not list(tmp_path.glob(".*.part"))
 
 
@@ -108,14 +114,18 @@ def test_the_sync_wrapper_runs_in_a_worker_thread(
     assert isinstance(refs, list) and refs[0].format == MP4
 
 
-def test_the_sync_wrapper_stops_when_asked_to(server: Server, tmp_path: Path, policy: FetchPolicy) -> None:
-    url = server.serve("/i/sync-drip", b"\x89", behaviour="drip")
-    started = time.monotonic()
+def test_the_sync_wrapper_stops_when_asked_to(
+    server: Server, media: dict[str, Path], tmp_path: Path, policy: FetchPolicy
+) -> None:
+    url = server.serve("/i/sync-drip", media["png"].read_bytes(), behaviour="drip")
+    # Asked to stop once the download is under way; a PNG's bytes and a deadline past the
+    # drip's 30 s, so that only the request to stop can end it early.
     with pytest.raises(TaskCanceled):
         fetch_references_sync(
-            [url], work_dir=tmp_path, policy=policy, should_cancel=lambda: time.monotonic() - started > 0.3
+            [url], work_dir=tmp_path, policy=dataclasses.replace(policy, total_timeout=60),
+            should_cancel=lambda: bool(server.hits_for("/i/sync-drip")),
         )
-    assert time.monotonic() - started < 1.5  # not the 10 s deadline
+    assert server.hung_up_on("/i/sync-drip")
     assert not list(tmp_path.glob(".*.part"))
 
 

@@ -29,7 +29,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
     drop: bool = False  # close the connection without a word
-    hold: float = 0.0  # seconds to wait before answering
+    hold: float = 0.0  # seconds to wait before answering (cut short when the server closes)
     cut: bool = False  # declare the full length, send half, close
 
 
@@ -49,6 +49,7 @@ class FaultServer:
         self.default = Fault()
         self.hits: list[Hit] = []
         self._lock = threading.Lock()
+        self._closing = threading.Event()  # ends every hold, so that none outlives its test
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
@@ -60,6 +61,7 @@ class FaultServer:
         return self
 
     def close(self) -> None:
+        self._closing.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -83,7 +85,7 @@ def _handler(server: FaultServer) -> type[http.server.BaseHTTPRequestHandler]:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             headers = {name.lower(): value for name, value in self.headers.items()}
             fault = server._next(Hit(self.command, self.path, headers, time.monotonic()))
-            time.sleep(fault.hold)
+            server._closing.wait(fault.hold)
             with contextlib.suppress(OSError):  # the client gave up first, as some tests intend
                 self._answer(fault)
 

@@ -195,10 +195,10 @@ def test_a_bucket_down_or_slow_is_storage_unavailable_within_the_timeouts(
     client = make_client(endpoint_url=f"http://127.0.0.1:{port}", access_key_id="k", secret_access_key="s",
                          connect_timeout=1, read_timeout=1, max_attempts=2)
     storage = S3Storage(client, "bucket", cache_dir=tmp_path / "c")
+    # The silent port never answers: only the client's timeouts can end a call there (a hang
+    # fails the test by pytest's timeout).
     for call in (lambda: storage.put("a.mp4", source), lambda: storage.exists("a.mp4"),
                  lambda: storage.local_path("a.mp4"), lambda: storage.delete("a.mp4"),
                  lambda: list(storage.listing()), lambda: storage.response("a.mp4", globals()["request"]())):
-        started = time.monotonic()
         with pytest.raises(StorageUnavailable):
             call()
-        assert time.monotonic() - started < 30  # bounded: two tries of one second, not a hang

@@ -96,10 +96,10 @@ def test_a_result_the_api_cannot_reach_is_a_503_not_a_hang(on_s3: Callable[..., 
     server = on_s3(s3_private=True)
     url = finished(server)["video_url"]
     proxy.cut()
-    started = time.monotonic()
+    # The server's S3 calls are bounded (2 tries, 2 s to connect, 5 s to read); this client waits
+    # far longer than that, so a server that hangs fails the test with a ReadTimeout.
     r = httpx.get(url, timeout=60)
     assert r.status_code == 503 and r.json()["code"] == "ServiceUnavailable", r.text
-    assert time.monotonic() - started < 60
     proxy.restore()
     assert httpx.get(url).status_code == 200
 

@@ -18,7 +18,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, tzinfo, UTC
 from pathlib import Path
 from typing import Any, BinaryIO, TypeAlias
@@ -58,6 +58,8 @@ _FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 _RESOLVE_PAGE = 100
 _RESOLVE_SCAN_PAGES = 10  # of a server without task_id_prefix (the provider), scanned by hand
 _CANDIDATES = 5  # ids named when a prefix is ambiguous
+# The clock that waits keep their deadlines on; looked up at each use, so tests can replace it.
+_clock: Callable[[], float] = time.monotonic
 
 # The request never reached the server: safe to send again whatever the method.
 _NOT_SENT: tuple[type[httpx.TransportError], ...] = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -278,18 +280,18 @@ class _BaseClient:
 
     @staticmethod
     def _deadline(timeout: float | None) -> float | None:
-        return None if timeout is None else time.monotonic() + timeout
+        return None if timeout is None else _clock() + timeout
 
     @staticmethod
     def _pause(deadline: float | None, poll_interval: float) -> float:
         """How long to sleep before the next poll: the interval, or what is left of the deadline."""
         if deadline is None:
             return poll_interval
-        return max(0.0, min(poll_interval, deadline - time.monotonic()))
+        return max(0.0, min(poll_interval, deadline - _clock()))
 
     @staticmethod
     def _timed_out(deadline: float | None) -> bool:
-        return deadline is not None and time.monotonic() >= deadline
+        return deadline is not None and _clock() >= deadline
 
     @staticmethod
     def _stale(task: TaskRef) -> bool:

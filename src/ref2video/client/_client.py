@@ -11,7 +11,7 @@ import asyncio
 import builtins
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +25,10 @@ from ._errors import WaitTimeout
 from ._models import Task, TaskPage
 
 __all__ = ["Client", "AsyncClient"]
+
+# What waits and retries sleep with; looked up at each call, so tests can record the delays.
+_sleep: Callable[[float], None] = time.sleep
+_async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 class Client(_BaseClient):
@@ -112,7 +116,7 @@ class Client(_BaseClient):
                 return task
             if self._timed_out(deadline):
                 raise WaitTimeout(task, timeout or 0.0)
-            time.sleep(self._pause(deadline, poll_interval))
+            _sleep(self._pause(deadline, poll_interval))
 
     def cancel(self, task_id: str | Task) -> None:
         """Cancel a PENDING task (or ask a RUNNING one to stop); `InvalidRequest` when it is too late."""
@@ -215,7 +219,7 @@ class Client(_BaseClient):
                     return self._checked(response)
                 response.close()
             attempt += 1
-            time.sleep(delay)
+            _sleep(delay)
 
     def _checked(self, response: httpx.Response) -> httpx.Response:
         if response.is_success:
@@ -303,7 +307,7 @@ class AsyncClient(_BaseClient):
                 return task
             if self._timed_out(deadline):
                 raise WaitTimeout(task, timeout or 0.0)
-            await asyncio.sleep(self._pause(deadline, poll_interval))
+            await _async_sleep(self._pause(deadline, poll_interval))
 
     async def cancel(self, task_id: str | Task) -> None:
         """Cancel a PENDING task (or ask a RUNNING one to stop); `InvalidRequest` when it is too late."""
@@ -404,7 +408,7 @@ class AsyncClient(_BaseClient):
                     return await self._checked(response)
                 await response.aclose()
             attempt += 1
-            await asyncio.sleep(delay)
+            await _async_sleep(delay)
 
     async def _checked(self, response: httpx.Response) -> httpx.Response:
         if response.is_success:
