@@ -106,14 +106,16 @@ def test_two_processes_never_admit_more_than_the_rate(rate_pair: Pair) -> None:
     made = rate_pair.tasks()  # counted where the server keeps them
     assert made == codes[200]
     assert 5 <= made <= 5 + 10 * elapsed, (made, elapsed, codes)
-    assert made >= 5 + 10 * elapsed * 0.25, (made, elapsed)  # and the limit is not much stricter either
+    # And the limit is not much stricter either, unless a loaded machine sent too few to tell.
+    assert made >= min(5 + 10 * elapsed * 0.25, codes.total() / 2), (made, elapsed, codes)
 
     task_id = clients[0].post(GATEWAY, json=make_body()).json().get("output", {}).get("task_id", "x")
     time.sleep(1)  # let the create bucket refill a little; queries have their own anyway
     codes, elapsed = _hammer(clients, lambda c: c.get(f"/api/v1/tasks/{task_id}"), 3.0)
     assert set(codes) == {200, 429}, codes
     assert codes[200] <= 20 + 40 * elapsed, (codes, elapsed)
-    assert codes[200] >= 20 + 40 * elapsed * 0.25, (codes, elapsed)  # (a loaded machine wastes some leases)
+    # (a loaded machine wastes some leases, or sends too few to tell)
+    assert codes[200] >= min(20 + 40 * elapsed * 0.25, codes.total() / 2), (codes, elapsed)
     for client in clients:
         client.close()
 
