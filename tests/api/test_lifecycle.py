@@ -72,6 +72,14 @@ def test_a_retryable_failure_is_retried_and_then_succeeds(server: LiveServer) ->
         assert conn.execute(select(Task.attempt).where(Task.id == task_id)).scalar_one() == 2
 
 
+def test_a_retry_after_a_delay_runs_when_due_not_at_the_next_poll(make_server) -> None:  # type: ignore[no-untyped-def]
+    # Nothing announces the end of a backoff: the idle worker must wake for it by itself, not
+    # at its fallback poll an hour later (the wait below would give up long before that).
+    server = make_server(poll_interval=3600.0)
+    task_id = server.create(prompt="retry=1 retry_ms=300")
+    assert server.wait(task_id, timeout=60)["output"]["task_status"] == "SUCCEEDED"
+
+
 def test_retries_stop_at_the_attempt_limit(make_server) -> None:  # type: ignore[no-untyped-def]
     server = make_server(max_attempts=2)
     out = server.wait(server.create(prompt="retry=5"))["output"]

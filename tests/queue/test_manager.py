@@ -127,6 +127,9 @@ def test_retry_respects_its_delay(db: Engine) -> None:
     assert claim is not None
     assert manager.retry(claim, "Throttling", "busy", delay=0.3) is Status.PENDING
     assert manager.claim(MODELS) is None  # not before run_after
+    due = manager.next_due(MODELS)  # what an idle worker waits for, at most
+    assert due is not None and 0 < due <= 0.3
+    assert manager.next_due(["another-model"]) is None and manager.next_due([]) is None
     time.sleep(0.35)
     again = manager.claim(MODELS)
     assert again is not None and again.task.id == task_id and again.task.attempt == 2

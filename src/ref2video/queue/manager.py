@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from ..app import observe, transitions
 from ..app.transitions import Held
 from ..protocol import Status
-from ..store.db import is_postgres
+from ..store.db import is_postgres, now_ms
 from ..store import tasks as store
 from ..store.tasks import RECORD_COLUMNS, TaskRecord
 
@@ -70,6 +70,16 @@ class QueueManager:
         with observe.begin(self.engine) as conn:
             return transitions.claim(conn, models, token, lease_ms=self.lease_ms,
                                      skip_locked=is_postgres(self.engine), columns=columns)
+
+    def next_due(self, models: Collection[str]) -> float | None:
+        """Seconds until a task of `models` waiting out a retry's backoff becomes claimable, or
+        None: an idle worker sleeps no longer than that, since nothing announces the moment."""
+        if not models:
+            return None
+        now = now_ms()
+        with self.engine.connect() as conn:
+            due = store.next_run_after(conn, models, now)
+        return None if due is None else (due - now) / 1000
 
     def heartbeat(self, claim: Claim, progress: int | None = None) -> bool:
         """Renew the lease (and record progress); True when a cancel was requested."""

@@ -124,6 +124,16 @@ class WorkerPool:
 
     # -- the worker loop -----------------------------------------------------------------
 
+    def _idle(self, models: list[str]) -> float:
+        """How long to wait for a notification before looking again: the fallback interval, or
+        less when a retried task becomes claimable sooner."""
+        try:
+            due = self.manager.next_due(models)
+        except Exception:
+            log.exception("reading when the next retry is due failed")
+            return self.poll_interval
+        return self.poll_interval if due is None else min(self.poll_interval, max(0.01, due))
+
     def _work(self, models: list[str]) -> None:
         while not self._stopping.is_set():
             self.wakeup.clear()
@@ -134,7 +144,7 @@ class WorkerPool:
                 self._stopping.wait(1.0)
                 continue
             if claim is None:
-                self.wakeup.wait(self.poll_interval)
+                self.wakeup.wait(self._idle(models))
                 continue
             with logs.task_context(claim.task.id):
                 self._process(claim)

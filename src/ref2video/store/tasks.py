@@ -242,6 +242,16 @@ def cancel_requested(conn: Connection, task_id: str, token: str) -> bool | None:
     return None if row is None else bool(row.cancel_requested)
 
 
+def next_run_after(conn: Connection, models: Collection[str], now: int) -> int | None:
+    """When the soonest PENDING task of `models` that is not yet claimable (a retry's backoff)
+    becomes claimable, in epoch ms; None when there is none (`ix_tasks_claim` answers it)."""
+    return conn.execute(
+        select(func.min(Task.run_after)).where(
+            Task.status == Status.PENDING.value, Task.run_after > now, Task.model.in_(list(models))
+        )
+    ).scalar_one_or_none()
+
+
 def expired_tasks(conn: Connection, retention_ms: int, limit: int = 500) -> list[tuple[str, str | None]]:
     """(id, result_key) of up to `limit` tasks submitted before the retention window."""
     cutoff = now_ms() - retention_ms
