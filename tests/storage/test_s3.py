@@ -193,7 +193,7 @@ def test_a_bucket_down_or_slow_is_storage_unavailable_within_the_timeouts(
 ) -> None:
     port = refusing_port() if kind == "down" else request.getfixturevalue("silent_port")
     client = make_client(endpoint_url=f"http://127.0.0.1:{port}", access_key_id="k", secret_access_key="s",
-                         connect_timeout=1, read_timeout=1, max_attempts=2)
+                         connect_timeout=0.25, read_timeout=0.25, max_attempts=2)
     storage = S3Storage(client, "bucket", cache_dir=tmp_path / "c")
     # The silent port never answers: only the client's timeouts can end a call there (a hang
     # fails the test by pytest's timeout).
