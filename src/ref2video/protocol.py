@@ -35,6 +35,7 @@ __all__ = [
     "MEDIA_MAX_DURATION",
     "MEDIA_MAX_DURATION_WITH_VIDEO",
     "MAX_VOICE_BYTES",
+    "WEBHOOK_EVENTS",
     "tier_of",
     "size_for",
     "format_time",
@@ -53,6 +54,15 @@ class Status(str, enum.Enum):
 
 
 TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELED})
+
+# The webhook events (ref2video's own, docs/webhooks.md) and the state each announces; here, not
+# in app.outbox, so that the CLI's help can name them without loading the server.
+WEBHOOK_EVENTS: dict[Status, str] = {
+    Status.RUNNING: "task.running",
+    Status.SUCCEEDED: "task.succeeded",
+    Status.FAILED: "task.failed",
+    Status.CANCELED: "task.canceled",
+}
 
 # Output sizes by tier; the tier is the `SR` reported in usage.
 SIZES: dict[str, int] = {

@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
-from ..protocol import Status
+from ..protocol import WEBHOOK_EVENTS, Status
 from ..store import webhooks as store
 from ..store.db import is_postgres, now_ms
 from ..store.models import Task
@@ -39,12 +39,7 @@ __all__ = [
     "release", "sweep",
 ]
 
-EVENTS: dict[Status, str] = {
-    Status.RUNNING: "task.running",
-    Status.SUCCEEDED: "task.succeeded",
-    Status.FAILED: "task.failed",
-    Status.CANCELED: "task.canceled",
-}
+EVENTS: dict[Status, str] = WEBHOOK_EVENTS  # named in ref2video.protocol, where the CLI reads them
 ALL_EVENTS: tuple[str, ...] = tuple(EVENTS.values())
 
 _ERROR_CHARS = 1000  # of last_error

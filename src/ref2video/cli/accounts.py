@@ -1,5 +1,7 @@
 """`ref2video accounts create | credit | limits | show | statement | usage`: the operator's
-side of billing, straight on the database (like `keys`). Amounts are in credits ("12.5")."""
+side of billing, straight on the database (like `keys`). Amounts are in credits ("12.5").
+
+The server's modules are imported by the commands, not here (see `main`)."""
 
 from __future__ import annotations
 
@@ -10,16 +12,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
-from sqlalchemy import Engine
 
-from ..app import accounts
-from ..app.ledger import to_credits, to_micro
 from .output import fail, out
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from ..app.accounts import AccountInfo
 
 __all__ = ["register"]
 
@@ -41,6 +45,8 @@ def _open(config: Path | None, init: bool) -> tuple[Engine, ZoneInfo]:
 
 
 def _credits(text: str, what: str) -> int:
+    from ..app.ledger import to_micro
+
     try:
         return to_micro(Decimal(text))
     except (InvalidOperation, ValueError):
@@ -69,7 +75,9 @@ def _emit(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], as_csv: bool
     out.print(table)
 
 
-def _show(info: accounts.AccountInfo, as_json: bool) -> None:
+def _show(info: AccountInfo, as_json: bool) -> None:
+    from ..app.ledger import to_credits
+
     values = {
         "owner": info.owner, "balance": str(to_credits(info.balance)), "held": str(to_credits(info.held)),
         "daily_limit": None if info.daily_limit is None else str(to_credits(info.daily_limit)),
@@ -90,6 +98,8 @@ def create(owner: Annotated[str, typer.Argument(help="the owner (tenant) whose k
            as_json: Annotated[bool, typer.Option("--json")] = False,
            config: ConfigOpt = None, init: InitOpt = False) -> None:
     """Open an account for an owner."""
+    from ..app import accounts
+
     db, tz = _open(config, init)
     amount = _credits(credit, "--credit")
     if amount < 0:
@@ -107,6 +117,9 @@ def credit_(owner: str, amount: Annotated[str, typer.Argument(help="credits; neg
             note: Annotated[str, typer.Option(help="why, for the statement")] = "",
             config: ConfigOpt = None, init: InitOpt = False) -> None:
     """Top up an account (or adjust it with a negative amount)."""
+    from ..app import accounts
+    from ..app.ledger import to_credits
+
     db, _ = _open(config, init)
     micro = _credits(amount, "amount")
     if micro == 0:
@@ -122,6 +135,8 @@ def credit_(owner: str, amount: Annotated[str, typer.Argument(help="credits; neg
 def limits(owner: str, daily: LimitOpt = None, monthly: LimitOpt = None,
            config: ConfigOpt = None, init: InitOpt = False) -> None:
     """Set the daily and monthly spend limits ('none' lifts one; an option left out stays)."""
+    from ..app import accounts
+
     db, tz = _open(config, init)
     changes = {}
     if daily is not None:
@@ -139,6 +154,8 @@ def limits(owner: str, daily: LimitOpt = None, monthly: LimitOpt = None,
 def show(owner: str, as_json: Annotated[bool, typer.Option("--json")] = False,
          config: ConfigOpt = None, init: InitOpt = False) -> None:
     """Balance, what unfinished tasks hold, limits and spend."""
+    from ..app import accounts
+
     db, tz = _open(config, init)
     try:
         _show(accounts.show(db, owner, tz=tz), as_json)
@@ -150,6 +167,9 @@ def show(owner: str, as_json: Annotated[bool, typer.Option("--json")] = False,
 def statement(owner: str, as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout")] = False,
               config: ConfigOpt = None, init: InitOpt = False) -> None:
     """Every ledger entry of an account, oldest first."""
+    from ..app import accounts
+    from ..app.ledger import to_credits
+
     db, tz = _open(config, init)
     entries = accounts.statement(db, owner)
     rows = [(datetime.fromtimestamp(e.created_at / 1000, tz).isoformat(timespec="seconds"), e.kind,
@@ -162,6 +182,9 @@ def usage(owner: Annotated[str | None, typer.Option(help="one owner (default: al
           as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout")] = False,
           config: ConfigOpt = None, init: InitOpt = False) -> None:
     """What was charged, by owner, model and day."""
+    from ..app import accounts
+    from ..app.ledger import to_credits
+
     db, tz = _open(config, init)
     rows = [(r.day, r.owner, r.model, str(r.tasks), str(r.seconds), str(to_credits(r.cost)))
             for r in accounts.usage(db, tz=tz, owner=owner)]

@@ -1,5 +1,10 @@
 """`ref2video serve | worker | keys` over `Service` and `create_app`; the task commands
-(`generate`, `status`, `cancel`, `list`) are in `tasks.py`, over the Python SDK."""
+(`generate`, `status`, `cancel`, `list`) are in `tasks.py`, over the Python SDK.
+
+The server (service, app, store, sqlalchemy, the settings) is imported by the commands that
+use it, not here: building the command line and running a client command (`status`, `list`,
+...) loads only typer, rich and the client (tests/cli/test_startup.py).
+"""
 
 from __future__ import annotations
 
@@ -12,19 +17,18 @@ import sys
 import threading
 from datetime import datetime, UTC
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Column, Table
-from sqlalchemy import Engine
-from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from .. import logs, metrics
-from ..config import Settings
-from ..service import Service
-from ..app import keys as key_store
-from ..store.db import describe, make_engine, migrate, schema_missing
 from .output import err, fail, one_line, out, piped
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from ..app.keys import KeyRates
+    from ..config import Settings
 
 __all__ = ["app", "main"]
 
@@ -49,6 +53,8 @@ QueryBurstOpt = Annotated[str | None, typer.Option(
 
 
 def _settings(config: Path | None, **overrides: object) -> Settings:
+    from ..config import Settings
+
     try:
         return Settings.load(config, **{k: v for k, v in overrides.items() if v is not None})
     except Exception as exc:  # a bad file or value: one clear line, no traceback
@@ -56,12 +62,18 @@ def _settings(config: Path | None, **overrides: object) -> Settings:
 
 
 def _logging(settings: Settings) -> None:
+    from .. import logs
+
     logs.configure(settings.log_level, settings.log_format)
     if settings.log_level.lower() != "debug":  # one line per migration step is for debugging
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _where(settings: Settings) -> str:
+    from sqlalchemy.exc import ArgumentError
+
+    from ..store.db import describe
+
     try:
         return describe(settings.database_url)
     except ArgumentError as exc:
@@ -78,6 +90,7 @@ def serve(
     """Run the HTTP API (and, by default, workers in the same process); creates the database if needed."""
     import uvicorn
 
+    from .. import metrics
     from ..api.app import create_app
     from ..api.server import server_config
 
@@ -118,6 +131,9 @@ def worker(config: ConfigOpt = None, workers: Annotated[int | None, typer.Option
                help="comma-separated models whose tasks this process runs (default: all)")] = None,
            init: InitOpt = False) -> None:
     """Run workers only, against the configured database (scale-out)."""
+    from .. import metrics
+    from ..service import Service
+
     settings = _settings(config, workers=workers, worker_models=models)
     _check_database(settings, init=init)
     _logging(settings)
@@ -152,6 +168,8 @@ def keys_create(
     init: InitOpt = False,
 ) -> None:
     """Make a key, with its own rate limits if given. It is printed once and stored only as a hash."""
+    from ..app import keys as key_store
+
     rates = key_store.KeyRates.of(_rates(create_rate, create_burst, query_rate, query_burst))
     db = _db(config, init=init)
     key, info = key_store.create_key(db, owner=owner, name=name, role="admin" if admin else "user", rates=rates)
@@ -164,6 +182,8 @@ def keys_create(
 def keys_list(config: ConfigOpt = None, init: InitOpt = False) -> None:
     """List keys (ids, owners and their own rate limits; secrets are never stored). In a pipe, a
     line a key, its fields separated by tabs (a table would be cut to 80 columns there)."""
+    from ..app import keys as key_store
+
     rows = [(info.id, info.owner, info.name, info.role, _when(info.created_at), _when(info.revoked_at) or "-",
              *_own_limits(info.rates)) for info in key_store.list_keys(_db(config, init=init))]
     if piped():
@@ -185,6 +205,8 @@ def keys_limits(
 ) -> None:
     """Set a key's own rate limits ('default': back to the server's; an option left out stays).
     Every server applies them within a second."""
+    from ..app import keys as key_store
+
     changes = _rates(create_rate, create_burst, query_rate, query_burst)
     info = key_store.set_rates(_db(config, init=init), key_id, changes)
     if info is None:
@@ -197,6 +219,8 @@ def keys_limits(
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="key id (or the whole key)")], config: ConfigOpt = None,
                 init: InitOpt = False) -> None:
     """Revoke a key; every server stops taking it within a second."""
+    from ..app import keys as key_store
+
     if not key_store.revoke_key(_db(config, init=init), key_id):
         fail(f"no live key {key_id!r}", 1)
     out.print(f"revoked {key_id}", markup=False)
@@ -209,6 +233,8 @@ _RATE_OPTIONS = {"rate_create_per_second": "--create-rate", "rate_create_burst":
 def _rates(*texts: str | None) -> dict[str, float | int | None]:
     """The rate limits the options set, in `_RATE_OPTIONS` order ('default': None, the server's),
     checked as the admin API checks them; exit 2 on a bad one."""
+    from ..app import keys as key_store
+
     values: dict[str, float | int | None] = {}
     for (name, option), text in zip(_RATE_OPTIONS.items(), texts):
         if text is None:
@@ -230,7 +256,7 @@ def _number(text: str) -> int | float | str:
     return text
 
 
-def _own_limits(rates: key_store.KeyRates) -> tuple[str, str]:
+def _own_limits(rates: KeyRates) -> tuple[str, str]:
     """A key's own create and query limits for people: 'default' where it has none."""
     def one(per_second: float | None, burst: int | None) -> str:
         if per_second is None and burst is None:
@@ -243,6 +269,8 @@ def _own_limits(rates: key_store.KeyRates) -> tuple[str, str]:
 
 
 def _db(config: Path | None, *, init: bool) -> Engine:
+    from ..store.db import make_engine, migrate
+
     settings = _settings(config)
     _check_database(settings, init=init)
     engine = make_engine(settings.database_url)
@@ -253,6 +281,10 @@ def _db(config: Path | None, *, init: bool) -> Engine:
 def _check_database(settings: Settings, *, init: bool) -> None:
     """Say which database this command uses; refuse (exit 2) to create one unless `init`: a
     command run from another folder would otherwise make a fresh, empty one there."""
+    from sqlalchemy.exc import DBAPIError
+
+    from ..store.db import schema_missing
+
     where = _where(settings)
     err.print(f"database: {where}", markup=False)
     if init:

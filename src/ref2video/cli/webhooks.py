@@ -1,5 +1,7 @@
 """`ref2video webhooks add | list | remove | secret | log`: an owner's webhook endpoints, against
-the configured database (like `ref2video keys`). docs/webhooks.md is the guide."""
+the configured database (like `ref2video keys`). docs/webhooks.md is the guide.
+
+The server's modules are imported by the commands, not here (see `main`)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..app import webhooks
-from ..app.outbox import ALL_EVENTS
 from ..errors import ApiError
+from ..protocol import WEBHOOK_EVENTS
 from .output import emit_json, fail, one_line, out, piped
 
 __all__ = ["webhooks_app"]
@@ -24,6 +25,7 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML set
 OwnerOpt = Annotated[str, typer.Option(help="the owner (tenant) whose task events these are")]
 InitOpt = Annotated[bool, typer.Option("--init", help="create the database if there is none")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout, for scripts")]
+_EVENTS = ", ".join(WEBHOOK_EVENTS.values())
 
 
 def _db(config: Path | None, init: bool):  # type: ignore[no-untyped-def]
@@ -36,13 +38,15 @@ def _db(config: Path | None, init: bool):  # type: ignore[no-untyped-def]
 def add(
     url: Annotated[str, typer.Argument(help="http(s) URL that receives the signed POSTs")],
     event: Annotated[list[str] | None, typer.Option(
-        "--event", "-e", help=f"an event to send ({', '.join(ALL_EVENTS)}); repeat it; default all")] = None,
+        "--event", "-e", help=f"an event to send ({_EVENTS}); repeat it; default all")] = None,
     owner: OwnerOpt = "default",
     config: ConfigOpt = None,
     init: InitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Register an endpoint; prints its id and signing secret (`webhooks secret` shows it again)."""
+    from ..app import webhooks
+
     try:
         endpoint, secret = webhooks.add(_db(config, init), owner, url, event or None)
     except ApiError as exc:
@@ -61,6 +65,8 @@ def add(
 def list_endpoints(owner: OwnerOpt = "default", config: ConfigOpt = None, init: InitOpt = False,
                    as_json: JsonOpt = False) -> None:
     """List the owner's endpoints (secrets are shown by `webhooks secret`)."""
+    from ..app import webhooks
+
     endpoints = webhooks.list(_db(config, init), owner)
     if as_json:
         emit_json([{"id": e.id, "url": e.url, "events": e.events, "created_at": e.created_at} for e in endpoints])
@@ -73,6 +79,8 @@ def list_endpoints(owner: OwnerOpt = "default", config: ConfigOpt = None, init: 
 def remove(endpoint_id: Annotated[str, typer.Argument(help="the endpoint's id (ep_...)")], owner: OwnerOpt = "default",
            config: ConfigOpt = None, init: InitOpt = False) -> None:
     """Remove an endpoint; what it has not been sent yet is given up."""
+    from ..app import webhooks
+
     if not webhooks.remove(_db(config, init), owner, endpoint_id):
         fail(f"owner {owner!r} has no endpoint {endpoint_id!r}", 1)
     out.print(f"removed {endpoint_id}", markup=False)
@@ -83,6 +91,8 @@ def secret(endpoint_id: Annotated[str | None, typer.Argument(
                help="an endpoint's id; without it, the secret of the owner's X-Ref2video-Callback deliveries")] = None,
            owner: OwnerOpt = "default", config: ConfigOpt = None, init: InitOpt = False) -> None:
     """Print a signing secret: an endpoint's, or the owner's callback secret (made on first use)."""
+    from ..app import webhooks
+
     value = webhooks.secret(_db(config, init), owner, endpoint_id)
     if value is None:
         fail(f"owner {owner!r} has no endpoint {endpoint_id!r}", 1)
@@ -94,6 +104,8 @@ def log(owner: OwnerOpt = "default", task: Annotated[str | None, typer.Option(he
         limit: Annotated[int, typer.Option(min=1, max=1000)] = 50, config: ConfigOpt = None, init: InitOpt = False,
         as_json: JsonOpt = False) -> None:
     """The owner's latest deliveries, newest first: state, attempts and the last error."""
+    from ..app import webhooks
+
     rows = webhooks.deliveries(_db(config, init), owner, limit=limit, task_id=task)
     if as_json:
         emit_json([r.__dict__ for r in rows])

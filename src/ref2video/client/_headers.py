@@ -7,6 +7,8 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+__all__ = ["retry_after"]
+
 
 def retry_after(response: httpx.Response) -> float | None:
     """The Retry-After header in seconds (a number or an HTTP date), or None."""
