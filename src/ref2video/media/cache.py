@@ -124,9 +124,7 @@ class MediaCache:
     def lookup(self, url: str) -> CacheEntry | None:
         """The entry for `url`, fresh or stale, or None."""
         with self._connect() as db:
-            row = db.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM urls u JOIN blobs b USING (sha256) WHERE u.url = ?", (url,)
-            ).fetchone()
+            row = self._row(db, url)
         return self._entry(row) if row else None
 
     def materialize(self, entry: CacheEntry, dest: Path) -> Path | None:
@@ -166,10 +164,14 @@ class MediaCache:
                      fetched.headers.get("last-modified"), fetched.content_type, now + lifetime),
                 )  # fmt: skip
                 self._evict(db, keep=fetched.sha256)
+                # Read in the same transaction: another store's eviction may drop this blob as
+                # soon as it commits, and the caller still gets the entry it stored (materialize
+                # answers None if the file is gone by then).
+                row = self._row(db, url)
         finally:
             if staged:
                 staged.unlink(missing_ok=True)
-        return self.lookup(url)
+        return self._entry(row) if row else None
 
     def refresh(self, url: str, headers: Mapping[str, str]) -> CacheEntry | None:
         """Record a 304 answer: the copy is fresh again (or forgotten, if now `no-store`)."""
@@ -259,6 +261,12 @@ class MediaCache:
             self._blob_path(sha256).unlink(missing_ok=True)
             freed += size
         return freed
+
+    @staticmethod
+    def _row(db: sqlite3.Connection, url: str) -> tuple | None:  # type: ignore[type-arg]
+        return db.execute(  # type: ignore[no-any-return]
+            f"SELECT {_ENTRY_COLUMNS} FROM urls u JOIN blobs b USING (sha256) WHERE u.url = ?", (url,)
+        ).fetchone()
 
     def _forget(self, url: str) -> None:
         with self._write() as db:

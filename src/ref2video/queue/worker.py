@@ -188,8 +188,10 @@ class WorkerPool:
         finally:
             with self._lock:
                 self._running.pop(task.id, None)
-            self._record(claim, context, outcome, engine_name)
+            # Scratch goes before the outcome is recorded: whoever sees the task end may count
+            # on its files being gone (the result is in storage by now).
             shutil.rmtree(scratch, ignore_errors=True)
+            self._record(claim, context, outcome, engine_name)
 
     def _record(self, claim: Claim, context: TaskContext, outcome: _Outcome, engine_name: str | None) -> None:
         kind = outcome.kind
