@@ -92,7 +92,7 @@ async def _create(request: Request) -> JSONResponse:
     body = await read_json(request, service.settings.max_body_bytes)
     principal = await principal_of(request)
     await admit(request, principal, CREATE)
-    spec = parse_spec(body, service.models)
+    spec = parse_spec(body, service.models, upstream=service.relayed_as)
     callback = webhooks.callback_of(request.headers.get(webhooks.CALLBACK_HEADER))
     claim = idempotency.claim_of(request.headers.get(idempotency.HEADER), body)
     task = await tasks.submit(service.db, spec, principal, retention_ms=service.retention_ms,
