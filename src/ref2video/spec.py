@@ -1,4 +1,4 @@
-"""The create body, checked field by field into a `TaskSpec` (PROTOCOL.md section 2).
+"""The create body, checked field by field into a `TaskSpec` (docs/protocol.md §2-3).
 
 Only the checks that need no download happen here; what needs the file (format, pixels,
 seconds, bytes) happens when the references are fetched.

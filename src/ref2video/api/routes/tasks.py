@@ -1,4 +1,4 @@
-"""The task protocol: gateway and native create, query, cancel and list (PROTOCOL.md 1-4)."""
+"""The task protocol: gateway and native create, query, cancel and list (docs/protocol.md §1-6)."""
 
 from __future__ import annotations
 
@@ -177,7 +177,7 @@ async def list_tasks(request: Request) -> JSONResponse:
     start_ms = _time_param(q.get("start_time"), "start_time", service)
     end_ms = _time_param(q.get("end_time"), "end_time", service)
     model = text_param(request, "model_name") or None
-    # A ref2video extension (PROTOCOL.md 6); a prefix no id of ours can start with matches nothing.
+    # A ref2video extension (docs/protocol.md §6); a prefix no id of ours can start with matches nothing.
     prefix = text_param(request, "task_id_prefix") or None
     if prefix is not None and not _plausible(prefix):
         page = tasks.TaskPage(items=[], total=0)
