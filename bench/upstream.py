@@ -9,8 +9,8 @@ Usage:
 
 What it imitates
 ----------------
-Alibaba DashScope's native routes for `wan2.6-r2v` and `wan2.6-r2v-flash`, as PROTOCOL.md
-(shared/) describes them, under the base path `/api/v1`, one account per `--keys` entry:
+Alibaba DashScope's native routes for `wan2.6-r2v` and `wan2.6-r2v-flash`, as docs/protocol.md
+describes them, under the base path `/api/v1`, one account per `--keys` entry:
 
 * `POST /api/v1/services/aigc/video-generation/video-synthesis` (needs `X-DashScope-Async: enable`)
 * `GET  /api/v1/tasks/{id}`, `POST /api/v1/tasks/{id}/cancel`, `GET /api/v1/tasks` (the list)
@@ -277,7 +277,7 @@ def wire_time(ms: int) -> str:
 
 
 def task_json(task: Task | None, task_id: str, now_ms: int, base_url: str) -> dict[str, Any]:
-    """The native query answer (PROTOCOL.md section 3), without request_id."""
+    """The native query answer (docs/protocol.md §5), without request_id."""
     status = "UNKNOWN" if task is None else task.status(now_ms)
     output: dict[str, Any] = {"task_id": task_id, "task_status": status}
     if task is None or status == "CANCELED":
@@ -310,7 +310,7 @@ def list_item(task: Task, now_ms: int) -> dict[str, Any]:
 
 
 def parse_create(raw: bytes, oss_resolve: bool) -> Spec:
-    """The create body checked as PROTOCOL.md section 2 says (the checks that need no download)."""
+    """The create body checked as docs/protocol.md §2 says (the checks that need no download)."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -505,7 +505,7 @@ async def list_tasks(request: Request) -> Response:
 
 
 async def get_policy(request: Request) -> Response:
-    """The upload certificate of the official SDK's `file://` flow (PROTOCOL.md section 6)."""
+    """The upload certificate of the official SDK's `file://` flow (docs/protocol.md §7)."""
     account = admit(request, SUBMIT)
     params = request.query_params
     if params.get("action") != "getPolicy":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,24 @@ def test_list_and_table_settings_from_the_environment(monkeypatch: pytest.Monkey
     monkeypatch.setenv("REF2VIDEO_MODELS", "wan2.6-r2v")
     with pytest.raises(ValueError, match="name=value"):
         Settings()
+
+
+@pytest.mark.parametrize(("name", "written", "read"), [
+    ("fetch_allow", "127.0.0.0/8, 10.1.0.0/16", ["127.0.0.0/8", "10.1.0.0/16"]),
+    ("worker_models", "wan2.6-r2v,wan2.7-r2v", ["wan2.6-r2v", "wan2.7-r2v"]),
+    ("dashscope_api_keys", "sk-a, sk-b", ["sk-a", "sk-b"]),
+    ("models", "wan2.6-r2v=preview, studio=wan", {"wan2.6-r2v": "preview", "studio": "wan"}),
+    ("engines", "mine=pkg.mod:Engine,other=pkg.other:Engine", {"mine": "pkg.mod:Engine", "other": "pkg.other:Engine"}),
+    ("dashscope_models", "studio=wan2.7-r2v, fast=wan2.6-r2v-flash",
+     {"studio": "wan2.7-r2v", "fast": "wan2.6-r2v-flash"}),
+    ("engine_capacity", "preview=3, wan=1", {"preview": 3, "wan": 1}),
+    ("prices", "wan2.6-r2v:720P=0.5,wan2.7-r2v:1080P=1.25",
+     {"wan2.6-r2v:720P": Decimal("0.5"), "wan2.7-r2v:1080P": Decimal("1.25")}),
+])
+def test_every_list_and_table_setting_reads_the_comma_form(monkeypatch: pytest.MonkeyPatch, name: str, written: str,
+                                                           read: object) -> None:
+    monkeypatch.setenv(f"REF2VIDEO_{name.upper()}", written)
+    assert getattr(Settings(), name) == read
 
 
 def test_results_dir_must_be_a_folder_of_its_own(tmp_path: Path) -> None:

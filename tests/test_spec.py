@@ -1,4 +1,4 @@
-"""The create body's rules (PROTOCOL.md section 2), checked without a server."""
+"""The create body's rules (docs/protocol.md §2-3), checked without a server."""
 
 from __future__ import annotations
 

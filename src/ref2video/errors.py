@@ -2,7 +2,7 @@
 
     Ref2VideoError
     ├── ApiError                 answered to a client in the provider's envelope
-    │   ├── InvalidParameter     400  a field breaks a rule of PROTOCOL.md section 2
+    │   ├── InvalidParameter     400  a field breaks a rule of docs/protocol.md §2-3
     │   ├── InvalidURL           400  a reference is not http(s):// or a known oss:// key
     │   ├── RequestTooLarge      413  the body is over the configured limit
     │   ├── InvalidApiKey        401  missing, unknown or revoked key
@@ -184,7 +184,7 @@ class TaskCanceled(EngineError):
 
 
 class MediaError(EngineError):
-    """A reference could not be fetched, or its bytes break a rule of PROTOCOL.md section 2.
+    """A reference could not be fetched, or its bytes break a rule of docs/protocol.md §2 or §3.
 
     `code` is `InvalidURL` when the address cannot be used (scheme, forbidden address, DNS,
     HTTP status, redirects) and `InvalidParameter` when the content is wrong (size, format,

@@ -1,4 +1,4 @@
-"""The provider's vocabulary: states, sizes, limits and the time format (PROTOCOL.md)."""
+"""The provider's vocabulary: states, sizes, limits and the time format (docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ MAX_IMAGE_BYTES = 20 << 20
 MAX_VIDEO_BYTES = 100 << 20
 MAX_UPLOAD_BYTES = MAX_VIDEO_BYTES  # the kind is known only once the bytes are sniffed
 
-# The newer request form (PROTOCOL.md section 8): `input.media` with `parameters.resolution`
+# The newer request form (docs/protocol.md §3): `input.media` with `parameters.resolution`
 # and `parameters.ratio`, for wan2.7-r2v. The provider's own models take one form each;
 # other configured models take either.
 MEDIA_MODELS = frozenset({"wan2.7-r2v"})

@@ -1,7 +1,7 @@
 """A task's references, fetched and checked for its engine: downloads through `media.ingest`,
 and `oss://` keys through the uploads of the task's owner (and nobody else's).
 
-The urls form has references only. The media form (PROTOCOL.md section 8) declares each item's
+The urls form has references only. The media form (docs/protocol.md §3) declares each item's
 kind, and may add a first frame and a voice per reference; all of them are fetched at once,
 all or nothing."""
 
@@ -27,7 +27,7 @@ from .app import uploads
 
 __all__ = ["ReferenceLoader", "TaskMedia"]
 
-# The media form's own rules for reference videos (PROTOCOL.md section 8).
+# The media form's own rules for reference videos (docs/protocol.md §3).
 _MEDIA_LIMITS = Limits(min_video_side=240, max_video_side=4096)
 _KINDS: dict[str, Kind] = {"reference_image": "image", "reference_video": "video", "first_frame": "image"}
 

@@ -79,6 +79,7 @@ class Service:
         self.storage: Storage = storage or built_storage
         self.uploads: Storage = uploads or built_uploads
         self.models: list[str] = list(settings.models)  # every model this server accepts
+        self.relayed_as = settings.relay_models  # a relayed model takes its provider model's request form
         self.tz = ZoneInfo(settings.timezone)
         self.billing = Billing(Prices.of({**LIST_PRICES, **settings.prices}), self.tz) if settings.billing else None
         self.retention_ms = int(settings.retention_hours * 3600 * 1000)

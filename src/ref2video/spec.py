@@ -1,4 +1,4 @@
-"""The create body, checked field by field into a `TaskSpec` (PROTOCOL.md section 2).
+"""The create body, checked field by field into a `TaskSpec` (docs/protocol.md §2-3).
 
 Only the checks that need no download happen here; what needs the file (format, pixels,
 seconds, bytes) happens when the references are fetched.
@@ -180,9 +180,10 @@ def reference_kind(url: str) -> str | None:
     return None
 
 
-def parse_spec(body: Any, models: Collection[str]) -> TaskSpec:
+def parse_spec(body: Any, models: Collection[str], *, upstream: Mapping[str, str] | None = None) -> TaskSpec:
     """Check a decoded JSON body, of either request form; raise the provider's error naming
-    the field."""
+    the field. `upstream` names the provider's model behind each relayed model: a model
+    relayed as one of the provider's takes that model's form."""
     if not isinstance(body, dict):
         raise InvalidParameter("the request body must be a JSON object")
     model = _required_str(body, "model", "model")
@@ -203,21 +204,23 @@ def parse_spec(body: Any, models: Collection[str]) -> TaskSpec:
         watermark=bool(watermark),
         seed=secrets.randbelow(p.MAX_SEED + 1) if seed is None else seed,
     )
-    if _form_of(model, inputs, params) == "media":
+    if _form_of(model, (upstream or {}).get(model, model), inputs, params) == "media":
         return _media_spec(prompt, inputs, params, common)
     return _urls_spec(prompt, inputs, params, common)
 
 
-def _form_of(model: str, inputs: dict[str, Any], params: dict[str, Any]) -> str:
-    """"media" or "urls", from the body, held to the model's own form and never mixed."""
+def _form_of(model: str, theirs: str, inputs: dict[str, Any], params: dict[str, Any]) -> str:
+    """"media" or "urls", from the body, held to the form of the provider's model `theirs`
+    (`model` itself, unless relayed under another name) and never mixed."""
     given = [name for name in ("reference_urls", "reference_video_urls") if inputs.get(name) is not None]
     if inputs.get("media") is not None and given:
         raise InvalidParameter(f"input.media and input.{given[0]} are two request forms; send one of them")
-    form = "media" if inputs.get("media") is not None or (not given and model in p.MEDIA_MODELS) else "urls"
-    if form == "urls" and model in p.MEDIA_MODELS:
-        raise InvalidParameter(f"{model} takes input.media (a list of {{type, url}} items), not input.{given[0]}")
-    if form == "media" and model in p.URLS_MODELS:
-        raise InvalidParameter(f"{model} takes input.reference_urls; input.media is the request form of wan2.7-r2v")
+    form = "media" if inputs.get("media") is not None or (not given and theirs in p.MEDIA_MODELS) else "urls"
+    named = model if theirs == model else f"{model} (relayed as {theirs})"
+    if form == "urls" and theirs in p.MEDIA_MODELS:
+        raise InvalidParameter(f"{named} takes input.media (a list of {{type, url}} items), not input.{given[0]}")
+    if form == "media" and theirs in p.URLS_MODELS:
+        raise InvalidParameter(f"{named} takes input.reference_urls; input.media is the request form of wan2.7-r2v")
     others = ("size",) if form == "media" else ("resolution", "ratio")
     for name in others:
         if params.get(name) is not None:

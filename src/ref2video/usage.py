@@ -1,4 +1,4 @@
-"""Usage of a finished task, as the provider reports it (PROTOCOL.md sections 3, 5 and 8)."""
+"""Usage of a finished task, as the provider reports it (docs/protocol.md §5)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def make_usage(spec: TaskSpec, result: GenerationResult) -> dict[str, Any]:
         "video_count": 1,
         "SR": tier_of(spec.size),
     }
-    # The media form reports its ratio where the urls form reports its size (PROTOCOL.md 8).
+    # The media form reports its ratio where the urls form reports its size (docs/protocol.md §5).
     if spec.form == "media":
         usage["ratio"] = spec.ratio
     else:

@@ -19,7 +19,7 @@ from tests.live import CHILD_PYTHONPATH, TEST_MODELS
 def env_for(data_dir: Path, database_url: str, **settings: object) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH, "REF2VIDEO_DATA_DIR": str(data_dir),
            "REF2VIDEO_DATABASE_URL": database_url, "REF2VIDEO_MODELS": json.dumps(TEST_MODELS),
-           "REF2VIDEO_LOG_LEVEL": "warning", "REF2VIDEO_FETCH_ALLOW": '["127.0.0.0/8"]',
+           "REF2VIDEO_LOG_LEVEL": "warning", "REF2VIDEO_FETCH_ALLOW": "127.0.0.0/8",  # the README's plain form
            "REF2VIDEO_CACHE_MAX_BYTES": "0"}
     env.update({f"REF2VIDEO_{k.upper()}": str(v) for k, v in settings.items()})
     return env

@@ -113,15 +113,19 @@ BEIJING = timezone(timedelta(hours=8))
 
 
 def test_task_times_are_beijing_time_as_the_providers(make_server) -> None:  # type: ignore[no-untyped-def]
-    """Independent clients read submit_time as UTC+8 (the provider's zone, with no offset in the
-    string); read so, it must be the very moment the task was stored. The list filters too."""
-    server = make_server(workers=0)
+    """Independent clients read submit_time, scheduled_time and end_time as UTC+8 (the
+    provider's zone, with no offset in the string); read so, each must be the very moment
+    stored. The list filters too."""
+    server = make_server()
     task_id = server.create()
-    out = server.get(task_id)["output"]
+    out = server.wait(task_id)["output"]
+    assert out["task_status"] == "SUCCEEDED", out
     with server.service.db.connect() as conn:
-        stored = conn.execute(select(Task.submitted_at).where(Task.id == task_id)).scalar_one()
-    as_read = datetime.strptime(out["submit_time"], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=BEIJING)
-    assert int(as_read.timestamp() * 1000) == stored
+        stored, scheduled, ended = conn.execute(
+            select(Task.submitted_at, Task.scheduled_at, Task.ended_at).where(Task.id == task_id)).one()
+    for name, at in (("submit_time", stored), ("scheduled_time", scheduled), ("end_time", ended)):
+        as_read = datetime.strptime(out[name], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=BEIJING)
+        assert int(as_read.timestamp() * 1000) == at, name
     moment = datetime.fromtimestamp(stored / 1000, BEIJING)
     window = {"start_time": (moment - timedelta(seconds=1)).strftime("%Y%m%d%H%M%S"),
               "end_time": (moment + timedelta(seconds=1)).strftime("%Y%m%d%H%M%S")}

@@ -1,10 +1,11 @@
-"""The media form of wan2.7-r2v (PROTOCOL.md section 8) over real HTTP: what it accepts, what it
+"""The media form of wan2.7-r2v (docs/protocol.md §3) over real HTTP: what it accepts, what it
 refuses (naming the field), the usage it answers, the preview engine rendering it, and the
 official SDK's 2.0 client, which sends this form, unchanged."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.http_server import Server
 from tests.live import LiveServer, make_body, media_body, ref_url
+from tests.media.media_files import make_video
 
 NATIVE = "/api/v1/services/aigc/video-generation/video-synthesis"
 
@@ -45,6 +48,8 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
      "input.media[1].type must be one of reference_image, reference_video, first_frame, not 'first_clip'"),
     ("the two forms at once", {"input__reference_urls": ["https://x/a.png"]},
      "input.media and input.reference_urls are two request forms; send one of them"),
+    ("the deprecated videos field with it", {"input__reference_video_urls": ["https://x/a.mp4"]},
+     "input.media and input.reference_video_urls are two request forms; send one of them"),
     ("the other form's size", {"parameters__size": "1280*720"}, "parameters.size belongs to the other request form"),
     ("a resolution it does not have", {"parameters__resolution": "4K"},
      "parameters.resolution must be one of 720P, 1080P"),
@@ -83,8 +88,11 @@ def test_each_model_takes_its_own_form(make_server) -> None:  # type: ignore[no-
     media_to_26 = media_body(model="wan2.6-r2v-flash")
     r = post(server, media_to_26)
     assert r.status_code == 400 and "input.media is the request form of wan2.7-r2v" in r.json()["message"]
-    r = post(server, changed(make_body(), parameters__ratio="16:9"))
-    assert r.status_code == 400 and r.json()["message"].startswith("parameters.ratio belongs to the other request form")
+    for name, value in (("ratio", "16:9"), ("resolution", "720P")):
+        r = post(server, changed(make_body(), **{f"parameters__{name}": value}))
+        assert (r.status_code, r.json()["code"]) == (400, "InvalidParameter"), r.text
+        assert r.json()["message"].startswith(f"parameters.{name} belongs to the other request form;"
+                                              " with input.reference_urls give parameters.size"), r.json()
     r = post(server, changed(media_body(), input__media=[{"type": "reference_image", "url": "ftp://x/a.png"}]))
     assert (r.status_code, r.json()["code"]) == (400, "InvalidURL")
     assert r.json()["message"].startswith("input.media[0].url")
@@ -130,6 +138,30 @@ def test_files_that_break_the_media_forms_rules_fail_the_task(
     out = server.wait(r.json()["output"]["task_id"])["output"]
     assert out["task_status"] == "FAILED" and out["code"] == "InvalidParameter", out
     assert out["message"] == f"{where}: {words}" or out["message"].startswith(f"{where}: {words}"), out["message"]
+
+
+@pytest.fixture(scope="module")
+def odd_videos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Videos the urls form takes and the media form does not: a side under 240 px, one over 4096."""
+    root = tmp_path_factory.mktemp("odd-videos")
+    server = Server()
+    server.serve_file("/low.mp4", make_video(root / "low.mp4", 1, size=(320, 200)), "video/mp4")
+    server.serve_file("/wide.mp4", make_video(root / "wide.mp4", 1, size=(4112, 240)), "video/mp4")
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize(("name", "words"), [("low.mp4", "the video is 320x200 px, below 240 px per side"),
+                                             ("wide.mp4", "the video is 4112x240 px, above 4096 px per side")])
+def test_the_media_forms_videos_are_240_to_4096_px_per_side(server: LiveServer, odd_videos: Server, name: str,
+                                                             words: str) -> None:
+    url = odd_videos.url(f"/{name}")
+    r = post(server, media_body("Video 1 waves", [{"type": "reference_video", "url": url}]))
+    out = server.wait(r.json()["output"]["task_id"])["output"]
+    assert out["task_status"] == "FAILED" and out["code"] == "InvalidParameter", out
+    assert out["message"] == f"input.media[0]: {words}", out["message"]
+    urls_form = server.wait(server.create(make_body("character1 waves refs=video", urls=[url])))["output"]
+    assert urls_form["task_status"] == "SUCCEEDED", urls_form  # the urls form allows 8000 px, no least side
 
 
 def test_the_preview_engine_renders_the_media_form(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

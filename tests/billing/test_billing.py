@@ -4,6 +4,7 @@ nothing charged for what failed, was canceled or expired, and books that always 
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -13,6 +14,7 @@ from sqlalchemy import select
 from ref2video.app import accounts
 from ref2video.app.ledger import to_micro
 from ref2video.store.models import LedgerEntry
+from tests.api.test_cancel_list import GatedStorage
 from tests.live import LiveServer, make_body, media_body, ref_url
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -101,6 +103,24 @@ def test_failed_canceled_and_expired_tasks_cost_nothing(make_server: Any, tmp_pa
     server.service.sweeper.sweep()
     assert sum(entries(server, stuck).values()) == 0
     assert balance(server, "acme") == 10
+    assert not accounts.audit(server.service.db)
+
+
+def test_a_result_discarded_by_a_cancel_costs_nothing(make_server: Any, tmp_path: Path) -> None:
+    """The video is finished but not yet recorded when the cancel is accepted: the task ends
+    CANCELED and its hold is released in full, with no charge."""
+    storage = GatedStorage(tmp_path / "results")
+    server = billed(make_server, storage=storage)
+    key = open_account(server, "acme", "10")
+    task_id = server.create(make_body("character1 waves"), key=key)
+    assert storage.entered.wait(30)  # the engine is done and the file is on its way
+    assert server.client(key).post(f"/api/v1/tasks/{task_id}/cancel").status_code == 200
+    storage.release.set()
+    assert server.wait(task_id, key=key)["output"]["task_status"] == "CANCELED"
+    kinds = entries(server, task_id)
+    assert set(kinds) == {"hold", "release"} and sum(kinds.values()) == 0, kinds
+    assert balance(server, "acme") == 10
+    assert accounts.show(server.service.db, "acme", tz=TZ).held == 0
     assert not accounts.audit(server.service.db)
 
 

@@ -7,7 +7,7 @@ import io
 import av
 import httpx
 
-from tests.live import LiveServer, seed_body
+from tests.live import LiveServer, make_body, seed_body
 
 
 def test_the_seed_request_renders_a_preview(make_server) -> None:  # type: ignore[no-untyped-def]
@@ -27,3 +27,16 @@ def test_the_seed_request_renders_a_preview(make_server) -> None:  # type: ignor
         c.seek(0)
         samples = sum(f.samples for f in c.decode(audio=0))
         assert abs(samples / 48000 - 10.0) < 0.1
+
+
+def test_a_running_preview_canceled_ends_canceled_with_no_video(make_server) -> None:  # type: ignore[no-untyped-def]
+    server: LiveServer = make_server(models={"wan2.6-r2v-flash": "preview"})
+    task_id = server.create(make_body(size="1920*1080", duration=10))  # 300 frames: seconds of drawing
+    while not server.get(task_id)["output"].get("progress"):  # drawing has begun
+        assert server.get(task_id)["output"]["task_status"] in ("PENDING", "RUNNING")
+    assert server.client().post(f"/api/v1/tasks/{task_id}/cancel").status_code == 200
+    body = server.wait(task_id, timeout=120)
+    out = body["output"]
+    assert out["task_status"] == "CANCELED" and out["engine"] == "preview", out
+    assert "video_url" not in out and "usage" not in body
+    assert not [item for item in server.service.storage.listing() if item.name.endswith(".mp4")]

@@ -24,10 +24,11 @@ from ref2video.engines.wan.mapping import (
     resample_indices,
     segment_lengths,
 )
-from tests.live import LiveServer, make_body, ref_url
+from tests.live import LiveServer, make_body, media_body, ref_url
 
 MODEL = "wan2.6-r2v-flash"  # audio as asked (wan2.6-r2v always has sound)
 SOUND = "wan2.6-r2v"
+MEDIA = "wan2.7-r2v"  # the media form
 
 
 @pytest.fixture
@@ -235,6 +236,35 @@ def test_a_long_shot_continues_from_the_previous_segment(make_server, wan_dir: P
     later = spy.calls[1]
     assert len(later["video"]) == later["num_frames"] == len(later["mask"])
     assert later["mask"][0].getpixel((0, 0)) == 0 and later["mask"][-1].getpixel((0, 0)) == 255
+
+
+def test_the_media_form_opens_on_its_first_frame_and_names_its_references(make_server, wan_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """wan2.7-r2v: frame 0 of the first pass is the first frame, fitted to the output size and
+    kept through VACE's mask; `Image N` names the references in the prompt the model reads."""
+    server = _server(make_server, wan_dir, models={MODEL: "wan", MEDIA: "wan"})
+    spy = _spy(server)
+    body = media_body("Image 2 hands Image 1 a cup", [
+        {"type": "reference_image", "url": ref_url("b.jpg")},
+        {"type": "first_frame", "url": ref_url("tall.png")},  # 360x640, left red, right blue
+        {"type": "reference_image", "url": ref_url("a.png")},
+    ], resolution="720P", duration=2)
+    done = server.wait(server.create(body), timeout=240)
+    assert done["output"]["task_status"] == "SUCCEEDED", done
+    facts, _ = _decode(done)
+    assert facts["size"] == (720, 1280) and facts["frames"] == 60  # 9:16, the first frame's ratio
+    first = spy.calls[0]
+    assert first["prompt"] == "the second character hands the first character a cup"
+    assert [p.size for p in first["reference_images"]] == [(400, 600), (320, 240)]  # not the first frame
+    width, height = first["width"], first["height"]
+    assert (width, height) == generation_size(720, 1280, 32 * 32)
+    video, mask = first["video"], first["mask"]
+    assert len(video) == len(mask) == first["num_frames"]
+    assert mask[0].getpixel((0, 0)) == 0 and {m.getpixel((0, 0)) for m in mask[1:]} == {255}
+    opening = video[0]
+    assert opening.size == (width, height)
+    left, right = opening.getpixel((1, height // 2)), opening.getpixel((width - 2, height // 2))
+    assert left[0] > 200 > left[2] and right[2] > 200 > right[0], (left, right)  # red | blue, as sent
+    assert {f.getpixel((0, 0)) for f in video[1:]} == {(128, 128, 128)}  # the rest is generated
 
 
 def test_missing_weights_fail_the_task_and_the_worker_lives_on(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -157,6 +157,32 @@ def test_cancel_requests_reach_the_heartbeat(db: Engine) -> None:
     assert tasks.cancel(db, OWNER, task_id) is None
 
 
+def test_a_retryable_error_after_an_accepted_cancel_ends_canceled(db: Engine) -> None:
+    """A 200 to a cancel is a promise (docs/protocol.md §6): the retry gives the task up, not back."""
+    (task_id,) = add(db)
+    manager = QueueManager(db, max_attempts=3)
+    claim = manager.claim(MODELS)
+    assert claim is not None
+    assert tasks.cancel(db, OWNER, task_id) is Status.RUNNING
+    assert manager.retry(claim, "Throttling", "busy") is Status.CANCELED
+    assert status(db, task_id) == ("CANCELED", 1, None)
+    assert manager.claim(MODELS) is None
+
+
+def test_a_lapsed_lease_with_an_accepted_cancel_ends_canceled_at_the_reaper(db: Engine) -> None:
+    (task_id,) = add(db)
+    manager = QueueManager(db, max_attempts=3)
+    stale = manager.claim(MODELS)
+    assert stale is not None
+    assert tasks.cancel(db, OWNER, task_id) is Status.RUNNING
+    with db.begin() as conn:  # the holder stopped answering: its lease is past
+        conn.execute(update(Task).where(Task.id == task_id).values(lease_expires_at=0))
+    assert manager.reap() == (0, 0)
+    assert status(db, task_id) == ("CANCELED", 1, None)
+    assert manager.claim(MODELS) is None
+    assert not manager.succeed(stale, result_key="x", usage={}, engine="e")
+
+
 def test_bulk_requeues_are_counted_and_logged(db: Engine, caplog: pytest.LogCaptureFixture) -> None:
     """A reaped lease and a process handing back all it held are moves back to PENDING too:
     the transition counter and the per-transition log show them, as they show a single retry."""

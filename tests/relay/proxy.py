@@ -87,6 +87,7 @@ class ProxyHit:
     forwarded: bool = False
     at: float = 0.0
     error: str | None = None  # why the upstream gave no answer
+    body: bytes = b""  # the request's body, as the client sent it
 
 
 @dataclass
@@ -238,6 +239,7 @@ def _handler(proxy: FaultProxy) -> type[http.server.BaseHTTPRequestHandler]:
             self.close_connection = True
             body = self._body()
             hit, rule = proxy._arrive(self.command, self.path)
+            hit.body = body
             action = rule.action if rule else "pass"
             if action == "drop":
                 return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from ref2video.config import Settings
 from tests import conftest
 from tests.live import LiveServer, make_body, media_body, ref_url
 from tests.relay.proxy import FaultProxy, Rule
-from tests.relay.relays import QUICK, provider_tasks, row, start_provider, start_relay, wait_for
+from tests.relay.relays import QUICK, RELAYED, provider_tasks, row, start_provider, start_relay, wait_for
 
 database_url = conftest.database_url  # the relay's own database: SQLite and PostgreSQL again
 
@@ -223,6 +224,40 @@ def test_a_task_the_relay_forgot_goes_back_to_the_queue_and_ends(relay: LiveServ
     runner._loop.call_soon_threadsafe(forget)
     assert relay.wait(task_id, timeout=30)["output"]["task_status"] == "SUCCEEDED"
     assert len(provider_tasks(provider)) == 1
+
+
+def test_the_provider_receives_the_checked_request_in_its_models_form(tmp_path: Path, database_url: str) -> None:
+    """What goes upstream is rebuilt from the checked request (docs/protocol.md §9): the
+    provider's model name, the provider's defaults filled in, the seed chosen here, the prompt
+    cut, unknown keys left out. An operator's alias of wan2.7-r2v takes the media form."""
+    provider = start_provider(tmp_path)
+    proxy = FaultProxy(provider.url)
+    relay = start_relay(tmp_path, database_url, proxy.url, [provider.key],
+                        models={**RELAYED, "studio": "dashscope"}, dashscope_models={"studio": "wan2.7-r2v"})
+    try:
+        r = relay.client().post("/task/bailian/ref2video", json=make_body(model="studio"))
+        assert r.status_code == 400 and r.json()["code"] == "InvalidParameter", r.text
+        assert "studio (relayed as wan2.7-r2v) takes input.media" in r.json()["message"]
+        prompt = "Image 1 waves steps=3 step_ms=50 " + "x" * 5000
+        body = {"model": "studio",
+                "input": {"prompt": prompt, "extend_prompt": True,
+                          "media": [{"type": "reference_image", "url": ref_url("a.png"), "note": "mine"}]},
+                "parameters": {"duration": 2, "future_option": 1}}
+        task_id = relay.create(body)
+        done = relay.wait(task_id, timeout=30)
+        assert done["output"]["task_status"] == "SUCCEEDED", done
+        (sent,) = [json.loads(hit.body) for hit in proxy.hits
+                   if hit.method == "POST" and hit.path.endswith("/video-synthesis")]
+        assert sent == {
+            "model": "wan2.7-r2v",
+            "input": {"prompt": prompt[:5000], "media": [{"type": "reference_image", "url": ref_url("a.png")}]},
+            "parameters": {"resolution": "1080P", "ratio": "16:9", "prompt_extend": True, "duration": 2,
+                           "watermark": False, "seed": done["output"]["seed"]},
+        }
+    finally:
+        relay.stop()
+        proxy.close()
+        provider.stop()
 
 
 def test_a_cancel_the_provider_refuses_still_ends_canceled(tmp_path: Path, database_url: str) -> None:

@@ -1,4 +1,4 @@
-"""Task records as the protocol's JSON (PROTOCOL.md sections 3 and 4)."""
+"""Task records as the protocol's JSON (docs/protocol.md §4-6)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Turn a request's reference URLs into checked, probed `Reference`s, all or nothing.
 
 All references download at once. Each is fetched (or taken from the cache), sniffed, checked
-against PROTOCOL.md section 2 and probed; the first failure cancels the rest and fails the
+against docs/protocol.md §2-3 and probed; the first failure cancels the rest and fails the
 whole set with a MediaError whose message names the reference and the rule:
 
     InvalidURL        bad scheme, forbidden address, DNS failure, connection failure,

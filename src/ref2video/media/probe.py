@@ -40,7 +40,7 @@ _QUARTER_TURNS = frozenset({5, 6, 7, 8})
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """The reference rules of PROTOCOL.md section 2 (sizes in bytes live in FetchPolicy)."""
+    """The reference rules of docs/protocol.md §2-3 (sizes in bytes live in FetchPolicy)."""
 
     min_side: int = 240  # image pixels per side
     max_side: int = 8000
@@ -51,7 +51,7 @@ class Limits:
     min_video_side: int = 0
     max_video_side: int = 8000
     max_fps: float = 240.0
-    # A voice of the media form (PROTOCOL.md section 8).
+    # A voice of the media form (docs/protocol.md §3).
     min_audio_seconds: float = 1.0
     max_audio_seconds: float = 10.0
 

@@ -1,7 +1,7 @@
 """The format of a reference, from its first bytes (never from its Content-Type or name).
 
 Only the formats the protocol accepts are recognised: JPEG, PNG, BMP and WEBP images, MP4 and
-MOV videos (PROTOCOL.md section 2), and WAV and MP3 for the media form's voices (section 8).
+MOV videos (docs/protocol.md §2), and WAV and MP3 for the media form's voices (§3).
 Both videos are ISO base media files that open with an `ftyp` box; its
 major brand `qt  ` marks QuickTime (MOV), the MP4 brands mark MP4. HEIF and AVIF images use
 the same box layout with their own brands and are refused, as is everything else.

@@ -1,4 +1,4 @@
-"""Upload certificates for the SDK's `getPolicy` flow (PROTOCOL.md section 6).
+"""Upload certificates for the SDK's `getPolicy` flow (docs/protocol.md §7).
 
 The SDK sends no API key with the upload itself, so the certificate must carry its authority:
 `policy` is base64 JSON naming the owner, the key, the upload folder, the size cap and the

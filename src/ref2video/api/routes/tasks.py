@@ -1,4 +1,4 @@
-"""The task protocol: gateway and native create, query, cancel and list (PROTOCOL.md 1-4)."""
+"""The task protocol: gateway and native create, query, cancel and list (docs/protocol.md §1-6)."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ async def _create(request: Request) -> JSONResponse:
     body = await read_json(request, service.settings.max_body_bytes)
     principal = await principal_of(request)
     await admit(request, principal, CREATE)
-    spec = parse_spec(body, service.models)
+    spec = parse_spec(body, service.models, upstream=service.relayed_as)
     callback = webhooks.callback_of(request.headers.get(webhooks.CALLBACK_HEADER))
     claim = idempotency.claim_of(request.headers.get(idempotency.HEADER), body)
     task = await tasks.submit(service.db, spec, principal, retention_ms=service.retention_ms,
@@ -177,7 +177,7 @@ async def list_tasks(request: Request) -> JSONResponse:
     start_ms = _time_param(q.get("start_time"), "start_time", service)
     end_ms = _time_param(q.get("end_time"), "end_time", service)
     model = text_param(request, "model_name") or None
-    # A ref2video extension (PROTOCOL.md 6); a prefix no id of ours can start with matches nothing.
+    # A ref2video extension (docs/protocol.md §6); a prefix no id of ours can start with matches nothing.
     prefix = text_param(request, "task_id_prefix") or None
     if prefix is not None and not _plausible(prefix):
         page = tasks.TaskPage(items=[], total=0)

@@ -1,4 +1,4 @@
-"""`ProviderClient`: the provider's task protocol (PROTOCOL.md) spoken from our side, on httpx.
+"""`ProviderClient`: the provider's task protocol (docs/protocol.md) spoken from our side, on httpx.
 
 Each method makes one request and maps every way it can go wrong to `ProviderError`
 (permanent) or `ProviderTransient` (worth another try), `raise ... from` the httpx error. It

@@ -26,9 +26,9 @@ def account_of(api_key: str) -> str:
 
 
 def provider_body(spec: TaskSpec, model: str, resolve: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The create body the provider expects, in the form the client sent (PROTOCOL.md sections
-    2 and 8), from a checked spec; `resolve` replaces URLs (our uploads, sent on to the
-    provider's storage) by the provider's own."""
+    """The create body the provider expects, rebuilt from a checked spec in the form the client
+    sent (docs/protocol.md §9 lists what goes: defaults filled in, unknown keys left out);
+    `resolve` replaces URLs (our uploads, sent on to the provider's storage) by the provider's own."""
     def url(u: str) -> str:
         return (resolve or {}).get(u, u)
 

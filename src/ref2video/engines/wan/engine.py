@@ -10,6 +10,8 @@ A request becomes one or more pipeline passes ("segments"):
   resampled to exactly 30 fps and 30 * duration frames;
 * a shot longer than one pass continues in segments, each conditioned on the previous
   segment's last frames (VACE's masked video input);
+* the media form's `first_frame`, fitted to the output size, is kept as the first frame of
+  the first segment the same way (the video opens on it);
 * `shot_type: multi`: one shot per planned shot of the preview engine's planner, hard cuts,
   each conditioned on the references of the characters it shows;
 * dialogue is spoken and mixed as the preview engine does; `audio: false` makes no sound.
@@ -220,6 +222,7 @@ class WanEngine:
                          speech_seconds={i: len(s) / 48000 for i, s in enumerate(spoken)})
         segments = self.segments(plan, script, spec.prompt_with_character_names(), sorted(refs), spec.seed)
         pictures = {i: _picture(ref) for i, ref in refs.items()}
+        opening = _opening(request.first_frame, width, height) if request.first_frame is not None else None
         negative = spec.negative_prompt or DEFAULT_NEGATIVE
         track = mix(plan, spoken, refs, voiced=request.voices.keys()) if spec.audio else None
 
@@ -231,11 +234,12 @@ class WanEngine:
             with Encoder(out, width, height, FPS, track) as encoder:
                 shot_frames: list[Image.Image] = []
                 for k, segment in enumerate(segments):
+                    kept: list[Image.Image] | None = shot_frames[-_OVERLAP:]
                     if not segment.continues:
                         shot_frames = []
+                        kept = [opening] if k == 0 and opening is not None else None
                     frames = self._run(segment, [pictures[i] for i in segment.references], negative, gen_w, gen_h,
-                                       steps, guidance, shot_frames[-_OVERLAP:] if segment.continues else None,
-                                       progress)
+                                       steps, guidance, kept, progress)
                     shot_frames.extend(frames[_OVERLAP:] if segment.continues else frames)
                     last_of_shot = k + 1 == len(segments) or not segments[k + 1].continues
                     if last_of_shot:
@@ -282,12 +286,13 @@ class WanEngine:
 
     def _run(self, segment: Segment, pictures: list[Image.Image], negative: str, width: int, height: int,
              steps: int, guidance: float, previous: list[Image.Image] | None, progress: _Progress) -> list[Image.Image]:
-        """One pipeline pass: `segment.frames` frames of `width` x `height` at 16 fps."""
+        """One pipeline pass: `segment.frames` frames of `width` x `height` at 16 fps, opening
+        on the `previous` frames when given."""
         torch = self._torch
         kwargs: dict[str, Any] = {}
         if previous:
-            # VACE's masked video: the previous segment's last frames kept (mask black), the
-            # rest generated (grey pixels, mask white).
+            # VACE's masked video: the frames to open on (the previous segment's last frames, or
+            # the first frame) kept (mask black), the rest generated (grey pixels, mask white).
             grey = Image.new("RGB", (width, height), (128, 128, 128))
             kept = [f.resize((width, height), Image.Resampling.BICUBIC) for f in previous]
             kwargs["video"] = kept + [grey] * (segment.frames - len(kept))
@@ -363,6 +368,11 @@ def _picture(ref: Reference) -> Image.Image:
         canvas.paste(image, mask=image.getchannel("A"))
         return canvas
     return image.convert("RGB")
+
+
+def _opening(ref: Reference, width: int, height: int) -> Image.Image:
+    """The media form's first frame as the video's frame 0: fitted to exactly `width` x `height`."""
+    return Image.fromarray(_fit(_picture(ref), width, height))
 
 
 def _fit(frame: Image.Image, width: int, height: int) -> np.ndarray:
