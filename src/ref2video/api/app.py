@@ -46,6 +46,9 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         lifespan=lifespan,
         docs_url=None,  # served offline by routes/docs.py: FastAPI's pages load from a CDN
         redoc_url=None,
+        # Observability is Prometheus and logs (docs/observability.md). FastAPI's own
+        # OpenTelemetry hooks would otherwise look up the global providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     if service is not None:
         app.state.service = service
