@@ -166,6 +166,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines as text, or one JSON object a line (with request_id and task_id)"
     )
+    log_requests: bool = Field(
+        False, description="one info line per HTTP request (method, route, status, duration, request_id)"
+    )
     worker_metrics_port: int | None = Field(
         None, ge=1, le=65535,
         description="port on host where `ref2video worker` serves Prometheus /metrics; default: none",

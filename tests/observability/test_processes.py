@@ -38,7 +38,7 @@ def test_two_servers_share_one_scrape_and_log_json(tmp_path: Path) -> None:
     try:
         for n, port in enumerate(ports):
             env = env_for(tmp_path / f"data{n}", database, port=port, log_level="info", log_format="json",
-                          workers=1 if n == 0 else 0)
+                          workers=1 if n == 0 else 0, log_requests="true" if n == 1 else "false")
             env["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
             logs.append(tmp_path / f"serve{n}.log")
             procs.append(spawn(["serve"], env, logs[-1]))
@@ -80,6 +80,8 @@ def test_two_servers_share_one_scrape_and_log_json(tmp_path: Path) -> None:
         assert create["route"] == "/task/bailian/ref2video" and create["status"] == 200
         assert create["method"] == "POST" and create["duration_ms"] >= 0
         assert all(line["request_id"] for line in requests)
+        # Server a was not asked for request lines (log_requests is off by default).
+        assert not [line for line in _lines(logs[0]) if line.get("event") == "request"]
         created = next(line for line in moves if line["to"] == "PENDING")
         assert created["request_id"] == request_id  # logged inside the request that made it
     finally:

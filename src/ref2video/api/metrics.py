@@ -1,4 +1,7 @@
-"""The outermost middleware: each request's latency by route template, and one log line for it.
+"""The outermost middleware: each request's latency by route template, and, with
+`log_requests` on, one log line for it (off by default: at thousands of requests a second the
+line costs more than the rest of the middleware, and a proxy in front usually keeps the access
+log already).
 
 The route is the path template FastAPI matched (`/api/v1/tasks/{task_id}`), never the raw path,
 so the series stay bounded however many tasks there are; a path that matched no route is
@@ -32,8 +35,9 @@ def route_of(scope: Scope) -> str:
 class RequestMetrics:
     """ASGI middleware: `app.add_middleware(RequestMetrics)` after every other one."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, log_lines: bool = False) -> None:
         self.app = app
+        self.log_lines = log_lines
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,7 +60,7 @@ class RequestMetrics:
             elapsed = time.perf_counter() - started
             route, method = route_of(scope), str(scope.get("method", ""))
             metrics.HTTP_DURATION.labels(method=method, route=route, status=str(status)).observe(elapsed)
-            if log.isEnabledFor(logging.INFO):
+            if self.log_lines and log.isEnabledFor(logging.INFO):
                 log.info("%s %s %d %.1f ms", method, route, status, elapsed * 1000, extra={"fields": {
                     "event": "request", "method": method, "route": route, "path": scope.get("path", "")[:200],
                     "status": status, "duration_ms": round(elapsed * 1000, 2)}})

@@ -25,7 +25,7 @@ from ..openapi import GATEWAY_CREATE, LIST_PARAMETERS, NATIVE_CREATE, SECURITY, 
 from ..schemas import CancelAnswer, TaskAnswer, TaskCreated, TaskList
 from ..views import list_item, task_output, unknown_output
 
-__all__ = ["router"]
+__all__ = ["router", "serving"]
 
 
 class _DirectRoute(APIRoute):
@@ -52,8 +52,8 @@ class _DirectRoute(APIRoute):
 
 
 @asynccontextmanager
-async def _lifespan(app: Any) -> AsyncIterator[None]:
-    """Inside the app's own lifespan (its service is built). While the app serves, what exists
+async def serving(app: Any) -> AsyncIterator[None]:
+    """Entered inside the app's own lifespan (its service is built; api/app.py). While the app serves, what exists
     at its start is out of the garbage collector's sight (`gc.freeze`): a full collection then
     looks at what requests made, not at every module, model and table object too, which took
     100 to 300 ms at a time under load, every few seconds. On the way out the event loop's
@@ -70,7 +70,7 @@ async def _lifespan(app: Any) -> AsyncIterator[None]:
             gc.unfreeze()
 
 
-router = APIRouter(route_class=_DirectRoute, lifespan=_lifespan)
+router = APIRouter(route_class=_DirectRoute)
 
 _MAX_TASK_ID = 64
 _MAX_ECHO = 1000  # an UNKNOWN answer repeats the id asked for, up to this
