@@ -82,6 +82,7 @@ class DashscopeEngine(Submitting, Reconciling, KeepingResults):
         self._grace = 10.0
         self._wake = threading.Event()
         self._held: set[str] = _Counted(metrics.RELAY_IN_FLIGHT.labels(engine=self.name))
+        self._closing: set[str] = set()
         self._starting: set[asyncio.Task[None]] = set()
         self._ending: set[asyncio.Task[None]] = set()
         self._cancel_asked: set[str] = set()  # cancels of held tasks not yet with a poller
@@ -182,7 +183,7 @@ class DashscopeEngine(Submitting, Reconciling, KeepingResults):
     async def _claim_loop(self) -> None:
         assert self._stopping is not None
         while not self._stopping.is_set():
-            if len(self._held) >= self.room:
+            if len(self._held) + len(self._closing) >= self.room:
                 await asyncio.sleep(1.0)
                 continue
             await self._starts.acquire()
