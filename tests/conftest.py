@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests import status_guard
 from tests.live import LiveServer, settings_for, start_server
 
 PG_URL = os.environ.get("REF2VIDEO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -80,3 +81,10 @@ def make_server(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Liv
 @pytest.fixture
 def server(make_server: Callable[..., LiveServer]) -> LiveServer:
     return make_server()
+
+
+@pytest.fixture(autouse=True)
+def status_writes() -> Iterator[list[str]]:
+    """The writes of a task's status made outside app/transitions.py during a test
+    (tests/status_guard.py); any fails the test. The guard's own test takes it to look."""
+    yield from status_guard.watch()

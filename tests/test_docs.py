@@ -26,6 +26,20 @@ def test_every_setting_is_in_the_configuration_guide() -> None:
     assert not missing, missing
 
 
+def test_the_design_notes_draw_every_package_and_module() -> None:
+    """The layer picture of docs/design.md names every package, every top-level module and
+    every module of app/, so it is redrawn when the source tree changes."""
+    design = (ROOT / "docs" / "design.md").read_text()
+    picture = design[design.index("## Layers"):].split("```")[1]
+    src = ROOT / "src" / "ref2video"
+    names = [f"{p.name}/" for p in src.iterdir() if (p / "__init__.py").exists()]
+    names += [p.name for p in src.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    names += [p.name for p in (src / "app").glob("*.py") if p.name != "__init__.py"]
+    names += [f"{p.name}/" for p in (src / "engines").iterdir() if (p / "__init__.py").exists()]
+    missing = sorted(name for name in names if not re.search(rf"(?<![\w/.]){re.escape(name)}", picture))
+    assert not missing, missing
+
+
 def links(page: Path) -> Iterator[str]:
     """The targets of the Markdown links and images outside code blocks."""
     text = _FENCE.sub("", page.read_text())

@@ -20,9 +20,10 @@ import threading
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from .app import keys
+from .app import keys, tasks
 from .app.auth import Authenticator
 from .app.gauges import TaskGauges
+from .app.idempotency import Claim
 from .app.limits import Limits
 from .app.ledger import Prices
 from .app.tasks import Billing
@@ -37,10 +38,13 @@ from .queue.wakeup import Wakeup
 from .queue.worker import WorkerPool
 from .references import ReferenceLoader
 from .retention import Sweeper
+from .spec import TaskSpec
 from .storage.base import Storage
 from .storage.policy import PolicySigner
 from .storage.setup import storages_from_settings
 from .store.db import is_postgres, make_engine, migrate
+from .store.keys import Principal
+from .store.tasks import TaskRecord
 from .webhooks import Sender, SenderSettings
 
 __all__ = ["Service"]
@@ -101,14 +105,28 @@ class Service:
         self.pool = WorkerPool(self.manager, self.registry, self.storage, self.wakeup, scratch_dir=settings.scratch_dir,
                                slots=self.slots, poll_interval=settings.poll_interval,
                                load_references=self.references)
-        held = [g.engine for g in groups if g.held and isinstance(g.engine, HeldEngine)]
-        self.held = HeldRuntime(held, self.manager, self.wakeup, self.storage, self.references.own_upload)
+        held = [(g.engine, list(g.models), g.capacity) for g in groups if g.held and isinstance(g.engine, HeldEngine)]
+        # What the held engines run here: (engine name, models, tasks held at once at most).
+        self.held_slots = [(engine.name, models, capacity) for engine, models, capacity in held]
+        self.held = HeldRuntime([(engine, capacity) for engine, _, capacity in held], self.manager, self.wakeup,
+                                self.storage, self.references.own_upload)
         self.reaper = Reaper(self.manager, settings.reap_interval) if runs_tasks else None
         self.sweeper = Sweeper(self.db, self.storage, self.uploads, settings.scratch_dir, self.retention_ms,
                                orphan_grace_seconds=settings.orphan_grace_seconds)
         self._sweeping = Periodic("retention", self._sweep, settings.sweep_interval)
         # Webhooks go out from every process (one with workers=0 too) unless turned off.
         self.webhooks = Sender(self.db, SenderSettings.from_settings(settings)) if settings.webhook_sender else None
+
+    async def submit(self, spec: TaskSpec, principal: Principal, *, callback_url: str | None = None,
+                     idempotency: Claim | None = None) -> TaskRecord:
+        """Create a task as the API does, with this process's write lock, billing and quota,
+        and wake the workers that may claim it (here at once, elsewhere on PostgreSQL)."""
+        task = await tasks.submit(self.db, spec, principal, retention_ms=self.retention_ms,
+                                  write_lock=self.write_lock, on_insert=self.wakeup.notify_in,
+                                  billing=self.billing, callback_url=callback_url, idempotency=idempotency,
+                                  max_unfinished=self.limits.max_unfinished)
+        self.wakeup.wake_local()
+        return task
 
     @property
     def running(self) -> int:

@@ -3,11 +3,14 @@ and `worker_models` chooses which models' tasks a process runs at all."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
+from ref2video.config import Settings
 from ref2video.engines.base import GenerationRequest, GenerationResult, JobContext
+from ref2video.engines.preview.engine import PreviewEngine
 from ref2video.engines.registry import EngineRegistry
 from tests.fixtures.engines import ScriptedEngine
 from tests.live import LiveServer, make_body, media_body
@@ -70,3 +73,15 @@ def test_a_process_runs_only_the_models_it_was_given(make_server: Any) -> None:
     assert server.wait(mine)["output"]["task_status"] == "SUCCEEDED"
     assert server.get(other)["output"]["task_status"] == "PENDING"
     assert set(server.service.registry.models) == {"wan2.6-r2v-flash"}
+
+
+def test_the_preview_engine_declares_a_few_tasks_at_once(tmp_path: Path) -> None:
+    """Its own capacity, one a core up to four, whatever `workers` says (that is the capacity of
+    an engine that declares none); the operator's `engine_capacity` wins. Before, it declared
+    none and ran `workers` (1 by default)."""
+    cores = min(4, os.cpu_count() or 1)
+    assert PreviewEngine().capacity == cores
+    (group,) = EngineRegistry.from_settings(Settings(data_dir=tmp_path, workers=1)).groups()
+    assert group.engine.name == "preview" and group.capacity == cores
+    (group,) = EngineRegistry.from_settings(Settings(data_dir=tmp_path, engine_capacity={"preview": 3})).groups()
+    assert group.capacity == 3

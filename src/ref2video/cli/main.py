@@ -85,7 +85,8 @@ def serve(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
-    workers: Annotated[int | None, typer.Option(help="tasks run at once in this process (0: API only)")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="0: API only; else run tasks too (the capacity of an engine that declares none)")] = None,
 ) -> None:
     """Run the HTTP API (and, by default, workers in the same process); creates the database if needed."""
     import uvicorn
@@ -149,8 +150,8 @@ def worker(config: ConfigOpt = None, workers: Annotated[int | None, typer.Option
             service.stop()
             fail(f"cannot serve metrics on {settings.host}:{settings.worker_metrics_port}: {exc.strerror or exc}", 4)
     parts = [f"{capacity} slot(s) for {', '.join(names)}" for names, capacity in service.slots]
-    parts += [f"the {engine.name} engine for {', '.join(sorted(engine.models))} (up to {engine.capacity} at once)"
-              for engine in service.held.engines]
+    parts += [f"the {name} engine for {', '.join(sorted(models))} (up to {capacity} at once)"
+              for name, models, capacity in service.held_slots]
     out.print(f"ref2video worker: {'; '.join(parts) or 'nothing to run (workers = 0)'}", markup=False)
     stop.wait()
     service.stop()

@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection
 
 from ..config import Settings
 from ..errors import EngineError
-from .base import Engine, HeldEngine, capacity_of
+from .base import Engine, HeldEngine, capacity_of, is_engine
 
 __all__ = ["EngineRegistry", "EngineGroup", "import_engine"]
 
@@ -29,7 +29,7 @@ def import_engine(target: str, settings: Settings | None = None) -> Engine | Hel
         engine = build(settings) if settings is not None and callable(build) else obj()
     else:
         engine = obj
-    if not isinstance(engine, (Engine, HeldEngine)):
+    if not (is_engine(engine) or isinstance(engine, HeldEngine)):
         raise TypeError(f"{target} is not an engine (it needs name, load() and generate(), "
                         "or name, capacity, models, start() and stop())")
     return engine
@@ -47,7 +47,7 @@ class EngineGroup:
 
     @property
     def held(self) -> bool:
-        return isinstance(self.engine, HeldEngine) and not isinstance(self.engine, Engine)
+        return isinstance(self.engine, HeldEngine) and not is_engine(self.engine)
 
 
 class EngineRegistry:
@@ -94,7 +94,7 @@ class EngineRegistry:
         """The loaded threaded engine of `model`."""
         target = self._targets[model]
         engine = self._build(target, model)
-        if not isinstance(engine, Engine):
+        if not is_engine(engine):
             raise EngineError(f"the engine for {model!r} holds its tasks itself; no worker runs them")
         with self._lock:
             if target not in self._loaded:

@@ -1,5 +1,6 @@
 """Running held engines (engines/base.py): each gets a journal of its own, with one lease token
-for every task it holds, and the storage and uploads of the process."""
+for every task it holds, the storage and uploads of the process, and its capacity (the
+registry's: `engine_capacity`, else what the engine declares)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class Host:
     journal: Journal
     storage: Storage
     resolve_upload: Callable[[str, str], Path | None]
+    capacity: int
 
     def own_upload(self, owner: str, key: str) -> Path | None:
         return self.resolve_upload(owner, key)
@@ -31,10 +33,12 @@ class Host:
 class HeldRuntime:
     """Starts and stops the held engines of one process."""
 
-    def __init__(self, engines: list[HeldEngine], manager: QueueManager, wakeup: Wakeup, storage: Storage,
-                 resolve_upload: Callable[[str, str], Path | None]) -> None:
-        self.engines = engines
-        self.hosts = [Host(TableJournal(manager, wakeup, engine.name), storage, resolve_upload) for engine in engines]
+    def __init__(self, engines: list[tuple[HeldEngine, int]], manager: QueueManager, wakeup: Wakeup,
+                 storage: Storage, resolve_upload: Callable[[str, str], Path | None]) -> None:
+        """`engines`: each held engine with the tasks it may hold at once in this process."""
+        self.engines = [engine for engine, _ in engines]
+        self.hosts = [Host(TableJournal(manager, wakeup, engine.name), storage, resolve_upload, capacity)
+                      for engine, capacity in engines]
 
     def start(self) -> None:
         for engine, host in zip(self.engines, self.hosts, strict=True):

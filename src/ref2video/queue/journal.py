@@ -1,4 +1,5 @@
-"""`TableJournal`: a held engine's way to the task table (the `Journal` of engines/base.py).
+"""`TableJournal`: a held engine's way to the task table (the `Journal` of engines/base.py, and
+the relay's `UpstreamJournal` of engines/dashscope/journal.py, whose verbs it adds).
 
 A held engine's process claims all its tasks with one lease token, so one statement renews the
 leases of all of them however many are in flight. State changes are the same transitions the

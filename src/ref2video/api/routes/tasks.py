@@ -95,11 +95,7 @@ async def _create(request: Request) -> JSONResponse:
     spec = parse_spec(body, service.models, upstream=service.relayed_as)
     callback = webhooks.callback_of(request.headers.get(webhooks.CALLBACK_HEADER))
     claim = idempotency.claim_of(request.headers.get(idempotency.HEADER), body)
-    task = await tasks.submit(service.db, spec, principal, retention_ms=service.retention_ms,
-                              write_lock=service.write_lock, on_insert=service.wakeup.notify_in,
-                              billing=service.billing, callback_url=callback, idempotency=claim,
-                              max_unfinished=service.limits.max_unfinished)
-    service.wakeup.wake_local()
+    task = await service.submit(spec, principal, callback_url=callback, idempotency=claim)
     replayed = {"Idempotent-Replayed": "true"} if claim is not None and claim.replayed else None
     return _ok({"output": {"task_id": task.id, "task_status": task.status.value}}, replayed)
 

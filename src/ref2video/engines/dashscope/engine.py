@@ -36,7 +36,8 @@ from ... import metrics
 from ...config import DASHSCOPE, Settings
 from ...protocol import Status
 from ...storage.base import Storage
-from ..base import EngineHost, HeldTask, Journal
+from ..base import EngineHost, HeldTask
+from .journal import UpstreamJournal
 from .limiter import RateLimiter
 from .poller import AccountPoller
 from .provider import ProviderClient
@@ -69,7 +70,8 @@ class DashscopeEngine(Submitting, Reconciling, KeepingResults):
     def __init__(self, settings: Settings, models: Mapping[str, str]) -> None:
         self.settings = settings
         self.models = dict(models)
-        self.capacity = settings.dashscope_max_in_flight
+        self.capacity = settings.dashscope_max_in_flight  # declared; the host's may differ
+        self.room = self.capacity  # the tasks it may hold at once here: the host's capacity once started
         self.keys = [key.strip() for key in settings.dashscope_api_keys if key.strip()]
         self.accounts = [account_of(key) for key in self.keys]
         self.scratch = settings.scratch_dir / "relay"
@@ -80,6 +82,7 @@ class DashscopeEngine(Submitting, Reconciling, KeepingResults):
         self._grace = 10.0
         self._wake = threading.Event()
         self._held: set[str] = _Counted(metrics.RELAY_IN_FLIGHT.labels(engine=self.name))
+        self._closing: set[str] = set()
         self._starting: set[asyncio.Task[None]] = set()
         self._ending: set[asyncio.Task[None]] = set()
         self._cancel_asked: set[str] = set()  # cancels of held tasks not yet with a poller
@@ -102,9 +105,12 @@ class DashscopeEngine(Submitting, Reconciling, KeepingResults):
     # -- lifecycle (called from other threads) --------------------------------------------------
 
     def start(self, host: EngineHost) -> None:
-        self.manager: Journal = host.journal
+        if not isinstance(host.journal, UpstreamJournal):
+            raise TypeError("the relay needs a journal that keeps the provider's side of tasks (UpstreamJournal)")
+        self.manager: UpstreamJournal = host.journal
         self.storage: Storage = host.storage
         self.resolve_upload = host.own_upload  # (owner, oss key) -> the owner's uploaded file
+        self.room = host.capacity  # the operator's engine_capacity, else self.capacity
         self._wake = host.journal.subscribe()
         self.scratch.mkdir(parents=True, exist_ok=True)
         ready = threading.Event()
@@ -177,7 +183,7 @@ class DashscopeEngine(Submitting, Reconciling, KeepingResults):
     async def _claim_loop(self) -> None:
         assert self._stopping is not None
         while not self._stopping.is_set():
-            if len(self._held) >= self.capacity:
+            if len(self._held) + len(self._closing) >= self.room:
                 await asyncio.sleep(1.0)
                 continue
             await self._starts.acquire()

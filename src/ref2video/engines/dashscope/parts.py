@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 
 from ...config import Settings
 from ...protocol import Status
-from ..base import HeldTask, Journal
+from ..base import HeldTask
 from .errors import ProviderTransient
+from .journal import UpstreamJournal
 from .limiter import RateLimiter
 from .poller import AccountPoller, Flight
 from .provider import ProviderClient
@@ -38,13 +39,14 @@ class RelayParts(abc.ABC):
     models: dict[str, str]  # ours -> the provider's names
     accounts: list[str]  # a fingerprint per provider key, in key order
     timeout_ms: int
-    manager: Journal
+    manager: UpstreamJournal
     provider: ProviderClient | None
     pollers: list[AccountPoller]
     query_limiters: list[RateLimiter]
     submit_limiters: list[RateLimiter]
     _db: concurrent.futures.ThreadPoolExecutor
     _held: set[str]
+    _closing: set[str]  # no longer held, their end (or retry) still being recorded
     _cancel_asked: set[str]  # cancels of held tasks not yet with a poller
     _statuses: dict[str, str]
     _ending: set[asyncio.Task[None]]
@@ -74,11 +76,19 @@ class RelayParts(abc.ABC):
 
     async def _retry(self, task: HeldTask, exc: ProviderTransient) -> None:
         self._held.discard(task.id)
-        await self._call(self.manager.retry, task, exc.code, exc.message, exc.retry_after or 0.0)
+        self._closing.add(task.id)
+        try:
+            await self._call(self.manager.retry, task, exc.code, exc.message, exc.retry_after or 0.0)
+        finally:
+            self._closing.discard(task.id)
 
     async def _end(self, task_id: str, verb: Callable[..., Status | None], *args: Any, **kwargs: Any) -> Status | None:
-        """Finish a task with one of the manager's compare-and-set verbs; it is then not held."""
+        """Finish a task with one of the manager's compare-and-set verbs; it is then not held.
+        Until the verb has returned the table still has it RUNNING under this lease, so it
+        takes up room (`_closing`): a claim in between would hold one task more than the
+        capacity."""
         self._held.discard(task_id)
+        self._closing.add(task_id)
         self._cancel_asked.discard(task_id)
         self._statuses.pop(task_id, None)
         for poller in self.pollers:
@@ -88,6 +98,8 @@ class RelayParts(abc.ABC):
         except Exception:
             log.exception("relay: recording the end of task %s failed; its lease will lapse", task_id)
             return None
+        finally:
+            self._closing.discard(task_id)
 
     def _spawn(self, work: Any) -> None:
         job = asyncio.get_running_loop().create_task(work)

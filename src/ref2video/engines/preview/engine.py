@@ -7,6 +7,7 @@ voice per character, and encodes an exact-length H.264 MP4. No model weights, no
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,8 +38,12 @@ class PreviewEngine:
 
     name = "preview"
 
-    def __init__(self, *, badge: bool = True) -> None:
+    def __init__(self, *, badge: bool = True, capacity: int | None = None) -> None:
         self.badge = badge
+        # A few tasks at once, one a core up to four: much of a render (numpy, the encoder)
+        # runs outside the GIL, and more than four would only crowd a small host. The
+        # operator's `engine_capacity` for "preview" overrides it.
+        self.capacity = capacity or min(4, os.cpu_count() or 1)
         self._speech: Speech | None = None
 
     @classmethod
