@@ -46,7 +46,7 @@ from ..spec import TaskSpec
 from ..storage.base import Storage
 
 __all__ = ["Engine", "GenerationRequest", "GenerationResult", "JobContext", "HeldEngine", "HeldTask", "Journal",
-           "EngineHost", "capacity_of"]
+           "EngineHost", "Member", "capacity_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +119,16 @@ class HeldTask:
     upstream_adopted: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """A relay process live on a provider account, with the rates it was configured with for it."""
+
+    process: str
+    account: str
+    query_rate: float
+    submit_rate: float
+
+
 class Journal(Protocol):
     """A held engine's way to the task table, under the one lease token of its process."""
 
@@ -152,6 +162,18 @@ class Journal(Protocol):
     def recorded(self, upstream_ids: Sequence[str]) -> set[str]: ...
 
     def siblings(self, task_id: str, account: str, model: str, start_ms: int, end_ms: int) -> int: ...
+
+    # the processes sharing the provider's accounts (their rate limits hold across them)
+    def announce(self, rates: Mapping[str, tuple[float, float]], live_seconds: float, *,
+                 joining: bool) -> tuple[str, list[Member]]:
+        """Mark this process live for `live_seconds` on each account of `rates` (account -> its
+        query and submit rates); return its own name and every live member of those accounts,
+        itself included. `joining`: processes joining at once see each other."""
+        ...
+
+    def leave(self, linger_seconds: float) -> None:
+        """This process stops speaking for its accounts; others count it `linger_seconds` more."""
+        ...
 
     # the end of a task
     def succeed(self, task_id: str, *, result_key: str, usage: dict[str, Any]) -> Status | None: ...
