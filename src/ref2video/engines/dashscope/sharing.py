@@ -33,6 +33,13 @@ have stopped using the share that did not count it, one second and `MARGIN` earl
   seconds (1.75 s) allow for the clocks of the processes' hosts disagreeing (`expires_at` is
   written by one host's clock and read by another's, as leases are).
 
+So the provider sees no more than the limit in any second, provided what the limiter itself
+assumes holds (a request arrives within `MARGIN` of being written, or before its answer), the
+hosts' clocks agree within 1.75 s, and no event loop stalls past the end of its view by more
+than that slack. Past those bounds the overshoot is at most the share of the process concerned,
+for as long as the excess lasts: a clock 3 s fast drops a dead member 1.25 s early, and for
+that while its share may be used twice.
+
 The cost: a process that joins others waits about four seconds before its first call on a
 shared account; when one stops the others regain its share after `LINGER` seconds, after
 `LIVE` seconds when it died; and with more members than an account has places, those last in
