@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -19,8 +19,10 @@ from sqlalchemy.exc import IntegrityError
 from ..app import observe, transitions
 from ..app.transitions import Held
 from ..engines.base import HeldTask
+from ..engines.dashscope.journal import Member
 from ..protocol import Status
-from ..store import upstream
+from ..store import members, upstream
+from ..store.db import now_ms
 from ..store.models import Task
 from .manager import QueueManager
 from .wakeup import Wakeup
@@ -110,6 +112,22 @@ class TableJournal:
     def siblings(self, task_id: str, account: str, model: str, start_ms: int, end_ms: int) -> int:
         with self.db.connect() as conn:
             return upstream.siblings(conn, task_id, account, model, start_ms, end_ms)
+
+    # -- the processes sharing the provider's accounts ------------------------------------------
+
+    def announce(self, rates: Mapping[str, tuple[float, float]], live_seconds: float, *,
+                 joining: bool) -> tuple[str, list[Member]]:
+        with self.db.begin() as conn:
+            if joining:
+                members.lock_joins(conn)
+            now = now_ms()
+            members.announce(conn, self.token, rates, expires_at=now + round(live_seconds * 1000), now=now)
+            live = members.live(conn, rates, now=now)
+        return self.token, [Member(*row) for row in live]
+
+    def leave(self, linger_seconds: float) -> None:
+        with self.db.begin() as conn:
+            members.leave(conn, self.token, expires_at=now_ms() + round(linger_seconds * 1000))
 
     # -- the end of a task -----------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, String,
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "Task", "ApiKey", "ServerSecret", "Upload", "HealthProbe", "Account", "LedgerEntry",
-           "IdempotencyKey", "WebhookEndpoint", "OutboxMessage", "WebhookSecret", "RateBucket"]
+           "IdempotencyKey", "WebhookEndpoint", "OutboxMessage", "WebhookSecret", "RateBucket",
+           "RelayMember"]
 
 
 class Base(DeclarativeBase):
@@ -232,3 +233,17 @@ class RateBucket(Base):
     name: Mapped[str] = mapped_column(String(160), primary_key=True)
     tokens: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class RelayMember(Base):
+    """A relay process that speaks for a provider account (`engines/dashscope/sharing.py`): one
+    row per process and account, live until `expires_at`, so each process's share of the
+    account's rate limits is the configured rate over the live members."""
+
+    __tablename__ = "relay_members"
+
+    process: Mapped[str] = mapped_column(String(36), primary_key=True)  # the relay's lease token
+    account: Mapped[str] = mapped_column(String(16), primary_key=True)  # the key's fingerprint
+    query_rate: Mapped[float] = mapped_column(Float)  # the process's configured rates for the key
+    submit_rate: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[int] = mapped_column(BigInteger)

@@ -43,6 +43,7 @@ from .poller import AccountPoller
 from .provider import ProviderClient
 from .reconcile import SKEW_MS, Reconciling
 from .results import KeepingResults
+from .sharing import RateShare
 from .submit import Submitting, account_of, provider_body
 from .parts import now_ms
 
@@ -150,15 +151,21 @@ class DashscopeEngine(Submitting, Reconciling, KeepingResults):
         self._downloads = asyncio.Semaphore(8)
         self._starts = asyncio.Semaphore(min(64, 16 * len(self.keys)))
         # The full limits: each limiter holds a call's place until a second after it can have
-        # arrived (limiter.py), however late the call left after its grant.
+        # arrived (limiter.py), however late the call left after its grant. The relay processes
+        # on this database that share a key split its limits (sharing.py); until the first look
+        # at who they are, the limiters give nothing.
         self.query_limiters = [RateLimiter(s.dashscope_query_rate * _HEADROOM) for _ in self.keys]
         self.submit_limiters = [RateLimiter(s.dashscope_submit_rate * _HEADROOM) for _ in self.keys]
+        self.sharing = RateShare(self.accounts, self.query_limiters, self.submit_limiters,
+                                 query_rate=s.dashscope_query_rate * _HEADROOM,
+                                 submit_rate=s.dashscope_submit_rate * _HEADROOM)
         self.provider = ProviderClient(s.dashscope_base_url, self.keys, timeout=s.dashscope_timeout,
                                        tz=ZoneInfo(s.dashscope_timezone))
         self.pollers = [AccountPoller(self.provider, k, self.query_limiters[k], self,
                                       retry_budget=s.dashscope_retry_budget, skew_ms=SKEW_MS)
                         for k in range(len(self.keys))]
         background = [asyncio.create_task(p.run()) for p in self.pollers]
+        background.append(asyncio.create_task(self.sharing.run(self.manager)))
         background.append(asyncio.create_task(self._keep()))
         claiming = asyncio.create_task(self._claim_loop())
         assert self._stopping is not None
@@ -171,6 +178,7 @@ class DashscopeEngine(Submitting, Reconciling, KeepingResults):
             for task in [*background, *self._starting, *self._ending]:
                 task.cancel()
             await asyncio.gather(claiming, *background, *self._starting, *self._ending, return_exceptions=True)
+            await self.sharing.leave(self.manager)
             released = await self._call(self.manager.release_all)
             if released:
                 log.info("relay: handed %d tasks back to the queue", released)

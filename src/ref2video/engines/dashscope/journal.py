@@ -1,5 +1,6 @@
 """`UpstreamJournal`: what the relay asks of its host's journal beyond every held engine's
-verbs (engines/base.py `Journal`): the provider's side of each task.
+verbs (engines/base.py `Journal`): the provider's side of each task, and the process's share
+of its accounts' rates.
 
 The order of these writes is what keeps "never submit twice": `intend` records that a submit
 is about to leave before it is sent, `record` stores the provider's task id once it answered.
@@ -10,12 +11,23 @@ The process's journal (`queue/journal.py`) implements it over the task table.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from ..base import Journal
 
-__all__ = ["UpstreamJournal"]
+__all__ = ["Member", "UpstreamJournal"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """A relay process live on a provider account, with the rates it was configured with for it."""
+
+    process: str
+    account: str
+    query_rate: float
+    submit_rate: float
 
 
 @runtime_checkable
@@ -47,4 +59,16 @@ class UpstreamJournal(Journal, Protocol):
     def siblings(self, task_id: str, account: str, model: str, start_ms: int, end_ms: int) -> int:
         """Other unfinished tasks whose submit with this account and model left in the window
         and is not recorded: while there are any, one upstream candidate is ambiguous."""
+        ...
+
+    # the processes sharing the provider's accounts (their rate limits hold across them: sharing.py)
+    def announce(self, rates: Mapping[str, tuple[float, float]], live_seconds: float, *,
+                 joining: bool) -> tuple[str, list[Member]]:
+        """Mark this process live for `live_seconds` on each account of `rates` (account -> its
+        query and submit rates); return its own name and every live member of those accounts,
+        itself included. `joining`: processes joining at once see each other."""
+        ...
+
+    def leave(self, linger_seconds: float) -> None:
+        """This process stops speaking for its accounts; others count it `linger_seconds` more."""
         ...

@@ -3,7 +3,8 @@
 The provider allows each account a fixed number of calls a second (20 task queries and 50
 submits for the video models), however many tasks are in flight. It counts calls as they
 *arrive*, over every sliding second, and answers 429 to one call more. `RateLimiter` is that
-budget, shared by every coroutine of one process that speaks for the account. `PollSchedule`
+budget, shared by every coroutine of one process that speaks for the account (processes on one
+database that share the account split it between them: `sharing.py`). `PollSchedule`
 decides which task to ask about next: each task is polled fast at first, then every 15 s, and
 the tasks most overdue go first, so when the budget is short every task waits a little longer
 rather than some forever.
@@ -51,6 +52,7 @@ Interface
     turn.unanswered()               # it ended without an answer
     turn.release()                  # it failed before anything was sent
     limiter.delay(), limiter.held   # how long an acquire() would wait now; places held now
+    limiter.reshape(10)             # another rate from now on (0: no calls until the next change)
 
 `ProviderClient` does everything after `acquire()` by itself, for the turns its caller's task
 acquired (`take_turns()`, a context variable that `acquire()` sets): the next API call made in
@@ -220,7 +222,8 @@ class RateLimiter:
     what comes free, all at once (a busy event loop must not hand out one an iteration). A
     waiter cancelled while it waits for its slot loses that slot (at most `1 / rate` of the
     account's time). `clock` and `sleep` can be replaced, for tests with a fake clock. One
-    limiter serves one event loop; processes sharing an account should split the rate.
+    limiter serves one event loop; `reshape()` changes its rate, which is how relay processes
+    sharing an account split its rate (`sharing.py`).
     """
 
     def __init__(self, rate_per_second: float, burst: int = 1, *, margin: float = 0.25,
@@ -275,6 +278,27 @@ class RateLimiter:
         await self._wait(self._turns, turn)
         _turns.set((*others, turn))
         return turn
+
+    def reshape(self, rate_per_second: float) -> None:
+        """Change the rate; 0 gives no turn and no place at all until the next change. Calls that
+        hold places keep them: a lower capacity stops the next call taking one while that many
+        are held, so no second sees more calls arrive than the capacity in force when the last
+        of them took its place. Pacing goes on from the next grant due, at the new spacing."""
+        if not (math.isfinite(rate_per_second) and rate_per_second >= 0):
+            raise ValueError(f"rate_per_second must be a number, 0 or more, not {rate_per_second!r}")
+        if rate_per_second == self.rate:
+            return
+        self.rate = rate_per_second
+        if rate_per_second == 0:
+            self.capacity = 0  # the pacing keeps its spacing: turns wait for room, not for a slot
+        else:
+            tat = self._next_theoretical(self._clock())
+            self.capacity = max(1, math.floor(rate_per_second + 1e-9)) + self.burst - 1
+            self._interval = _MARGIN / rate_per_second
+            self._tolerance = (self.burst - 1) * self._interval
+            if self._count:
+                self._anchor, self._count = tat - self._interval, 1
+        self._changed()
 
     def delay(self) -> float:
         """Seconds an `acquire()` made now would wait for its turn, and its call then for a
