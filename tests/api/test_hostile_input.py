@@ -16,6 +16,8 @@ import httpx
 import pytest
 
 from ref2video.app import tasks as app_tasks
+from ref2video.storage.base import StorageUnavailable
+from ref2video.storage.local import LocalStorage
 from tests.live import API_LINKS, LiveServer, make_body, ref_url, settings_for, start_server
 from tests.tcp_proxy import TcpProxy
 
@@ -50,13 +52,14 @@ def test_a_number_of_thousands_of_digits_is_a_400(make_server) -> None:  # type:
 
 @pytest.mark.parametrize("escape", ["\\u0000", "\\ud800", "\\udfff"])
 @pytest.mark.parametrize("where", ["prompt", "oss"])
-def test_text_that_is_not_text_is_refused_at_create(make_server, escape: str, where: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("path", [GATEWAY, NATIVE])
+def test_text_that_is_not_text_is_refused_at_create(make_server, escape: str, where: str, path: str) -> None:  # type: ignore[no-untyped-def]
     """A lone surrogate in a prompt was accepted once, and the task could then never be read;
     a NUL in an oss:// key reached PostgreSQL, which cannot store it."""
     server = make_server(workers=0)
     body = make_body(prompt="character1 PROMPT", urls=["oss://ref2video-uploads/x/KEY.png"])
     raw = json.dumps(body).replace("PROMPT" if where == "prompt" else "KEY", escape).encode()
-    error = assert_envelope(post_raw(server, GATEWAY, raw), 400, "InvalidParameter")
+    error = assert_envelope(post_raw(server, path, raw), 400, "InvalidParameter")
     assert "not text" in error["message"]
     assert server.client().get("/api/v1/tasks").json()["total"] == 0
 
@@ -157,14 +160,59 @@ def test_a_database_outage_is_a_503_that_clients_retry(tmp_path: Path, pg_url: s
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A 16 MB file system of its own (tmpfs), or a skip where mounting is not allowed."""
+    """A 16 MB file system of its own (tmpfs): a skip where mounting is not allowed, a failure
+    in CI (as PostgreSQL's absence is), where the full-disk promises must be shown."""
     mount = tmp_path / "disk"
     mount.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a small file system here: {done.stderr.decode().strip()}")
+        why = f"cannot mount a small file system here: {done.stderr.decode().strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}; CI must run as root (or with CAP_SYS_ADMIN) to show the full-disk promises")
+        pytest.skip(why)
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill `disk` to the last block; unbuffered, so closing the file has nothing left to write."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f, pytest.raises(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            os.fsync(f.fileno())
+    return filler
+
+
+def test_an_upload_to_a_full_disk_is_a_503_and_leaves_nothing(tmp_path: Path, tiny_disk: Path) -> None:
+    """The files' side of a full disk (the database is elsewhere): an upload's scratch copy or
+    its stored file cannot be written. It was a 500."""
+    server = start_server(settings_for(tiny_disk / "data", f"sqlite:///{tmp_path / 'db.sqlite'}", workers=0))
+    try:
+        client = server.client()
+        files = {"file": ("a.png", b"\x89PNG\r\n\x1a\n" + b"x" * 200_000, "image/png")}
+        filler = fill(tiny_disk)
+        r = client.post("/api/v1/uploads", files=files)
+        assert_envelope(r, 503, "ServiceUnavailable")
+        assert int(r.headers["retry-after"]) > 0
+        scratch = server.service.settings.scratch_dir
+        assert not [p for p in scratch.rglob("*") if p.is_file()]
+        assert not list(server.service.uploads.listing())
+        filler.unlink()
+        assert client.post("/api/v1/uploads", files=files).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_local_put_to_a_full_disk_is_storage_unavailable(tmp_path: Path, tiny_disk: Path) -> None:
+    """A worker storing a result on a full disk retries the task later (StorageUnavailable)."""
+    storage = LocalStorage(tiny_disk / "results")
+    source = tmp_path / "video.mp4"
+    source.write_bytes(b"v" * 1_000_000)
+    fill(tiny_disk)
+    with pytest.raises(StorageUnavailable, match="disk is full"):
+        storage.put("t.mp4", source)
+    assert not list(storage.listing())  # no partial file left behind
 
 
 def test_a_full_disk_is_a_503_and_health_says_so(tmp_path: Path, tiny_disk: Path) -> None:
@@ -172,12 +220,7 @@ def test_a_full_disk_is_a_503_and_health_says_so(tmp_path: Path, tiny_disk: Path
     try:
         client = server.client()
         assert client.get("/health").json()["database"] == "ok"
-        filler = tiny_disk / "filler"
-        # Fill the disk to the last block; unbuffered, so closing the file has nothing left to write.
-        with open(filler, "wb", buffering=0) as f, pytest.raises(OSError):
-            while True:
-                f.write(b"\0" * 65536)
-                os.fsync(f.fileno())
+        filler = fill(tiny_disk)
         r = client.post(GATEWAY, json=make_body(prompt="character1 " + "x" * 1400))
         assert_envelope(r, 503, "ServiceUnavailable")
         assert r.headers["retry-after"]
