@@ -8,16 +8,19 @@ import logging
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy
 
 from ref2video.app import tasks as app_tasks
 from ref2video.storage.base import StorageUnavailable
 from ref2video.storage.local import LocalStorage
+from ref2video.store.db import unavailable
 from tests.live import API_LINKS, LiveServer, make_body, ref_url, settings_for, start_server
 from tests.tcp_proxy import TcpProxy
 
@@ -254,3 +257,60 @@ def test_a_range_header_that_cannot_be_read_is_ignored(make_server: Callable[...
         assert (r.status_code, r.headers["content-type"], r.content) == (200, "video/mp4", whole)
     past = httpx.get(url, headers={"Range": f"bytes={len(whole) + 10}-"})
     assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{len(whole)}"
+
+
+def sqlite_error(url: str, *statements: str) -> BaseException:
+    """The error SQLAlchemy raises when SQLite runs `statements` at `url` (a real one, not made up)."""
+    engine = sqlalchemy.create_engine(url, connect_args={"timeout": 0})
+    try:
+        with engine.connect() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+    except sqlalchemy.exc.DBAPIError as exc:
+        return exc
+    finally:
+        engine.dispose()
+    raise AssertionError(f"{statements} ran without an error")
+
+
+def test_sqlite_locked_or_unopenable_counts_as_away_and_a_bad_statement_does_not(tmp_path: Path) -> None:
+    """What `unavailable` (the guard's 503 or 500) makes of SQLite's own errors."""
+    path = tmp_path / "db.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")  # holds the write lock
+    try:
+        locked = sqlite_error(f"sqlite:///{path}", "INSERT INTO t VALUES (1)")
+        assert "database is locked" in str(locked) and unavailable(locked)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    unopenable = sqlite_error(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.sqlite'}", "SELECT 1")
+    assert "unable to open" in str(unopenable) and unavailable(unopenable)
+    readonly = sqlite_error(f"sqlite:///file:{path}?mode=ro&uri=true", "INSERT INTO t VALUES (1)")
+    assert "readonly" in str(readonly) and unavailable(readonly)
+    for bug in ("SELECT * FROM no_such_table", "SELEKT 1"):
+        assert not unavailable(sqlite_error(f"sqlite:///{path}", bug))
+
+
+def test_sqlite_locked_past_its_busy_timeout_is_a_503(tmp_path: Path) -> None:
+    """Another process holds SQLite's write lock longer than the busy timeout (lowered here from
+    30 s): a create is a 503 that clients retry, and succeeds once the lock is let go."""
+    path = tmp_path / "db.sqlite"
+    server = start_server(settings_for(tmp_path / "data", f"sqlite:///{path}", workers=0))
+    try:
+        sqlalchemy.event.listen(server.service.db, "connect",
+                                lambda conn, _record: conn.execute("PRAGMA busy_timeout=50"))
+        server.service.db.dispose()  # its pooled connections had 30 s
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            r = server.client().post(GATEWAY, json=make_body())
+            assert_envelope(r, 503, "ServiceUnavailable")
+            assert int(r.headers["retry-after"]) > 0
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert server.client().post(GATEWAY, json=make_body()).status_code == 200
+    finally:
+        server.stop()
