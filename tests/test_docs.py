@@ -1,5 +1,6 @@
 """The docs stand on their own: every setting is documented, every link leads somewhere inside
-the repository, and the engine guide's example engine works as the guide says."""
+the repository, every test the reliability guide cites exists, and the engine guide's example
+engine works as the guide says."""
 
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 def test_every_setting_is_in_the_configuration_guide() -> None:
     guide = (ROOT / "docs" / "configuration.md").read_text()
     missing = [name for name in Settings.model_fields if f"| `{name}` |" not in guide]
+    assert not missing, missing
+
+
+def test_every_test_the_reliability_guide_cites_exists() -> None:
+    """Each promise there is "shown by" tests: a file, a folder, or `file::test name`."""
+    cited = re.findall(r"`(tests/[\w/.]*?)(?:::(\w+))?`", (ROOT / "docs" / "reliability.md").read_text())
+    assert len(cited) > 10
+    missing = [f"{path}::{name}" if name else path for path, name in cited
+               if not (ROOT / path).exists() or (name and f"def {name}(" not in (ROOT / path).read_text())]
     assert not missing, missing
 
 
