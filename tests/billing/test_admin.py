@@ -132,3 +132,16 @@ def test_owners_and_ids_that_are_not_text_are_refused_before_any_query(make_serv
         r = admin.request(method, path, json=body)
         assert r.status_code in (400, 404), (method, path, r.text)
         assert r.json()["code"] in ("InvalidParameter", "NotFound"), (method, path, r.text)
+
+
+def test_a_csv_of_any_owners_statement_is_served(make_server: Any) -> None:
+    """The owner's name goes into the CSV's file name, a header: a quote or a letter outside
+    Latin-1 (which a header cannot encode) in it was a 500."""
+    server: LiveServer = make_server(workers=0)
+    admin = admin_client(server)
+    owner = 'acme "中" co'
+    assert admin.post("/admin/v1/accounts", json={"owner": owner, "credit": "3"}).status_code == 200
+    r = admin.get(f"/admin/v1/accounts/{owner}/statement", params={"format": "csv"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv"), r.text
+    assert r.headers["content-disposition"] == 'attachment; filename="statement-acme_____co.csv"'
+    assert list(csv.reader(io.StringIO(r.text)))[1][2:4] == ["topup", "3"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -30,6 +31,10 @@ __all__ = ["router"]
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
 
 _BODY_LIMIT = 16 << 10
+# The statement and the usage answer JSON, or CSV with format=csv.
+_JSON_OR_CSV: dict[int | str, dict[str, Any]] = {200: {
+    "description": "JSON, or CSV with format=csv",
+    "content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}}}}
 _OWNER_MAX = 64
 
 
@@ -88,6 +93,9 @@ def _account(info: accounts.AccountInfo) -> dict[str, Any]:
 
 
 def _csv(header: tuple[str, ...], rows: list[tuple[Any, ...]], name: str) -> Response:
+    # The file name is a header value: an owner's quotes, line breaks or non-Latin-1 letters
+    # would break it (or fail to encode), so only safe characters go in.
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:100]
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
@@ -167,7 +175,7 @@ async def set_limits(request: Request, owner: str) -> JSONResponse:
 
 
 @router.get("/accounts/{owner}/statement", summary="The account's ledger, oldest first (format=csv for CSV)",
-            responses=errors(400, 401, 403), openapi_extra={"security": SECURITY})
+            responses={**_JSON_OR_CSV, **errors(400, 401, 403)}, openapi_extra={"security": SECURITY})
 async def statement(request: Request, owner: str, format: str = "json") -> Response:
     await _admin(request)
     service = service_of(request)
@@ -181,7 +189,7 @@ async def statement(request: Request, owner: str, format: str = "json") -> Respo
 
 
 @router.get("/usage", summary="Charged usage by owner, model and day (format=csv for CSV)",
-            responses=errors(400, 401, 403), openapi_extra={"security": SECURITY})
+            responses={**_JSON_OR_CSV, **errors(400, 401, 403)}, openapi_extra={"security": SECURITY})
 async def usage(request: Request, owner: str | None = None, format: str = "json") -> Response:
     await _admin(request)
     service = service_of(request)
