@@ -183,6 +183,7 @@ def test_the_document_describes_what_routes_read_themselves(idle: LiveServer) ->
                          ("/admin/v1/accounts/{owner}/limits", "put"), ("/admin/v1/keys", "post"),
                          ("/admin/v1/keys/{key_id}/limits", "put"), ("/admin/v1/webhooks", "post")):
         assert "application/json" in paths[path][method]["requestBody"]["content"], path
+        assert "413" in paths[path][method]["responses"], path  # a body over 16 KB
 
 
 def test_queue_positions_are_capped(idle: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -145,3 +145,12 @@ def test_a_csv_of_any_owners_statement_is_served(make_server: Any) -> None:
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv"), r.text
     assert r.headers["content-disposition"] == 'attachment; filename="statement-acme_____co.csv"'
     assert list(csv.reader(io.StringIO(r.text)))[1][2:4] == ["topup", "3"]
+
+
+def test_an_admin_body_over_16_kb_is_a_413_the_document_gives(make_server: Any) -> None:
+    """The long fuzz run found this answer missing from the document."""
+    server: LiveServer = make_server(workers=0)
+    admin = admin_client(server)
+    responses = admin.get("/openapi.json").json()["paths"]["/admin/v1/webhooks"]["post"]["responses"]
+    r = admin.post("/admin/v1/webhooks", json={"owner": "x", "url": "https://example.com/" + "x" * 20_000})
+    assert r.status_code == 413 and r.json()["code"] == "RequestTooLarge" and "413" in responses

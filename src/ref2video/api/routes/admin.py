@@ -104,7 +104,7 @@ def _csv(header: tuple[str, ...], rows: list[tuple[Any, ...]], name: str) -> Res
                     headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
 
 
-@router.post("/accounts", summary="Open an account", responses=errors(400, 401, 403),
+@router.post("/accounts", summary="Open an account", responses=errors(400, 401, 403, 413),
              openapi_extra={**json_body(AccountCreate), "security": SECURITY})
 async def create_account(request: Request) -> JSONResponse:
     await _admin(request)
@@ -136,7 +136,8 @@ async def get_account(request: Request, owner: str) -> JSONResponse:
 
 
 @router.post("/accounts/{owner}/credit", summary="Top up (or adjust down with a negative amount)",
-             responses=errors(400, 401, 403, 404), openapi_extra={**json_body(AccountCredit), "security": SECURITY})
+             responses=errors(400, 401, 403, 404, 413),
+             openapi_extra={**json_body(AccountCredit), "security": SECURITY})
 async def credit_account(request: Request, owner: str) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
@@ -158,7 +159,8 @@ async def credit_account(request: Request, owner: str) -> JSONResponse:
 
 
 @router.put("/accounts/{owner}/limits", summary="Set the daily and monthly spend limits (null lifts one)",
-            responses=errors(400, 401, 403, 404), openapi_extra={**json_body(AccountLimits), "security": SECURITY})
+            responses=errors(400, 401, 403, 404, 413),
+            openapi_extra={**json_body(AccountLimits), "security": SECURITY})
 async def set_limits(request: Request, owner: str) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
@@ -222,7 +224,7 @@ def _key(info: KeyInfo, request: Request) -> dict[str, Any]:
 
 
 @router.post("/keys", summary="Make a key for an owner (shown once), with its own rate limits if given",
-             responses=errors(400, 401, 403), openapi_extra={**json_body(KeyCreate), "security": SECURITY})
+             responses=errors(400, 401, 403, 413), openapi_extra={**json_body(KeyCreate), "security": SECURITY})
 async def create_key(request: Request) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
@@ -248,7 +250,8 @@ async def list_keys(request: Request) -> JSONResponse:
 
 @router.put("/keys/{key_id}/limits",
             summary="Set a key's own rate limits (null: back to the server's; a rate of 0: no limit for it)",
-            responses=errors(400, 401, 403, 404), openapi_extra={**json_body(KeyLimits), "security": SECURITY})
+            responses=errors(400, 401, 403, 404, 413),
+            openapi_extra={**json_body(KeyLimits), "security": SECURITY})
 async def set_key_limits(request: Request, key_id: str) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
@@ -283,7 +286,7 @@ def _endpoint(endpoint: webhooks.Endpoint) -> dict[str, Any]:
 
 
 @router.post("/webhooks", summary="Register a webhook endpoint for an owner (its secret is in the answer)",
-             responses=errors(400, 401, 403), openapi_extra={**json_body(WebhookCreate), "security": SECURITY})
+             responses=errors(400, 401, 403, 413), openapi_extra={**json_body(WebhookCreate), "security": SECURITY})
 async def add_webhook(request: Request) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
