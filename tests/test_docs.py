@@ -1,5 +1,6 @@
 """The docs stand on their own: every setting is documented, every link leads somewhere inside
-the repository, and the engine guide's example engine works as the guide says."""
+the repository, every test the reliability guide cites exists, and the engine guide's example
+engine works as the guide says."""
 
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ def test_the_design_notes_draw_every_package_and_module() -> None:
     names += [p.name for p in (src / "app").glob("*.py") if p.name != "__init__.py"]
     names += [f"{p.name}/" for p in (src / "engines").iterdir() if (p / "__init__.py").exists()]
     missing = sorted(name for name in names if not re.search(rf"(?<![\w/.]){re.escape(name)}", picture))
+    assert not missing, missing
+
+
+def test_every_test_the_reliability_guide_cites_exists() -> None:
+    """Each promise there is "shown by" tests: a file, a folder, or `file::test name`."""
+    cited = re.findall(r"`(tests/[\w/.]*?)(?:::(\w+))?`", (ROOT / "docs" / "reliability.md").read_text())
+    assert len(cited) > 10
+    missing = [f"{path}::{name}" if name else path for path, name in cited
+               if not (ROOT / path).exists() or (name and f"def {name}(" not in (ROOT / path).read_text())]
     assert not missing, missing
 
 

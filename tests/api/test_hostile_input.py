@@ -8,14 +8,19 @@ import logging
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy
 
 from ref2video.app import tasks as app_tasks
+from ref2video.storage.base import StorageUnavailable
+from ref2video.storage.local import LocalStorage
+from ref2video.store.db import unavailable
 from tests.live import API_LINKS, LiveServer, make_body, ref_url, settings_for, start_server
 from tests.tcp_proxy import TcpProxy
 
@@ -50,13 +55,14 @@ def test_a_number_of_thousands_of_digits_is_a_400(make_server) -> None:  # type:
 
 @pytest.mark.parametrize("escape", ["\\u0000", "\\ud800", "\\udfff"])
 @pytest.mark.parametrize("where", ["prompt", "oss"])
-def test_text_that_is_not_text_is_refused_at_create(make_server, escape: str, where: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("path", [GATEWAY, NATIVE])
+def test_text_that_is_not_text_is_refused_at_create(make_server, escape: str, where: str, path: str) -> None:  # type: ignore[no-untyped-def]
     """A lone surrogate in a prompt was accepted once, and the task could then never be read;
     a NUL in an oss:// key reached PostgreSQL, which cannot store it."""
     server = make_server(workers=0)
     body = make_body(prompt="character1 PROMPT", urls=["oss://ref2video-uploads/x/KEY.png"])
     raw = json.dumps(body).replace("PROMPT" if where == "prompt" else "KEY", escape).encode()
-    error = assert_envelope(post_raw(server, GATEWAY, raw), 400, "InvalidParameter")
+    error = assert_envelope(post_raw(server, path, raw), 400, "InvalidParameter")
     assert "not text" in error["message"]
     assert server.client().get("/api/v1/tasks").json()["total"] == 0
 
@@ -157,14 +163,59 @@ def test_a_database_outage_is_a_503_that_clients_retry(tmp_path: Path, pg_url: s
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A 16 MB file system of its own (tmpfs), or a skip where mounting is not allowed."""
+    """A 16 MB file system of its own (tmpfs): a skip where mounting is not allowed, a failure
+    in CI (as PostgreSQL's absence is), where the full-disk promises must be shown."""
     mount = tmp_path / "disk"
     mount.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a small file system here: {done.stderr.decode().strip()}")
+        why = f"cannot mount a small file system here: {done.stderr.decode().strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}; CI must run as root (or with CAP_SYS_ADMIN) to show the full-disk promises")
+        pytest.skip(why)
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill `disk` to the last block; unbuffered, so closing the file has nothing left to write."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f, pytest.raises(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            os.fsync(f.fileno())
+    return filler
+
+
+def test_an_upload_to_a_full_disk_is_a_503_and_leaves_nothing(tmp_path: Path, tiny_disk: Path) -> None:
+    """The files' side of a full disk (the database is elsewhere): an upload's scratch copy or
+    its stored file cannot be written. It was a 500."""
+    server = start_server(settings_for(tiny_disk / "data", f"sqlite:///{tmp_path / 'db.sqlite'}", workers=0))
+    try:
+        client = server.client()
+        files = {"file": ("a.png", b"\x89PNG\r\n\x1a\n" + b"x" * 200_000, "image/png")}
+        filler = fill(tiny_disk)
+        r = client.post("/api/v1/uploads", files=files)
+        assert_envelope(r, 503, "ServiceUnavailable")
+        assert int(r.headers["retry-after"]) > 0
+        scratch = server.service.settings.scratch_dir
+        assert not [p for p in scratch.rglob("*") if p.is_file()]
+        assert not list(server.service.uploads.listing())
+        filler.unlink()
+        assert client.post("/api/v1/uploads", files=files).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_local_put_to_a_full_disk_is_storage_unavailable(tmp_path: Path, tiny_disk: Path) -> None:
+    """A worker storing a result on a full disk retries the task later (StorageUnavailable)."""
+    storage = LocalStorage(tiny_disk / "results")
+    source = tmp_path / "video.mp4"
+    source.write_bytes(b"v" * 1_000_000)
+    fill(tiny_disk)
+    with pytest.raises(StorageUnavailable, match="disk is full"):
+        storage.put("t.mp4", source)
+    assert not list(storage.listing())  # no partial file left behind
 
 
 def test_a_full_disk_is_a_503_and_health_says_so(tmp_path: Path, tiny_disk: Path) -> None:
@@ -172,12 +223,7 @@ def test_a_full_disk_is_a_503_and_health_says_so(tmp_path: Path, tiny_disk: Path
     try:
         client = server.client()
         assert client.get("/health").json()["database"] == "ok"
-        filler = tiny_disk / "filler"
-        # Fill the disk to the last block; unbuffered, so closing the file has nothing left to write.
-        with open(filler, "wb", buffering=0) as f, pytest.raises(OSError):
-            while True:
-                f.write(b"\0" * 65536)
-                os.fsync(f.fileno())
+        filler = fill(tiny_disk)
         r = client.post(GATEWAY, json=make_body(prompt="character1 " + "x" * 1400))
         assert_envelope(r, 503, "ServiceUnavailable")
         assert r.headers["retry-after"]
@@ -211,3 +257,60 @@ def test_a_range_header_that_cannot_be_read_is_ignored(make_server: Callable[...
         assert (r.status_code, r.headers["content-type"], r.content) == (200, "video/mp4", whole)
     past = httpx.get(url, headers={"Range": f"bytes={len(whole) + 10}-"})
     assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{len(whole)}"
+
+
+def sqlite_error(url: str, *statements: str) -> BaseException:
+    """The error SQLAlchemy raises when SQLite runs `statements` at `url` (a real one, not made up)."""
+    engine = sqlalchemy.create_engine(url, connect_args={"timeout": 0})
+    try:
+        with engine.connect() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+    except sqlalchemy.exc.DBAPIError as exc:
+        return exc
+    finally:
+        engine.dispose()
+    raise AssertionError(f"{statements} ran without an error")
+
+
+def test_sqlite_locked_or_unopenable_counts_as_away_and_a_bad_statement_does_not(tmp_path: Path) -> None:
+    """What `unavailable` (the guard's 503 or 500) makes of SQLite's own errors."""
+    path = tmp_path / "db.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")  # holds the write lock
+    try:
+        locked = sqlite_error(f"sqlite:///{path}", "INSERT INTO t VALUES (1)")
+        assert "database is locked" in str(locked) and unavailable(locked)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    unopenable = sqlite_error(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.sqlite'}", "SELECT 1")
+    assert "unable to open" in str(unopenable) and unavailable(unopenable)
+    readonly = sqlite_error(f"sqlite:///file:{path}?mode=ro&uri=true", "INSERT INTO t VALUES (1)")
+    assert "readonly" in str(readonly) and unavailable(readonly)
+    for bug in ("SELECT * FROM no_such_table", "SELEKT 1"):
+        assert not unavailable(sqlite_error(f"sqlite:///{path}", bug))
+
+
+def test_sqlite_locked_past_its_busy_timeout_is_a_503(tmp_path: Path) -> None:
+    """Another process holds SQLite's write lock longer than the busy timeout (lowered here from
+    30 s): a create is a 503 that clients retry, and succeeds once the lock is let go."""
+    path = tmp_path / "db.sqlite"
+    server = start_server(settings_for(tmp_path / "data", f"sqlite:///{path}", workers=0))
+    try:
+        sqlalchemy.event.listen(server.service.db, "connect",
+                                lambda conn, _record: conn.execute("PRAGMA busy_timeout=50"))
+        server.service.db.dispose()  # its pooled connections had 30 s
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            r = server.client().post(GATEWAY, json=make_body())
+            assert_envelope(r, 503, "ServiceUnavailable")
+            assert int(r.headers["retry-after"]) > 0
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert server.client().post(GATEWAY, json=make_body()).status_code == 200
+    finally:
+        server.stop()

@@ -357,3 +357,24 @@ def test_malformed_forms_are_invalid_parameters(make_server) -> None:  # type: i
     plain = server.client().post("/api/v1/uploads", content=b"--nope\r\n\r\n", headers=multipart)
     assert plain.status_code == 400 and plain.json()["code"] == "InvalidParameter"
     assert not stored_blobs(server) and not scratch_files(server)
+
+
+def test_a_content_type_that_is_not_a_type_is_stored_as_octet_stream(make_server) -> None:  # type: ignore[no-untyped-def]
+    """A NUL in either route's content type reached PostgreSQL after the file was stored: a 500
+    and a file nobody knew of. Such a type (not printable ASCII, or over 128 characters) is
+    taken as application/octet-stream before anything is stored."""
+    server = make_server(workers=0)
+    cert = policy(server)
+    kinds = {"nul.png": "image/png\x00", "control.png": "image/\x01png", "long.png": "image/" + "x" * 200}
+    for name, kind in kinds.items():
+        r = post_with_policy(cert, name, png_bytes(), **{"x-oss-content-type": kind})
+        assert r.status_code == 200, r.text
+    raw = (file_head("plain.png").replace(b"application/octet-stream", b"image/png\x00x")
+           + png_bytes() + END)
+    plain = server.client().post("/api/v1/uploads", content=raw,
+                                 headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    assert plain.status_code == 200, plain.text
+    with server.service.db.connect() as conn:
+        stored = dict(conn.execute(select(Upload.key, Upload.content_type)).all())
+    assert len(stored) == 4 and set(stored.values()) == {"application/octet-stream"}
+    assert len(stored_blobs(server)) == 4 and not scratch_files(server)

@@ -4,6 +4,7 @@ bucket that is down or slow (StorageUnavailable within the bounded timeouts, nev
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -17,7 +18,7 @@ from starlette.requests import Request
 
 from ref2video.errors import NotFound
 from ref2video.storage.base import StorageUnavailable
-from ref2video.storage.s3 import S3Partial, S3Storage, make_client
+from ref2video.storage.s3 import PARTIAL_GRACE_SECONDS, S3Partial, S3Storage, make_client
 from tests.s3_server import S3Server
 
 
@@ -66,6 +67,21 @@ def test_put_exists_local_path_delete(storage: S3Storage, source: Path) -> None:
     assert not storage.exists("a.mp4") and storage.local_path("a.mp4") is None
     with pytest.raises(NotFound):
         storage.put("../escape.mp4", source)
+
+
+def test_partial_downloads_a_kill_left_are_swept_past_the_grace(storage: S3Storage, source: Path) -> None:
+    """A process killed mid-download leaves `.<key>.<random>.partial` in the cache; the next
+    download's trim removes those older than the grace and leaves a young one (a live
+    download) alone."""
+    storage.cache_dir.mkdir(parents=True)
+    old, young = storage.cache_dir / ".a.mp4.0badc0de.partial", storage.cache_dir / ".b.mp4.1badc0de.partial"
+    for partial in (old, young):
+        partial.write_bytes(b"half")
+    past = time.time() - PARTIAL_GRACE_SECONDS - 60
+    os.utime(old, (past, past))
+    storage.put("c.mp4", source)
+    assert storage.local_path("c.mp4") is not None
+    assert not old.exists() and young.exists()
 
 
 def test_a_download_larger_than_the_bound_is_refused(s3: S3Server, tmp_path: Path, source: Path) -> None:

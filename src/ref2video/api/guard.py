@@ -8,7 +8,8 @@
   client's keep-alive connection.)
 - A database that does not answer (refused, lost, timed out, no pooled connection free, SQLite
   locked or full) is a 503 `ServiceUnavailable` with `Retry-After`, which clients retry,
-  logged as one line without a traceback.
+  logged as one line without a traceback. So is a full disk (ENOSPC, EDQUOT) met while a
+  request writes a file (an upload's scratch copy, say).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ApiError, InternalError, ServiceUnavailable
+from ..storage.base import disk_full
 from ..store.db import unavailable
 from .errors import REQUEST_ID, error_response
 
@@ -54,6 +56,9 @@ class RequestGuard:
                 log.warning("request %s: %s %s: the database is not answering (%s)", rid, scope["method"],
                             scope["path"][:200], type(exc).__name__)
                 error = ServiceUnavailable("the database is not answering; please try again shortly")
+            elif disk_full(exc):
+                log.warning("request %s: %s %s: the disk is full", rid, scope["method"], scope["path"][:200])
+                error = ServiceUnavailable("the server's disk is full; please try again shortly")
             else:
                 log.error("request %s: %s %s failed", rid, scope["method"], scope["path"][:200], exc_info=exc)
                 error = InternalError()

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from .schemas import ErrorBody
 
 __all__ = ["errors", "BEARER", "SECURITY", "LIST_PARAMETERS", "NATIVE_CREATE", "GATEWAY_CREATE", "form_body",
-           "VIDEO", "VIDEO_PART", "RANGE_PAST_END", "merged"]
+           "json_body", "VIDEO", "VIDEO_PART", "RANGE_PAST_END", "merged"]
 
 BEARER = {"bearer": {"type": "http", "scheme": "bearer", "description": "an API key: r2v-<id>-<secret>"}}
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -96,6 +98,12 @@ def form_body(fields: dict[str, str], *, required: list[str]) -> dict[str, Any]:
     properties["file"] = {"type": "string", "format": "binary", "description": "the file, last"}
     schema = {"type": "object", "properties": properties, "required": [*required, "file"]}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """A required JSON request body of `model`'s schema, written inline (the route reads the
+    body itself, to the same rules)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 def merged(*parts: dict[str, Any]) -> dict[str, Any]:

@@ -6,12 +6,16 @@ and messages; these models describe the same contract for readers of /docs.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..app.keys import MAX_BURST, MAX_RATE
+from ..app.ledger import MAX_CREDITS
 
 __all__ = ["CreateBody", "TaskCreated", "TaskAnswer", "ErrorBody", "TaskList", "CancelAnswer", "Health",
-           "Unhealthy", "CertificateAnswer", "UploadAnswer"]
+           "Unhealthy", "CertificateAnswer", "UploadAnswer", "AccountCreate", "AccountCredit", "AccountLimits",
+           "KeyCreate", "KeyLimits", "WebhookCreate"]
 
 
 class MediaItemBody(BaseModel):
@@ -170,3 +174,61 @@ class Uploaded(BaseModel):
 class UploadAnswer(BaseModel):
     request_id: str
     output: Uploaded
+
+
+# -- the admin API's bodies (routes/admin.py reads them itself, to the same rules) -------------
+
+# An amount of credits: a decimal string ("12.5") or a number.
+Amount = float | str
+_AMOUNT = f"credits, as a decimal string (\"12.5\") or a number; at most {MAX_CREDITS} either way"
+_LIMIT = _AMOUNT + "; null: no limit"
+
+
+def _owner() -> Any:
+    return Field(min_length=1, max_length=64, description="the owner's name: 1 to 64 printable characters")
+
+
+class AccountCreate(BaseModel):
+    owner: str = _owner()
+    credit: Amount = Field("0", description="the opening balance, not negative: " + _AMOUNT)
+    daily_limit: Amount | None = Field(None, description="spend a day: " + _LIMIT)
+    monthly_limit: Amount | None = Field(None, description="spend a month: " + _LIMIT)
+
+
+class AccountCredit(BaseModel):
+    amount: Amount = Field(description="not zero; negative adjusts down: " + _AMOUNT)
+    note: str | None = Field(None, max_length=500, description="shown in the statement")
+
+
+class AccountLimits(BaseModel):
+    """Only the limits given change."""
+
+    daily_limit: Amount | None = Field(None, description=_LIMIT)
+    monthly_limit: Amount | None = Field(None, description=_LIMIT)
+
+
+class KeyLimits(BaseModel):
+    """A key's own rate limits (docs/limits.md); null: the server's setting."""
+
+    model_config = ConfigDict(extra="forbid")  # any other field is refused
+
+    rate_create_per_second: float | None = Field(None, ge=0, le=MAX_RATE, description="0: no limit for this key")
+    rate_create_burst: int | None = Field(None, ge=0, le=MAX_BURST, description="0: the rate rounded up")
+    rate_query_per_second: float | None = Field(None, ge=0, le=MAX_RATE, description="0: no limit for this key")
+    rate_query_burst: int | None = Field(None, ge=0, le=MAX_BURST, description="0: the rate rounded up")
+
+
+class KeyCreate(BaseModel):
+    owner: str = _owner()
+    name: str = Field("", max_length=128)
+    role: Literal["user", "admin"] = "user"
+    rate_create_per_second: float | None = Field(None, ge=0, le=MAX_RATE)
+    rate_create_burst: int | None = Field(None, ge=0, le=MAX_BURST)
+    rate_query_per_second: float | None = Field(None, ge=0, le=MAX_RATE)
+    rate_query_burst: int | None = Field(None, ge=0, le=MAX_BURST)
+
+
+class WebhookCreate(BaseModel):
+    owner: str = _owner()
+    url: str = Field(max_length=2048, description="an absolute http(s) URL without credentials")
+    events: list[str] | None = Field(None, description="some of the task events, or [\"*\"]; null: all")

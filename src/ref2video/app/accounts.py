@@ -19,8 +19,8 @@ from ..store.db import now_ms
 from ..store.models import Account, LedgerEntry
 from . import ledger
 
-__all__ = ["AccountInfo", "Entry", "UsageRow", "AccountExists", "NoSuchAccount", "create", "credit",
-           "set_limits", "show", "statement", "usage", "audit"]
+__all__ = ["AccountInfo", "Entry", "UsageRow", "AccountExists", "NoSuchAccount", "BalanceOutOfRange", "create",
+           "credit", "set_limits", "show", "statement", "usage", "audit"]
 
 _UNCHANGED: Any = object()
 
@@ -31,6 +31,9 @@ class AccountExists(Exception):
 
 class NoSuchAccount(Exception):
     pass
+
+
+BalanceOutOfRange = ledger.BalanceOutOfRange
 
 
 @dataclasses.dataclass(frozen=True)

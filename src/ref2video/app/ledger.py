@@ -40,18 +40,32 @@ from ..store.models import Account, LedgerEntry, Task
 from ..store.tasks import TaskRecord
 from . import observe
 
-__all__ = ["MICRO", "Prices", "hold", "settle", "credit", "to_micro", "to_credits", "spent_since", "held_now",
+__all__ = ["MICRO", "MAX_CREDITS", "BalanceOutOfRange",
+           "Prices", "hold", "settle", "credit", "to_micro", "to_credits", "spent_since", "held_now",
            "day_start", "month_start"]
 
 MICRO = 1_000_000  # micro-credits in a credit
+# The largest amount, limit or balance, in credits: 10**18 micro-credits, which a signed 64-bit
+# column holds with room for a sum of two (2**63 is about 9.2 * 10**18).
+MAX_CREDITS = 10**12
+_MAX_MICRO = MAX_CREDITS * MICRO
+
+
+class BalanceOutOfRange(ValueError):
+    """A credit would take the balance past `MAX_CREDITS` either way."""
 
 # The kinds of entry that belong to a task (a task's net cost is minus their sum).
 TASK_KINDS = ("hold", "release", "charge")
 
 
 def to_micro(credits: Decimal | str | float | int) -> int:
-    """Credits (as written by people: "12.5") to whole micro-credits, exactly."""
-    return int((Decimal(str(credits)) * MICRO).to_integral_value())
+    """Credits (as written by people: "12.5") to whole micro-credits, exactly. ValueError for
+    infinity, NaN or more than `MAX_CREDITS` either way (checked before the conversion: the
+    integer of "1e999999999" alone would take gigabytes)."""
+    value = Decimal(str(credits))
+    if not value.is_finite() or value.copy_abs() > MAX_CREDITS:  # copy_abs: exact, whatever the exponent
+        raise ValueError(f"an amount must be a finite number of credits from -{MAX_CREDITS} to {MAX_CREDITS}")
+    return int((value * MICRO).to_integral_value())
 
 
 def to_credits(micro: int) -> Decimal:
@@ -138,14 +152,20 @@ def settle(conn: Connection, task_ids: Sequence[str], status: Status | None,
 
 def credit(conn: Connection, owner: str, amount: int, *, kind: str = "topup", note: str | None = None) -> int:
     """Add `amount` micro-credits (negative for an adjustment down) to the owner's balance; the
-    new balance."""
+    new balance. KeyError when there is no account, `BalanceOutOfRange` when the balance would
+    pass `MAX_CREDITS` either way (the caller's transaction then rolls back the entry)."""
+    if abs(amount) > _MAX_MICRO:
+        raise BalanceOutOfRange(f"an amount is at most {MAX_CREDITS} credits either way")
     _add(conn, owner, kind, amount, note=note)
     done = conn.execute(
-        update(Account).where(Account.owner == owner).values(balance=Account.balance + amount)
-        .returning(Account.balance)
+        update(Account).where(Account.owner == owner,
+                              Account.balance.between(-_MAX_MICRO - amount, _MAX_MICRO - amount))
+        .values(balance=Account.balance + amount).returning(Account.balance)
     ).first()
     if done is None:
-        raise KeyError(owner)
+        if conn.execute(select(Account.owner).where(Account.owner == owner)).first() is None:
+            raise KeyError(owner)
+        raise BalanceOutOfRange(f"the balance would pass {MAX_CREDITS} credits either way")
     return int(done.balance)
 
 

@@ -128,6 +128,8 @@ def credit_(owner: str, amount: Annotated[str, typer.Argument(help="credits; neg
         balance = accounts.credit(db, owner, micro, note=note or None)
     except accounts.NoSuchAccount:
         fail(f"owner {owner!r} has no account; make one with 'ref2video accounts create'", 1)
+    except accounts.BalanceOutOfRange as exc:
+        fail(f"amount: {exc}", 2)
     print(f"balance: {to_credits(balance)}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -12,13 +13,26 @@ from starlette.responses import Response
 
 from ..errors import ServiceUnavailable
 
-__all__ = ["Storage", "StoredObject", "StorageUnavailable"]
+__all__ = ["Storage", "StoredObject", "StorageUnavailable", "disk_full"]
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 class StorageUnavailable(ServiceUnavailable):
     """The storage cannot be reached now (a bucket down, slow past its timeouts). The API
     answers 503 ServiceUnavailable; a worker retries the task later, with the task code
     `StorageUnavailable` (failing it so once its attempts are spent)."""
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an error it was raised from or while handling, says the disk (or the
+    user's quota on it) is full: a fault that passes, not a bug; worth a retry later."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 @dataclasses.dataclass(frozen=True)

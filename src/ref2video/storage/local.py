@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, MalformedRangeHeader, Response
 
 from ..errors import NotFound
-from .base import StoredObject
+from .base import StorageUnavailable, StoredObject, disk_full
 
 __all__ = ["LocalStorage"]
 
@@ -47,6 +47,10 @@ class LocalStorage:
             with open(partial, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(partial, target)
+        except OSError as exc:
+            if disk_full(exc):  # the API answers 503, a worker retries the task later
+                raise StorageUnavailable(f"storing {key} failed: the disk is full") from exc
+            raise
         finally:
             partial.unlink(missing_ok=True)  # a failed copy leaves nothing; a crash leaves it to the sweep
 

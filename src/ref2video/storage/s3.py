@@ -34,12 +34,15 @@ from ..errors import NotFound
 from .base import StorageUnavailable, StoredObject
 from .signing import UrlSigner
 
-__all__ = ["S3Storage", "S3Partial", "PresignedLinks", "make_client"]
+__all__ = ["S3Storage", "S3Partial", "PresignedLinks", "make_client", "PARTIAL_GRACE_SECONDS"]
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _CHUNK = 1 << 20
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
+# A download's `.<key>.<random>.partial` in the cache older than this was left by a process that
+# died mid-way: a live download renews its modified time with every chunk it writes.
+PARTIAL_GRACE_SECONDS = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,14 +199,21 @@ class S3Storage:
         return target
 
     def _trim_cache(self, keep: Path) -> None:
+        """Remove the least recently used downloads past `cache_max_bytes`, and partial
+        downloads older than `PARTIAL_GRACE_SECONDS` (a kill mid-download leaves them)."""
         files = []
+        stale = time.time() - PARTIAL_GRACE_SECONDS
         for entry in self.cache_dir.iterdir():
             try:
                 stat = entry.stat()
             except FileNotFoundError:
                 continue
-            if entry.is_file() and not entry.name.startswith("."):
+            if not entry.is_file():
+                continue
+            if not entry.name.startswith("."):
                 files.append((stat.st_mtime, stat.st_size, entry))
+            elif entry.name.endswith(".partial") and stat.st_mtime < stale:
+                entry.unlink(missing_ok=True)
         total = sum(size for _, size, _ in files)
         for _, size, entry in sorted(files):
             if total <= self.cache_max_bytes:

@@ -1,11 +1,14 @@
 """The admin API (`/admin/v1/...`): owners' accounts, keys, usage and webhook endpoints, for keys with the admin
 role only; an ordinary key is refused (403 AccessDenied) before anything is read. Amounts are
-credits, as decimal strings ("12.5"); numbers are taken too. docs/billing.md."""
+credits, as decimal strings ("12.5"); numbers are taken too; at most `MAX_CREDITS` either way.
+Owners and ids in the path or query must be text (no NUL, no half surrogate pair), checked
+before any query: PostgreSQL cannot even compare with such a value. docs/billing.md."""
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -16,17 +19,22 @@ from ...app import accounts, keys, webhooks
 from ...app.keys import RATE_FIELDS, ROLES, KeyInfo, KeyRates
 from ...app.limits import KINDS
 from ...app.auth import Principal
-from ...app.ledger import to_credits, to_micro
+from ...app.ledger import MAX_CREDITS, to_credits, to_micro
 from ...errors import AccessDenied, InvalidParameter, NotFound, UnsupportedOperation, clip
-from ..deps import in_thread, principal_of, read_json, service_of
+from ..deps import in_thread, is_text, principal_of, read_json, service_of
 from ..errors import request_id
-from ..openapi import SECURITY, errors
+from ..openapi import SECURITY, errors, json_body
+from ..schemas import AccountCreate, AccountCredit, AccountLimits, KeyCreate, KeyLimits, WebhookCreate
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
 
 _BODY_LIMIT = 16 << 10
+# The statement and the usage answer JSON, or CSV with format=csv.
+_JSON_OR_CSV: dict[int | str, dict[str, Any]] = {200: {
+    "description": "JSON, or CSV with format=csv",
+    "content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}}}}
 _OWNER_MAX = 64
 
 
@@ -54,6 +62,13 @@ def _owner(value: Any) -> str:
     return value
 
 
+def _text(value: str, name: str) -> str:
+    """A path or query value, refused (400 naming it) when it is not text."""
+    if not is_text(value):
+        raise InvalidParameter(f"{name} holds a NUL character or an unpaired surrogate, which is not text")
+    return value
+
+
 def _amount(value: Any, name: str, *, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
@@ -61,8 +76,9 @@ def _amount(value: Any, name: str, *, allow_none: bool = False) -> int | None:
         raise InvalidParameter(f"{name} must be a number of credits, as a string or a number")
     try:
         return to_micro(Decimal(str(value)))
-    except (InvalidOperation, ValueError):
-        raise InvalidParameter(f"{name} must be a number of credits, not {clip(str(value))}") from None
+    except (InvalidOperation, ValueError):  # not a number, infinite, NaN or too large
+        raise InvalidParameter(f"{name} must be a number of credits from -{MAX_CREDITS} to {MAX_CREDITS}, "
+                               f"not {clip(str(value))}") from None
 
 
 def _credits(micro: int | None) -> str | None:
@@ -77,6 +93,9 @@ def _account(info: accounts.AccountInfo) -> dict[str, Any]:
 
 
 def _csv(header: tuple[str, ...], rows: list[tuple[Any, ...]], name: str) -> Response:
+    # The file name is a header value: an owner's quotes, line breaks or non-Latin-1 letters
+    # would break it (or fail to encode), so only safe characters go in.
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:100]
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
@@ -85,8 +104,8 @@ def _csv(header: tuple[str, ...], rows: list[tuple[Any, ...]], name: str) -> Res
                     headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
 
 
-@router.post("/accounts", summary="Open an account", responses=errors(400, 401, 403),
-             openapi_extra={"security": SECURITY})
+@router.post("/accounts", summary="Open an account", responses=errors(400, 401, 403, 413),
+             openapi_extra={**json_body(AccountCreate), "security": SECURITY})
 async def create_account(request: Request) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
@@ -104,10 +123,11 @@ async def create_account(request: Request) -> JSONResponse:
 
 
 @router.get("/accounts/{owner}", summary="An account: balance, holds, limits, spend",
-            responses=errors(401, 403, 404), openapi_extra={"security": SECURITY})
+            responses=errors(400, 401, 403, 404), openapi_extra={"security": SECURITY})
 async def get_account(request: Request, owner: str) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
+    owner = _text(owner, "owner")
     try:
         info = await in_thread(lambda: accounts.show(service.db, owner, tz=service.tz))
     except accounts.NoSuchAccount:
@@ -116,10 +136,12 @@ async def get_account(request: Request, owner: str) -> JSONResponse:
 
 
 @router.post("/accounts/{owner}/credit", summary="Top up (or adjust down with a negative amount)",
-             responses=errors(400, 401, 403, 404), openapi_extra={"security": SECURITY})
+             responses=errors(400, 401, 403, 404, 413),
+             openapi_extra={**json_body(AccountCredit), "security": SECURITY})
 async def credit_account(request: Request, owner: str) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
+    owner = _text(owner, "owner")
     body = await _object(request)
     amount = _amount(body.get("amount"), "amount")
     if not amount:
@@ -131,14 +153,18 @@ async def credit_account(request: Request, owner: str) -> JSONResponse:
         balance = await in_thread(lambda: accounts.credit(service.db, owner, amount, note=note))
     except accounts.NoSuchAccount:
         raise NotFound(f"owner {clip(owner)} has no account") from None
+    except accounts.BalanceOutOfRange as exc:
+        raise InvalidParameter(f"amount: {exc}") from None
     return _ok({"owner": owner, "balance": _credits(balance)})
 
 
 @router.put("/accounts/{owner}/limits", summary="Set the daily and monthly spend limits (null lifts one)",
-            responses=errors(400, 401, 403, 404), openapi_extra={"security": SECURITY})
+            responses=errors(400, 401, 403, 404, 413),
+            openapi_extra={**json_body(AccountLimits), "security": SECURITY})
 async def set_limits(request: Request, owner: str) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
+    owner = _text(owner, "owner")
     body = await _object(request)
     changes = {short: _amount(body[name], name, allow_none=True)
                for short, name in (("daily", "daily_limit"), ("monthly", "monthly_limit")) if name in body}
@@ -151,10 +177,11 @@ async def set_limits(request: Request, owner: str) -> JSONResponse:
 
 
 @router.get("/accounts/{owner}/statement", summary="The account's ledger, oldest first (format=csv for CSV)",
-            responses=errors(401, 403), openapi_extra={"security": SECURITY})
+            responses={**_JSON_OR_CSV, **errors(400, 401, 403)}, openapi_extra={"security": SECURITY})
 async def statement(request: Request, owner: str, format: str = "json") -> Response:
     await _admin(request)
     service = service_of(request)
+    owner = _text(owner, "owner")
     entries = await in_thread(lambda: accounts.statement(service.db, owner))
     rows = [(e.id, e.created_at, e.kind, _credits(e.amount), e.task_id, e.model, e.note) for e in entries]
     header = ("id", "created_at", "kind", "amount", "task_id", "model", "note")
@@ -164,10 +191,11 @@ async def statement(request: Request, owner: str, format: str = "json") -> Respo
 
 
 @router.get("/usage", summary="Charged usage by owner, model and day (format=csv for CSV)",
-            responses=errors(401, 403), openapi_extra={"security": SECURITY})
+            responses={**_JSON_OR_CSV, **errors(400, 401, 403)}, openapi_extra={"security": SECURITY})
 async def usage(request: Request, owner: str | None = None, format: str = "json") -> Response:
     await _admin(request)
     service = service_of(request)
+    owner = None if owner is None else _text(owner, "owner")
     found = await in_thread(lambda: accounts.usage(service.db, tz=service.tz, owner=owner))
     header = ("day", "owner", "model", "tasks", "seconds", "cost")
     rows = [(r.day, r.owner, r.model, r.tasks, r.seconds, _credits(r.cost)) for r in found]
@@ -196,7 +224,7 @@ def _key(info: KeyInfo, request: Request) -> dict[str, Any]:
 
 
 @router.post("/keys", summary="Make a key for an owner (shown once), with its own rate limits if given",
-             responses=errors(400, 401, 403), openapi_extra={"security": SECURITY})
+             responses=errors(400, 401, 403, 413), openapi_extra={**json_body(KeyCreate), "security": SECURITY})
 async def create_key(request: Request) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
@@ -222,10 +250,12 @@ async def list_keys(request: Request) -> JSONResponse:
 
 @router.put("/keys/{key_id}/limits",
             summary="Set a key's own rate limits (null: back to the server's; a rate of 0: no limit for it)",
-            responses=errors(400, 401, 403, 404), openapi_extra={"security": SECURITY})
+            responses=errors(400, 401, 403, 404, 413),
+            openapi_extra={**json_body(KeyLimits), "security": SECURITY})
 async def set_key_limits(request: Request, key_id: str) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
+    key_id = _text(key_id, "key_id")
     body = await _object(request)
     unknown = sorted(set(body) - set(RATE_FIELDS))
     if unknown:
@@ -239,10 +269,11 @@ async def set_key_limits(request: Request, key_id: str) -> JSONResponse:
 
 
 @router.delete("/keys/{key_id}", summary="Revoke a key (every server stops taking it within a second)",
-               responses=errors(401, 403, 404), openapi_extra={"security": SECURITY})
+               responses=errors(400, 401, 403, 404), openapi_extra={"security": SECURITY})
 async def revoke_key(request: Request, key_id: str) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
+    key_id = _text(key_id, "key_id")
     if not await in_thread(keys.revoke_key, service.db, key_id):
         raise NotFound(f"no live key {clip(key_id)}")
     service.auth.forget(key_id)
@@ -255,7 +286,7 @@ def _endpoint(endpoint: webhooks.Endpoint) -> dict[str, Any]:
 
 
 @router.post("/webhooks", summary="Register a webhook endpoint for an owner (its secret is in the answer)",
-             responses=errors(400, 401, 403), openapi_extra={"security": SECURITY})
+             responses=errors(400, 401, 403, 413), openapi_extra={**json_body(WebhookCreate), "security": SECURITY})
 async def add_webhook(request: Request) -> JSONResponse:
     await _admin(request)
     service = service_of(request)
@@ -286,6 +317,7 @@ async def remove_webhook(request: Request, endpoint_id: str, owner: str) -> JSON
     await _admin(request)
     service = service_of(request)
     owner = _owner(owner)
+    endpoint_id = _text(endpoint_id, "endpoint_id")
     if not await in_thread(lambda: webhooks.remove(service.db, owner, endpoint_id)):
         raise NotFound(f"owner {clip(owner)} has no endpoint {clip(endpoint_id)}")
     return _ok({"id": endpoint_id, "removed": True})

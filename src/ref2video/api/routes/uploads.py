@@ -32,6 +32,9 @@ __all__ = ["router"]
 router = APIRouter()
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._ ()+-]{1,200}$")
+# A media type as a client may write it (`image/png; charset=x`): printable ASCII. Anything
+# else (a NUL, which PostgreSQL cannot store, other controls, non-ASCII) is not a type.
+_CONTENT_TYPE = re.compile(r"^[\x20-\x7e]{1,128}$")
 _CERTIFICATE_FIELDS = {
     "OSSAccessKeyId": "oss_access_key_id of the certificate", "Signature": "its signature",
     "policy": "its policy", "key": "upload_dir/<file name>", "x-oss-object-acl": "private",
@@ -124,6 +127,9 @@ async def _receive(service: Service, principal: Principal, key: str, form: FormS
                    content_type: str) -> int:
     """Stream the file part to a scratch file and store it under `key`; its size. The scratch
     file is gone afterwards however this ends (too large, cut off, a lost race for the key)."""
+    content_type = content_type.strip()
+    if not _CONTENT_TYPE.match(content_type):  # checked here: nothing is stored yet
+        content_type = "application/octet-stream"
     if await in_thread(store.key_taken, service.db, key):
         raise UnsupportedOperation(f"the file {clip(key, 200)} already exists and uploads never overwrite")
     # A name of its own per upload: two racing for one key never write into each other's file.
@@ -143,7 +149,7 @@ def _store_blocking(service: Service, principal: Principal, key: str, blob: str,
                     content_type: str) -> int:
     service.uploads.put(blob, source)
     if not store.record_upload(service.db, principal, key=key, blob=blob, size=size,
-                               content_type=content_type[:128] or "application/octet-stream"):
+                               content_type=content_type):
         service.uploads.delete(blob)  # lost the race for the key: the first one stays
         raise UnsupportedOperation(f"the file {clip(key, 200)} already exists and uploads never overwrite")
     return size
