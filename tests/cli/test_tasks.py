@@ -33,6 +33,7 @@ def test_generate_in_process_with_no_server(tmp_path: Path) -> None:
                 "--duration", "2", "--shot", "single", "--seed", "7", "-o", "out.mp4"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert "running in this process" in done.stderr and "saved" in done.stdout
+    assert f"database: {tmp_path / 'data' / 'ref2video.db'}" in done.stderr  # as every command that opens one
     assert "first API key" not in done.stderr + done.stdout  # a server's message, not this command's
     with av.open(str(tmp_path / "out.mp4")) as c:
         video = c.streams.video[0]
