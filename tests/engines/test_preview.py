@@ -331,3 +331,25 @@ def test_the_readmes_first_example_shows_both_figures(engine: PreviewEngine, tmp
     hero, friend = share((70, 120, 210)), share((210, 80, 110))  # each figure's main colour
     assert hero > 0.01 and friend > 0.01, (hero, friend)
     assert friend < 0.25, friend  # a figure, not the whole picture behind them
+
+
+def test_the_subtitle_names_its_speaker_in_their_colour(refs: list[Reference], tmp_path: Path) -> None:
+    people = refs[:3]
+    plan = uncaptioned(talk_plan(people, prompt="Character3 says to Character2: 'We should go now'.",
+                                 shot_type="single", duration=3))
+    (cue,) = plan.cues
+    assert cue.speaker == 3
+    # Spoken by a character outside the shot, the line is named on the subtitle only (no
+    # outline, no tag), in that character's colour, which no reference here has.
+    plan = dataclasses.replace(plan, cues=(dataclasses.replace(cue, speaker=5),))
+    frames = render_plan(plan, people, tmp_path / "v.mp4", badge=False)
+    colour = np.array(PALETTE[4])
+
+    def named(frame: int) -> int:
+        band = frames[frame][int(plan.height * 0.8):].astype(int)  # the subtitle's band
+        return int((np.abs(band - colour).sum(axis=2) < 60).sum())
+
+    inside = int((cue.start + cue.end) / 2 * plan.fps)
+    after = min(plan.frames - 1, int(cue.end * plan.fps) + 3)
+    assert named(inside) > 100, named(inside)  # "Character 5:" drawn in character 5's colour
+    assert named(after) == 0, named(after)
