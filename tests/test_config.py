@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
+
 from decimal import Decimal
 from pathlib import Path
 
@@ -40,6 +43,23 @@ def test_unknown_settings_are_refused(tmp_path: Path) -> None:
         Settings.load(toml)
     with pytest.raises(FileNotFoundError):
         Settings.load(tmp_path / "missing.toml")
+
+
+def test_a_setting_written_below_the_models_table_is_refused(tmp_path: Path) -> None:
+    toml = tmp_path / "ref2video.toml"
+    toml.write_text('[models]\n"wan2.6-r2v" = "preview"\nwan_device = "cuda:0"\n')
+    with pytest.raises(ValueError, match="models names wan_device, which are settings"):
+        Settings.load(toml)
+
+
+def test_the_engine_guides_settings_blocks_load_as_written() -> None:
+    """Each TOML block of docs/engines.md loads (the wan block once put its settings in [models])."""
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "engines.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", guide, re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        table = tomllib.loads(block)
+        assert not set(table.get("models", {})) & set(Settings.model_fields), block
 
 
 def test_task_times_default_to_the_providers_zone(monkeypatch: pytest.MonkeyPatch) -> None:

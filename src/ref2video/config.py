@@ -264,6 +264,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
+        # In TOML a setting written below the [models] table becomes a model: say so.
+        if misplaced := sorted(set(self.models) & set(type(self).model_fields)):
+            raise ValueError(f"models names {', '.join(misplaced)}, which are settings: in a TOML file, "
+                             "write settings above the [models] table")
         if self.relay_models and not [k for k in self.dashscope_api_keys if k.strip()]:
             relayed = ", ".join(sorted(self.relay_models))
             raise ValueError(f"models {relayed} are served by the dashscope engine, which needs dashscope_api_keys")

@@ -98,13 +98,16 @@ def test_a_bad_configuration_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_keys_in_another_folder_refuse_to_make_a_database_unless_asked(tmp_path: Path) -> None:
-    """Run where there is no database, `keys` and `worker` say where they looked and make nothing."""
+    """Run where there is no database, every command that opens one (`keys`, `accounts`,
+    `webhooks`, `worker`) says where it looked and makes nothing."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = child_env(tmp_path)
     del env["REF2VIDEO_DATA_DIR"]  # the default: ./ref2video-data, in the current folder
     database = elsewhere / "ref2video-data" / "ref2video.db"
-    for args in (["keys", "list"], ["keys", "create", "--owner", "acme"], ["keys", "revoke", "abc"], ["worker"]):
+    for args in (["keys", "list"], ["keys", "create", "--owner", "acme"], ["keys", "revoke", "abc"],
+                 ["keys", "limits", "abc", "--create-rate", "5"], ["accounts", "show", "acme"],
+                 ["accounts", "create", "acme"], ["webhooks", "list", "--owner", "acme"], ["worker"]):
         refused = cli(args, env, cwd=elsewhere)
         assert refused.returncode == 2, (args, refused.stderr)
         assert f"database: {database}" in refused.stderr and "no such file" in refused.stderr

@@ -23,6 +23,24 @@ def test_a_port_in_use_fails_before_anything_is_made(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()  # nothing migrated, no first key, no workers
 
 
+def test_a_database_that_does_not_answer_is_exit_4_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    done = run(["serve", "--port", str(free_port())], tmp_path,
+               REF2VIDEO_DATABASE_URL=f"postgresql://u:secret@127.0.0.1:{port}/x")
+    assert done.returncode == 4, done.stderr
+    assert f"cannot reach the database postgresql://u:***@127.0.0.1:{port}/x" in done.stderr
+    assert "Traceback" not in done.stderr and "secret" not in done.stderr
+
+
+def test_a_start_up_that_fails_is_exit_4_not_uvicorns_3(tmp_path: Path) -> None:
+    done = run(["serve", "--port", str(free_port())], tmp_path, REF2VIDEO_MODELS='{"x": "nosuch"}')
+    assert done.returncode == 4, done.stderr
+    assert "engine 'nosuch' is not a 'module:attribute' import string" in done.stderr
+    assert done.stderr.rstrip().endswith("ref2video could not start: its error is logged above")
+
+
 def test_serve_names_its_web_page_docs_and_database(tmp_path: Path) -> None:
     port = free_port()
     env = env_for(tmp_path / "data", "", models=json.dumps(TEST_MODELS))

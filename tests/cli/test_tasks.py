@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from PIL import Image
 
 from tests.api.test_cancel_list import set_ids
 from tests.cli.procs import child_env, run
+from tests.http_server import Route, Server
 from tests.live import TEST_MODELS, LiveServer, ref_url
 
 
@@ -33,6 +35,7 @@ def test_generate_in_process_with_no_server(tmp_path: Path) -> None:
                 "--duration", "2", "--shot", "single", "--seed", "7", "-o", "out.mp4"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert "running in this process" in done.stderr and "saved" in done.stdout
+    assert f"database: {tmp_path / 'data' / 'ref2video.db'}" in done.stderr  # as every command that opens one
     assert "first API key" not in done.stderr + done.stdout  # a server's message, not this command's
     with av.open(str(tmp_path / "out.mp4")) as c:
         video = c.streams.video[0]
@@ -215,3 +218,35 @@ def test_generate_in_process_json_names_the_file_and_says_nothing_of_a_server(tm
     keys = run(["keys", "list"], tmp_path)
     assert keys.returncode == 0 and keys.stdout.count("first key") == 1
     assert (tmp_path / "data" / "first-api-key.txt").is_file()
+
+
+def test_the_readmes_other_exit_codes(server: LiveServer, tmp_path: Path) -> None:
+    """5 for a wait that timed out, 4 for a server's 5xx and for a database that does not answer,
+    2 for bad usage, with one JSON document under --json in each case."""
+    slow = run(["generate", "character1 steps=100 step_ms=100", "-r", ref_url("a.png"), "--timeout", "0.5",
+                "--json", *opts(server)], tmp_path)
+    assert slow.returncode == 5, slow.stderr
+    assert one_document(slow)["code"] == "WaitTimeout"
+
+    broken = Server()
+    try:
+        task_id = "abcd1111-0000-4000-8000-000000000000"
+        envelope = json.dumps({"request_id": "r", "code": "InternalError", "message": "boom"}).encode()
+        broken.routes[f"/api/v1/tasks/{task_id}"] = Route(envelope, status=500,
+                                                         headers={"Content-Type": "application/json"})
+        failed = run(["status", task_id, "--json", "--server", broken.url(""), "--key", "k"], tmp_path)
+    finally:
+        broken.close()
+    assert failed.returncode == 4, failed.stderr
+    assert one_document(failed)["code"] == "InternalError"
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    away = run(["keys", "list"], tmp_path, REF2VIDEO_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{port}/test")
+    assert away.returncode == 4 and "cannot reach the database" in away.stderr
+    assert "Traceback" not in away.stderr
+
+    usage = run(["status", "--json"], tmp_path)  # the task id is missing
+    assert usage.returncode == 2
+    assert one_document(usage)["code"] == "InvalidUsage"

@@ -311,3 +311,45 @@ def test_the_speaker_is_outlined_in_their_colour_while_speaking(engine: PreviewE
     for frame in outside:
         assert np.abs(left_edge(frame, 2) - PALETTE[1]).max() > 80, (frame, left_edge(frame, 2))
     assert np.abs(left_edge(inside, 3) - PALETTE[2]).max() > 80  # the listener is not outlined
+
+
+def test_the_readmes_first_example_shows_both_figures(engine: PreviewEngine, tmp_path: Path) -> None:
+    """`generate "character1 waves at character2" -r hero.png -r friend.png`: two cut-out
+    figures, neither of them taken for the place (friend.png once became a pink backdrop)."""
+    examples = Path(__file__).resolve().parents[2] / "docs" / "examples"
+    files = [examples / "hero.png", examples / "friend.png"]
+    figures = [Reference.from_info(i, f.name, f, probe(f)) for i, f in enumerate(files, 1)]
+    _, result = generate(engine, figures, tmp_path, prompt="character1 waves at character2", duration=2,
+                         shot_type="single", audio=False)
+    frames, container = decode(result.video_path)
+    container.close()
+    frame = frames[len(frames) // 2].astype(int)
+
+    def share(colour: tuple[int, int, int]) -> float:  # of the frame, within a small distance
+        return float((np.abs(frame - np.array(colour)).sum(axis=2) < 40).mean())
+
+    hero, friend = share((70, 120, 210)), share((210, 80, 110))  # each figure's main colour
+    assert hero > 0.01 and friend > 0.01, (hero, friend)
+    assert friend < 0.25, friend  # a figure, not the whole picture behind them
+
+
+def test_the_subtitle_names_its_speaker_in_their_colour(refs: list[Reference], tmp_path: Path) -> None:
+    people = refs[:3]
+    plan = uncaptioned(talk_plan(people, prompt="Character3 says to Character2: 'We should go now'.",
+                                 shot_type="single", duration=3))
+    (cue,) = plan.cues
+    assert cue.speaker == 3
+    # Spoken by a character outside the shot, the line is named on the subtitle only (no
+    # outline, no tag), in that character's colour, which no reference here has.
+    plan = dataclasses.replace(plan, cues=(dataclasses.replace(cue, speaker=5),))
+    frames = render_plan(plan, people, tmp_path / "v.mp4", badge=False)
+    colour = np.array(PALETTE[4])
+
+    def named(frame: int) -> int:
+        band = frames[frame][int(plan.height * 0.8):].astype(int)  # the subtitle's band
+        return int((np.abs(band - colour).sum(axis=2) < 60).sum())
+
+    inside = int((cue.start + cue.end) / 2 * plan.fps)
+    after = min(plan.frames - 1, int(cue.end * plan.fps) + 3)
+    assert named(inside) > 100, named(inside)  # "Character 5:" drawn in character 5's colour
+    assert named(after) == 0, named(after)

@@ -78,3 +78,20 @@ def test_an_unnamed_reference_is_the_scene_only_when_it_looks_like_one() -> None
     assert read_prompt("character1 dances.", 2, scene_hints={2: True}).scene == 2
     assert read_prompt("character1 dances.", 2, scene_hints={2: False}).scene is None
     assert read_prompt("someone dances.", 1, scene_hints={1: True}).scene is None  # never the only one
+
+
+@pytest.mark.parametrize("prompt", [
+    "character1 waves at character2",  # the README's first example
+    "character1 looks at character2 and smiles.",
+    "character1 points at the character2.",
+    "character1 smiles towards character2.",
+])
+def test_a_gesture_aimed_at_someone_is_no_place(prompt: str) -> None:
+    script = read_prompt(prompt, 2)
+    assert script.scene is None and script.subjects == (1, 2)
+
+
+def test_a_cut_out_figure_is_never_the_scene() -> None:
+    assert read_prompt("character1 walks into character2.", 2, cutouts=[2]).scene is None
+    assert read_prompt("character1 dances.", 2, scene_hints={2: True}, cutouts=[2]).scene is None
+    assert read_prompt("character1 walks into character2.", 2, cutouts=[1]).scene == 2

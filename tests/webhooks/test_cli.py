@@ -49,6 +49,11 @@ def test_add_list_secret_log_remove(make_server, receiver: Receiver, tmp_path: P
     logged = json.loads(cli(["log", "--json"], env).stdout)
     assert [(d["event"], d["task_id"], d["state"], d["attempts"]) for d in logged] == [
         ("task.succeeded", task_id, "delivered", 1)]
+    by_prefix = json.loads(cli(["log", "--task", task_id[:8], "--json"], env).stdout)
+    assert [d["task_id"] for d in by_prefix] == [task_id]  # a prefix, as the task commands take
+    assert json.loads(cli(["log", "--task", "0000_%", "--json"], env).stdout) == []  # no LIKE wildcards
+    short = cli(["log", "--task", task_id[:3]], env)
+    assert short.returncode == 2 and "4 characters or more" in short.stderr
 
     refused = cli(["add", "ftp://example.com/"], env)
     assert refused.returncode == 2 and "http:// or https://" in refused.stderr

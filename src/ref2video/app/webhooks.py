@@ -155,7 +155,8 @@ def secret(db: Engine, owner: str, endpoint_id: str | None = None) -> str | None
 
 
 def deliveries(db: Engine, owner: str, *, limit: int = 50, task_id: str | None = None) -> builtins.list[DeliveryInfo]:
-    """The owner's latest messages (of one task, if given), newest first."""
+    """The owner's latest messages (of the tasks whose ids start with `task_id`, if given: an
+    id or a prefix of one, as the task commands take), newest first."""
     with db.connect() as conn:
         rows = store.recent(conn, owner, limit=limit, task_id=task_id)
     return [

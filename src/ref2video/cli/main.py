@@ -98,6 +98,7 @@ def serve(
     settings = _settings(config, host=host, port=port, workers=workers)
     where = _where(settings)
     listener = _listen(settings.host, settings.port)  # before anything is migrated or started
+    _reach(settings, where)
     _logging(settings)
     base = f"http://{f'[{settings.host}]' if ':' in settings.host else settings.host}:{settings.port}"
     out.print(f"ref2video on {base}/  (web page; API docs at {base}/docs)", markup=False)
@@ -105,10 +106,27 @@ def serve(
     server = uvicorn.Server(server_config(create_app(settings), settings))
     try:
         server.run(sockets=[listener])
+    except SystemExit:  # uvicorn's own exit (3) when the app's start-up raised
+        pass
     finally:
         metrics.process_stopped()
     if not server.started:  # the app's start-up failed (its error is logged above)
-        raise typer.Exit(4)
+        fail("ref2video could not start: its error is logged above", 4)
+
+
+def _reach(settings: Settings, where: str) -> None:
+    """Exit 4 with one line when a database server does not answer, before uvicorn starts (it
+    would exit 3 after a traceback). A SQLite file is made by the start-up itself."""
+    if settings.database_url.startswith("sqlite"):
+        return
+    from sqlalchemy.exc import DBAPIError
+
+    from ..store.db import schema_missing
+
+    try:
+        schema_missing(settings.database_url)
+    except DBAPIError as exc:
+        fail(f"cannot reach the database {where}: {' '.join(str(exc.orig).split())}", 4)
 
 
 def _listen(host: str, port: int) -> socket.socket:

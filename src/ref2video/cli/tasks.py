@@ -231,10 +231,12 @@ def _connect(server: str | None, key: str | None, *, in_process_ok: bool = False
                                  " or set REF2VIDEO_SERVER and REF2VIDEO_API_KEY")
     from ..config import Settings
     from ..embedded import embedded_server
+    from ..store.db import describe
 
     settings = Settings.load(os.environ.get("REF2VIDEO_CONFIG"))
     err.print(f"[dim]no server configured: running in this process on the embedded defaults "
               f"(data in {settings.data_dir.resolve()})[/dim]", highlight=False)
+    err.print(f"database: {describe(settings.database_url)}", markup=False)  # as every command that opens one
     with embedded_server(settings) as (url, own_key), Client(url, own_key) as client:
         yield client
 

@@ -100,13 +100,16 @@ def secret(endpoint_id: Annotated[str | None, typer.Argument(
 
 
 @webhooks_app.command("log")
-def log(owner: OwnerOpt = "default", task: Annotated[str | None, typer.Option(help="only this task's")] = None,
+def log(owner: OwnerOpt = "default", task: Annotated[str | None, typer.Option(
+            help="only this task's: its id or a prefix of it (4 characters or more)")] = None,
         limit: Annotated[int, typer.Option(min=1, max=1000)] = 50, config: ConfigOpt = None, init: InitOpt = False,
         as_json: JsonOpt = False) -> None:
     """The owner's latest deliveries, newest first: state, attempts and the last error."""
     from ..app import webhooks
 
-    rows = webhooks.deliveries(_db(config, init), owner, limit=limit, task_id=task)
+    if task is not None and len(task.strip()) < 4:
+        fail("a task id prefix needs 4 characters or more", 2)
+    rows = webhooks.deliveries(_db(config, init), owner, limit=limit, task_id=task and task.strip())
     if as_json:
         emit_json([r.__dict__ for r in rows])
         return

@@ -207,8 +207,10 @@ def give_up_endpoint(conn: Connection, endpoint_id: str, now: int, error: str) -
 
 
 def recent(conn: Connection, owner: str, *, limit: int, task_id: str | None = None) -> list[OutboxRow]:
-    """The owner's latest messages, newest first."""
-    where = [OutboxMessage.owner == owner] + ([OutboxMessage.task_id == task_id] if task_id else [])
+    """The owner's latest messages (of the tasks whose ids start with `task_id`), newest first."""
+    where = [OutboxMessage.owner == owner]
+    if task_id:
+        where.append(OutboxMessage.task_id.startswith(task_id, autoescape=True))
     rows = conn.execute(
         select(*_OUTBOX_COLUMNS).where(*where).order_by(OutboxMessage.created_at.desc(), OutboxMessage.id.desc())
         .limit(limit)

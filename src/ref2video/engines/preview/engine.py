@@ -65,7 +65,8 @@ class PreviewEngine:
         # 2. Read the prompt (in characterN words, whichever form named the references); a
         #    wide picture that nobody acts as may be the scene.
         hints = {r.index: r.kind == "image" and not r.has_alpha and r.width > r.height * 1.2 for r in refs.values()}
-        script = read_prompt(spec.prompt_with_character_names(), len(refs), scene_hints=hints)
+        cutouts = [r.index for r in refs.values() if r.kind == "image" and r.has_alpha]
+        script = read_prompt(spec.prompt_with_character_names(), len(refs), scene_hints=hints, cutouts=cutouts)
 
         # 3. Speak the lines first, so the plan can time the subtitles to the speech. Each
         #    speaker speaks at the height of their own voice, when the request gave one.

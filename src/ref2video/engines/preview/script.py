@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Collection
 
 __all__ = ["Line", "Beat", "Script", "read_prompt"]
 
@@ -33,6 +34,13 @@ _LISTENER = re.compile(r"(?:\bto\s+|对\s*|跟\s*|向\s*)$", re.IGNORECASE)
 _PLACE = re.compile(
     r"(?:\b(?:in|into|inside|at|on|onto|near|beside|by|behind|against|across|through|within|"
     r"next\s+to|in\s+front\s+of|on\s+top\s+of|around|over|under)\s+(?:the\s+)?|在|于)$",
+    re.IGNORECASE,
+)
+# "waves at character2", "looks at the character2": a gesture aimed at someone, not a place.
+_AIMED = re.compile(
+    r"\b(?:look|wave|smile|point|stare|glance|laugh|nod|wink|grin|frown|gaze|peer|shout|yell|bark|"
+    r"growl|sneer|scowl|beam|giggle|chuckle|cheer|hiss|snarl|squint|whistle|aim|lunge|snap|roar|"
+    r"swing|throw|toss)(?:s|es|ed|d|ing)?\s+(?:over\s+)?(?:at|towards?)\s+(?:the\s+)?$",
     re.IGNORECASE,
 )
 _PLACEHOLDER = "\u2063{}\u2063"  # stands in for a quote while sentences are split
@@ -89,11 +97,13 @@ class Script:
     subjects: tuple[int, ...]  # the references drawn as characters
 
 
-def read_prompt(prompt: str, references: int, scene_hints: dict[int, bool] | None = None) -> Script:
+def read_prompt(prompt: str, references: int, scene_hints: dict[int, bool] | None = None,
+                cutouts: Collection[int] = ()) -> Script:
     """Read `prompt` against `references` references (numbered 1..references).
 
     `scene_hints` may mark references that look like places (for example, landscape images
-    that no clause names as acting); the prompt's own words decide first.
+    that no clause names as acting); the prompt's own words decide first. `cutouts` are
+    references that cannot be a place whatever the words (a figure cut out on transparency).
     """
     quotes: list[str] = []
     masked = _mask_quotes(prompt, quotes)
@@ -102,7 +112,7 @@ def read_prompt(prompt: str, references: int, scene_hints: dict[int, bool] | Non
         beats.append(_beat(text, len(beats), quotes, references))
     lines = tuple(line for beat in beats for line in beat.lines)
     named = _unique(c for beat in beats for c in beat.characters)
-    scene = _scene(beats, masked, references, scene_hints or {})
+    scene = _scene(beats, masked, references, scene_hints or {}, frozenset(cutouts))
     subjects = tuple(i for i in range(1, references + 1) if i != scene)
     return Script(tuple(beats), lines, named, scene, subjects)
 
@@ -176,18 +186,21 @@ def _subjects(text: str, mentions: list[tuple[int, int]]) -> list[int]:
     return out
 
 
-def _scene(beats: list[Beat], masked: str, references: int, hints: dict[int, bool]) -> int | None:
-    """The reference that is a place: named only after a place word, or never named and hinted."""
-    actors = {c for beat in beats for c in beat.actors}
+def _scene(beats: list[Beat], masked: str, references: int, hints: dict[int, bool],
+           cutouts: frozenset[int]) -> int | None:
+    """The reference that is a place: named only after a place word (not after a gesture aimed
+    at someone), or never named and hinted; never a cut-out figure."""
+    actors = {c for beat in beats for c in beat.actors} | cutouts
     placed: list[int] = []
     for match in _MENTION.finditer(masked):
         c = int(match.group(1))
-        if 1 <= c <= references and c not in actors and _PLACE.search(masked[: match.start()].rstrip() + " "):
+        before = masked[: match.start()].rstrip() + " "
+        if 1 <= c <= references and c not in actors and _PLACE.search(before) and not _AIMED.search(before):
             placed.append(c)
     if placed:
         return placed[-1]
     named = {c for beat in beats for c in beat.characters}
-    unnamed = [i for i in range(1, references + 1) if i not in named and hints.get(i)]
+    unnamed = [i for i in range(1, references + 1) if i not in named and i not in cutouts and hints.get(i)]
     if unnamed and references > 1:
         return unnamed[-1]
     return None
