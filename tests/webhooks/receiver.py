@@ -117,6 +117,11 @@ def _handler(receiver: Receiver) -> type[http.server.BaseHTTPRequestHandler]:
                 receiver.received.append(got)
                 receiver.changed.notify_all()
             status = receiver.answers.get(path, lambda _: 200)(got)
+            # Recorded before the answer leaves: the sender may mark the message delivered, and a
+            # test waiting on that look here, the moment it has read the answer.
+            with receiver.changed:
+                got.status = status
+                receiver.changed.notify_all()
             try:
                 reply = b"{}" if status < 300 else b"nope"
                 self.send_response(status)
@@ -127,11 +132,10 @@ def _handler(receiver: Receiver) -> type[http.server.BaseHTTPRequestHandler]:
                 self.end_headers()
                 self.wfile.write(reply)
                 self.wfile.flush()
-            except OSError:  # the sender gave up on us
-                return
-            with receiver.changed:
-                got.status = status
-                receiver.changed.notify_all()
+            except OSError:  # the sender gave up on us: it never had the answer
+                with receiver.changed:
+                    got.status = None
+                    receiver.changed.notify_all()
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
