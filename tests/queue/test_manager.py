@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from ref2video.protocol import Status
-from ref2video.queue.manager import LeaseLost, QueueManager
+from ref2video.queue.manager import Claim, LeaseLost, QueueManager
 from ref2video.spec import TaskSpec
 from ref2video.app import tasks
 from ref2video.store.db import make_engine, migrate
@@ -157,24 +157,26 @@ def test_cancel_requests_reach_the_heartbeat(db: Engine) -> None:
     assert tasks.cancel(db, OWNER, task_id) is None
 
 
-def test_a_retryable_error_after_an_accepted_cancel_ends_canceled(db: Engine) -> None:
-    """A 200 to a cancel is a promise (docs/protocol.md §6): the retry gives the task up, not back."""
+def _claimed_then_canceled(db: Engine) -> tuple[str, QueueManager, Claim]:
+    """A task claimed by a worker whose cancel was then accepted (a 200 with the task RUNNING)."""
     (task_id,) = add(db)
     manager = QueueManager(db, max_attempts=3)
     claim = manager.claim(MODELS)
     assert claim is not None
     assert tasks.cancel(db, OWNER, task_id) is Status.RUNNING
+    return task_id, manager, claim
+
+
+def test_a_retryable_error_after_an_accepted_cancel_ends_canceled(db: Engine) -> None:
+    """A 200 to a cancel is a promise (docs/protocol.md §6): the retry gives the task up, not back."""
+    task_id, manager, claim = _claimed_then_canceled(db)
     assert manager.retry(claim, "Throttling", "busy") is Status.CANCELED
     assert status(db, task_id) == ("CANCELED", 1, None)
     assert manager.claim(MODELS) is None
 
 
 def test_a_lapsed_lease_with_an_accepted_cancel_ends_canceled_at_the_reaper(db: Engine) -> None:
-    (task_id,) = add(db)
-    manager = QueueManager(db, max_attempts=3)
-    stale = manager.claim(MODELS)
-    assert stale is not None
-    assert tasks.cancel(db, OWNER, task_id) is Status.RUNNING
+    task_id, manager, stale = _claimed_then_canceled(db)
     with db.begin() as conn:  # the holder stopped answering: its lease is past
         conn.execute(update(Task).where(Task.id == task_id).values(lease_expires_at=0))
     assert manager.reap() == (0, 0)
